@@ -1,0 +1,35 @@
+"""aiogaol: run untrusted programs in Linux jails, awaited from asyncio, trio and anyio.
+
+A ``Profile`` says what a jailed program may do (gaol's operations plus writable scratch); the functions
+here start programs under it.  See the README and docs/ for the model and its limits.
+"""
+
+from ._asyncio_process import SandboxedProcess, create_sandboxed_subprocess
+from ._errors import (AiogaolError, ProfileError, ProgramNotFoundError, ProgramPermissionError,
+                      SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
+from ._jail import Usage
+from ._kernel import KernelReport, check
+from ._limits import DEFAULT_LIMITS, UNLIMITED, Limits
+from ._plan import compile_profile as _compile_profile
+from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
+                       NetworkOutbound, OperationSupportLevel, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
+from ._ready import python_executable, python_profile, system_profile
+from ._stdio import DEVNULL, PIPE, STDOUT
+
+
+def explain(profile: Profile) -> str:
+    """The jail a profile compiles to, one step a line (namespaces, binds, tmpfs, symlinks)."""
+    return _compile_profile(profile).explain()
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AiogaolError", "AllAddresses", "DEFAULT_LIMITS", "DEVNULL", "FileReadAll", "FileReadMetadata",
+    "FileWriteAll", "KernelReport", "Limits", "Literal", "LocalSocket", "NetworkOutbound",
+    "OperationSupportLevel", "PIPE", "Profile", "ProfileError", "ProgramNotFoundError",
+    "ProgramPermissionError", "STDOUT", "SandboxSetupError", "SandboxedProcess", "Subpath",
+    "SystemInfoRead", "Tcp", "Tmpfs", "UNLIMITED", "UnsupportedOperation", "Usage",
+    "UserNamespacesUnavailable", "check", "create_sandboxed_subprocess", "explain", "python_executable",
+    "python_profile", "system_profile", "__version__",
+]

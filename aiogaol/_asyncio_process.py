@@ -1,0 +1,222 @@
+"""The asyncio face: ``create_sandboxed_subprocess``, a mirror of ``asyncio.create_subprocess_exec``.
+
+The process object has the members of ``asyncio.subprocess.Process`` with the same streams
+(``StreamWriter``/``StreamReader``), but waits on the jail's pidfd with ``loop.add_reader``: no child
+watcher, no thread, no SIGCHLD handler, and ``wait()`` returns when the process exits, not when its pipes
+close.  Signals go through the pidfd, so a reused PID is never hit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import _plan, _stdio
+from ._jail import RunningJail, Usage, launch
+from ._profile import Profile
+from ._spawnargs import SpawnArgs, check_popen_kwargs
+
+_DEFAULT_LIMIT = 2**16
+
+
+async def _wait_readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+class SandboxedProcess:
+    """A jailed program, with ``asyncio.subprocess.Process``'s members plus ``usage`` and ``async with``."""
+
+    def __init__(self, jail: RunningJail, loop: asyncio.AbstractEventLoop, args: SpawnArgs) -> None:
+        self._jail = jail
+        self._loop = loop
+        self._exit: asyncio.Future[int] | None = None
+        self._transports: list[asyncio.BaseTransport] = []
+        self.stdin: asyncio.StreamWriter | None = None
+        self.stdout: asyncio.StreamReader | None = None
+        self.stderr: asyncio.StreamReader | None = None
+        self.args = args.argv
+
+    def __repr__(self) -> str:
+        return f"<SandboxedProcess {self.pid}>"
+
+    @property
+    def pid(self) -> int:
+        """The host PID of the jail's init (the server's own child)."""
+        return self._jail.pid
+
+    @property
+    def returncode(self) -> int | None:
+        if self._jail.returncode is None:
+            self._jail.try_reap()
+        return self._jail.returncode
+
+    @property
+    def usage(self) -> Usage | None:
+        """CPU, memory and wall time of the whole jail, once it has exited."""
+        return self._jail.usage
+
+    async def wait(self) -> int:
+        """Wait for the program to exit and return its returncode (``-N`` if killed by signal N)."""
+        if self._jail.returncode is not None:
+            return self._jail.returncode
+        if self._exit is None:
+            self._exit = self._loop.create_future()
+            assert self._jail.pidfd is not None
+            self._loop.add_reader(self._jail.pidfd, self._on_pidfd)
+            self._on_pidfd()
+        # Shielded: cancelling one waiter must not cancel the shared exit future (asyncio semantics:
+        # a cancelled wait() leaves the process running).
+        return await asyncio.shield(self._exit)
+
+    def _on_pidfd(self) -> None:
+        pidfd = self._jail.pidfd
+        if self._jail.try_reap():
+            if pidfd is not None:
+                self._loop.remove_reader(pidfd)
+            if self._exit is not None and not self._exit.done():
+                assert self._jail.returncode is not None
+                self._exit.set_result(self._jail.returncode)
+
+    def send_signal(self, sig: int) -> None:
+        self._jail.send_signal(sig)
+
+    def terminate(self) -> None:
+        import signal
+
+        self._jail.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        import signal
+
+        self._jail.send_signal(signal.SIGKILL)
+
+    async def _feed_stdin(self, input: bytes | None) -> None:
+        assert self.stdin is not None
+        try:
+            if input:
+                self.stdin.write(input)
+                await self.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.stdin.close()
+
+    async def _read(self, stream: asyncio.StreamReader | None) -> bytes | None:
+        if stream is None:
+            return None
+        return await stream.read()
+
+    async def communicate(self, input: bytes | None = None) -> tuple[bytes | None, bytes | None]:
+        """Send input, read stdout and stderr to EOF, wait for exit: asyncio's semantics (3.12+)."""
+        if input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
+            raise TypeError(f"input must be bytes, not {type(input).__name__}")
+        tasks: list[Any] = []
+        if self.stdin is not None:
+            tasks.append(self._feed_stdin(bytes(input) if input is not None else None))
+        out, err = await asyncio.gather(self._read(self.stdout), self._read(self.stderr), *tasks)
+        await self.wait()
+        return out, err
+
+    def _close_transports(self) -> None:
+        for t in self._transports:
+            t.close()
+        self._transports.clear()
+
+    async def aclose(self) -> None:
+        """Kill the jail if it still runs, reap it and close the pipes."""
+        if self._jail.returncode is None:
+            self._jail.kill_quietly()
+            await self.wait()
+        self._close_transports()
+
+    async def __aenter__(self) -> "SandboxedProcess":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        jail = getattr(self, "_jail", None)
+        if jail is not None and jail.returncode is None:
+            warnings.warn(f"{self!r} was never waited for; killing and reaping it", ResourceWarning,
+                          stacklevel=2, source=self)
+            pidfd = jail.pidfd
+            if pidfd is not None and not self._loop.is_closed():
+                self._loop.remove_reader(pidfd)
+            jail.reap_blocking()
+        for t in getattr(self, "_transports", []):
+            if not self._loop.is_closed():
+                t.close()
+
+
+async def _connect(proc: SandboxedProcess, stdio: _stdio.Stdio, limit: int) -> None:
+    loop = proc._loop
+    if stdio.parent[0] >= 0:
+        fd, stdio.parent[0] = stdio.parent[0], -1
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.streams.FlowControlMixin(loop=loop), open(fd, "wb", buffering=0))
+        proc._transports.append(transport)
+        proc.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+    for slot in (1, 2):
+        if stdio.parent[slot] >= 0:
+            fd, stdio.parent[slot] = stdio.parent[slot], -1
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            transport, _ = await loop.connect_read_pipe(
+                lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop), open(fd, "rb", buffering=0))
+            proc._transports.append(transport)
+            if slot == 1:
+                proc.stdout = reader
+            else:
+                proc.stderr = reader
+
+
+async def create_sandboxed_subprocess(
+    profile: Profile,
+    program: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+    *args: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+    stdin: Any = None,
+    stdout: Any = None,
+    stderr: Any = None,
+    limit: int = _DEFAULT_LIMIT,
+    env: Mapping[Any, Any] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    pass_fds: Sequence[int] = (),
+    limits: Any = None,
+    **kwds: Any,
+) -> SandboxedProcess:
+    """Start ``program`` in a jail built from ``profile``; the arguments mean what they mean for
+    ``asyncio.create_subprocess_exec`` (``cwd`` is a path inside the jail, ``env`` is the whole
+    environment apart from a minimal PATH)."""
+    pipesize = check_popen_kwargs(kwds)
+    spawn = SpawnArgs.build(profile, program, args, env=env, cwd=cwd, pass_fds=pass_fds, limits=limits)
+    loop = asyncio.get_running_loop()
+    stdio = _stdio.prepare(stdin, stdout, stderr, pipesize)
+    try:
+        jail = await launch(plan_args=spawn.helper_argv, envp=spawn.envp, stdio=stdio.child,
+                            pass_fds=spawn.pass_fds, wait_readable=_wait_readable)
+    except BaseException:
+        stdio.close_all()
+        raise
+    stdio.close_child_ends()
+    proc = SandboxedProcess(jail, loop, spawn)
+    try:
+        await _connect(proc, stdio, limit)
+    except BaseException:
+        stdio.close_all()
+        proc._close_transports()
+        jail.reap_blocking()
+        raise
+    return proc

@@ -1,0 +1,46 @@
+"""The thin layer over the cffi module: converts types and errors, decides nothing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from ._native import _core  # type: ignore[attr-defined]
+
+ffi = _core.ffi
+lib = _core.lib
+
+RECORD_SIZE: int = lib.aiogaol_record_size()
+HELPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "aiogaol-jail")
+
+
+def step_name(step: int) -> str:
+    return str(ffi.string(lib.aiogaol_step_name(step)).decode())
+
+
+def _cstrings(items: Sequence[bytes]) -> tuple[object, list[object]]:
+    keep = [ffi.new("char[]", item) for item in items]
+    array = ffi.new("char *[]", [*keep, ffi.NULL])
+    return array, keep
+
+
+def spawn_helper(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[tuple[int, int]]) -> int:
+    """posix_spawn the helper; its PID, or OSError (e.g. when the helper executable is missing)."""
+    c_argv, keep_a = _cstrings(argv)
+    c_envp, keep_e = _cstrings(envp)
+    flat = [fd for pair in fd_map for fd in pair]
+    c_map = ffi.new("int[]", flat or [0])
+    rc = lib.aiogaol_spawn_helper(HELPER_PATH.encode(), c_argv, c_envp, c_map, len(fd_map))
+    del keep_a, keep_e
+    if rc < 0:
+        raise OSError(-rc, f"cannot start the jail helper {HELPER_PATH}: {os.strerror(-rc)} "
+                      "(reinstall aiogaol: the helper is built with the package)", HELPER_PATH)
+    return int(rc)
+
+
+def probe_userns() -> int:
+    return int(lib.aiogaol_probe_userns())
+
+
+def landlock_abi() -> int:
+    return int(lib.aiogaol_landlock_abi())

@@ -1,0 +1,253 @@
+"""A running jail, shared by both process faces (the asyncio mirror and the anyio ``spawn``).
+
+It owns the pidfd of the jail's init (the server's own child, thanks to CLONE_PARENT), the lifeline
+socket, and the exit status.  Nothing here knows about mounts (that is the plan) or about streams (that
+is the process faces).  Waiting is injected: ``launch`` takes an awaitable ``wait_readable(fd)``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from . import _ffi
+from ._errors import SandboxSetupError, UserNamespacesUnavailable, setup_error
+from ._kernel import userns_block_reason
+
+RECORD = struct.Struct("iiii")
+RECORD_PID, RECORD_FAILURE, RECORD_EXIT = 1, 2, 3
+
+WaitReadable = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the whole jail used (every process in it), like isolate's meta file."""
+
+    wall_time: float  # seconds from spawn to exit
+    cpu_time: float  # user + system seconds
+    user_time: float
+    system_time: float
+    max_rss: int  # bytes, largest resident set of any process in the jail
+
+
+@dataclass
+class _Record:
+    kind: int
+    step: int
+    err: int
+    value: int
+    detail: str
+
+
+def _parse_records(data: bytes) -> list[_Record]:
+    size = _ffi.RECORD_SIZE
+    out = []
+    for i in range(0, len(data) - size + 1, size):
+        kind, step, err, value = RECORD.unpack_from(data, i)
+        detail = data[i + RECORD.size:i + size].split(b"\0", 1)[0].decode(errors="replace")
+        out.append(_Record(kind, step, err, value, detail))
+    return out
+
+
+class RunningJail:
+    """The jail's init process: reaped through its pidfd, signalled through its pidfd."""
+
+    def __init__(self, pid: int, pidfd: int, lifeline: socket.socket, started: float) -> None:
+        self.pid = pid
+        self.pidfd: int | None = pidfd
+        self._lifeline: socket.socket | None = lifeline
+        self._started = started
+        self.returncode: int | None = None
+        self.usage: Usage | None = None
+
+    def try_reap(self) -> bool:
+        """Reap init if it has exited; True once the returncode is known.  Never blocks."""
+        if self.returncode is not None:
+            return True
+        # wait4 on the PID is safe: init is our unreaped child, so its PID cannot be reused, and only
+        # this object reaps it.  It gives the rusage of the whole jail, which waitid does not.
+        try:
+            pid, status, ru = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            # Someone else reaped our child (a waitpid(-1) elsewhere in the process, or SIGCHLD set to
+            # SIG_IGN): report it as asyncio does, rather than hang.
+            self._finish(255, None)
+            return True
+        if pid == 0:
+            return False
+        self._finish(self._program_status(status), ru)
+        return True
+
+    def reap_blocking(self) -> None:
+        """Kill and reap: for finalizers and failed spawns, where nothing can be awaited."""
+        if self.returncode is not None:
+            return
+        self.kill_quietly()
+        while True:
+            try:
+                pid, status, ru = os.wait4(self.pid, 0)
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                self._finish(255, None)
+                return
+            self._finish(self._program_status(status), ru)
+            return
+
+    def _program_status(self, init_status: int) -> int:
+        """The program's returncode: init reports it exactly, since PID 1 cannot die of its own signal."""
+        if self._lifeline is not None:
+            try:
+                data = self._lifeline.recv(_ffi.RECORD_SIZE, socket.MSG_DONTWAIT)
+            except (BlockingIOError, OSError):
+                data = b""
+            for rec in _parse_records(data):
+                if rec.kind == RECORD_EXIT:
+                    return os.waitstatus_to_exitcode(rec.value)
+        return os.waitstatus_to_exitcode(init_status)
+
+    def _finish(self, returncode: int, ru: resource.struct_rusage | None) -> None:
+        self.returncode = returncode
+        wall = time.monotonic() - self._started
+        if ru is not None:
+            self.usage = Usage(wall, ru.ru_utime + ru.ru_stime, ru.ru_utime, ru.ru_stime, ru.ru_maxrss * 1024)
+        else:
+            self.usage = Usage(wall, 0.0, 0.0, 0.0, 0)
+        self.close()
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None or self.pidfd is None:
+            raise ProcessLookupError(errno.ESRCH, "the jailed process has already exited")
+        # Through the pidfd: a PID reused after exit is never hit.  Init forwards catchable signals to
+        # the program; SIGKILL kills init, and with it the whole PID namespace.
+        signal.pidfd_send_signal(self.pidfd, sig)
+
+    def kill_quietly(self) -> None:
+        try:
+            self.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        if self._lifeline is not None:
+            self._lifeline.close()
+            self._lifeline = None
+
+
+def _kill_and_reap(pid: int) -> None:
+    """For our own unreaped children only (helper or init before a pidfd exists)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
+
+
+def _low_fd_safe(fd: int, target: int) -> int:
+    """A copy of fd above 2 when it would be clobbered by the dup2 of another stdio slot."""
+    if fd < 3 and fd != target:
+        return os.dup(fd) if fd >= 0 else fd
+    return fd
+
+
+async def launch(*, plan_args: Callable[[int, int], list[bytes]], envp: Sequence[bytes],
+                 stdio: Sequence[int | None], pass_fds: Sequence[int],
+                 wait_readable: WaitReadable) -> RunningJail:
+    """Start the helper, read the handshake, and return the running jail (or raise what failed).
+
+    Cancellation at any await kills and reaps whatever was started before re-raising.
+    """
+    err_r, err_w = os.pipe()
+    life_server, life_jail = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    copies: list[int] = []
+    helper_pid = init_pid = 0
+    started = time.monotonic()
+    try:
+        fd_map: list[tuple[int, int]] = []
+        for target, fd in enumerate(stdio):
+            if fd is None:
+                continue
+            safe = _low_fd_safe(fd, target)
+            if safe != fd:
+                copies.append(safe)
+            fd_map.append((safe, target))
+        fd_map += [(err_w, err_w), (life_jail.fileno(), life_jail.fileno())]
+        fd_map += [(fd, fd) for fd in pass_fds]
+        argv = plan_args(err_w, life_jail.fileno())
+        helper_pid = _ffi.spawn_helper(argv, envp, fd_map)
+        os.close(err_w)
+        err_w = -1
+        life_jail.close()
+        os.set_blocking(err_r, False)
+        data = b""
+        while True:
+            await wait_readable(err_r)
+            try:
+                chunk = os.read(err_r, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+        records = _parse_records(data)
+        # The helper writes the PID and exits at once; EOF came after that, so this wait is short.
+        _, helper_status = os.waitpid(helper_pid, 0)
+        helper_pid = 0
+        for rec in records:
+            if rec.kind == RECORD_PID:
+                init_pid = rec.value
+        failure = next((r for r in records if r.kind == RECORD_FAILURE), None)
+        if failure is not None:
+            raise _failure_error(failure)
+        if not init_pid:
+            raise SandboxSetupError("start helper", errno.EIO,
+                                    f"helper ended without a handshake (wait status {helper_status})")
+        pidfd = os.pidfd_open(init_pid)
+        jail = RunningJail(init_pid, pidfd, life_server, started)
+        init_pid = 0
+        return jail
+    except BaseException:
+        if init_pid:
+            _kill_and_reap(init_pid)
+        if helper_pid:
+            _kill_and_reap(helper_pid)
+        life_server.close()
+        raise
+    finally:
+        os.close(err_r)
+        if err_w >= 0:
+            os.close(err_w)
+        if life_jail.fileno() >= 0:
+            life_jail.close()
+        for fd in copies:
+            os.close(fd)
+
+
+def _failure_error(rec: _Record) -> OSError:
+    step = _ffi.step_name(rec.step)
+    if step == "unshare namespaces" and rec.err in (errno.EPERM, errno.ENOSPC, errno.EINVAL, errno.EACCES):
+        reason = userns_block_reason() or f"unshare failed with {errno.errorcode.get(rec.err, rec.err)}"
+        return UserNamespacesUnavailable(rec.err, f"this host forbids user namespaces: {reason}; "
+                                         "aiogaol needs them to build a jail")
+    if step in ("write uid_map", "write gid_map", "write setgroups") and rec.err == errno.EPERM:
+        reason = userns_block_reason() or "the id map was refused"
+        return UserNamespacesUnavailable(rec.err, f"cannot map ids in a new user namespace: {reason}")
+    return setup_error(step, rec.err, rec.detail)

@@ -1,0 +1,30 @@
+"""cffi (API mode) build of the C core.  The same jail.c is linked into the helper executable by setup.py."""
+
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+ffibuilder = FFI()
+ffibuilder.cdef(
+    """
+    const char *aiogaol_step_name(int step);
+    int aiogaol_record_size(void);
+    int aiogaol_spawn_helper(const char *path, char *const argv[], char *const envp[],
+                             const int *fd_map, int n_pairs);
+    int aiogaol_probe_userns(void);
+    int aiogaol_landlock_abi(void);
+    """
+)
+ffibuilder.set_source(
+    "aiogaol._native._core",
+    '#include "jail.h"',
+    sources=[os.path.relpath(os.path.join(HERE, "jail.c"))],
+    include_dirs=[os.path.relpath(HERE)],
+    extra_compile_args=["-O2", "-fno-strict-aliasing"],
+    py_limited_api=True,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,1036 @@
+/*
+ * The jail: carried out by a small helper executable, never in a fork of the Python server.
+ *
+ * Process shape (gaol's, minus its traps):
+ *
+ *   server ──posix_spawn──▶ helper (host PID namespace)
+ *                            unshare(user, pid, mount, ipc, uts, cgroup[, net]); write id maps
+ *                            clone(CLONE_PARENT) ──▶ init: PID 1 of the new namespace, the server's child
+ *                            write init's host PID on the error pipe; _exit
+ *                                                     init: build the jail, fork the program, supervise
+ *                                                     program (PID 2): drop everything, exec
+ *
+ * CLONE_PARENT makes init the server's own child, so the server reaps it through a pidfd without ever
+ * being a subreaper or calling waitpid(-1).  Init reaps the orphans of the jail, forwards signals to the
+ * program and reports the program's exact wait status on the lifeline socket, because PID 1 of a
+ * namespace cannot die of its own signal.  The lifeline (a socket whose other end only the server holds)
+ * ties the jail to the server's life without PR_SET_PDEATHSIG, which fires when a *thread* exits.
+ *
+ * Every step is one numbered entry of AIOGAOL_STEPS; any failure goes through fail(), which writes one
+ * record (step, errno, detail) on the error pipe and exits.  EOF on that pipe means exec succeeded.
+ */
+#define _GNU_SOURCE
+#include "jail.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef SECBIT_NOROOT
+#define SECBIT_NOROOT (1 << 0)
+#define SECBIT_NOROOT_LOCKED (1 << 1)
+#define SECBIT_NO_SETUID_FIXUP (1 << 2)
+#define SECBIT_NO_SETUID_FIXUP_LOCKED (1 << 3)
+#define SECBIT_KEEP_CAPS_LOCKED (1 << 5)
+#define SECBIT_NO_CAP_AMBIENT_RAISE (1 << 6)
+#define SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED (1 << 7)
+#endif
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
+#endif
+#ifndef SECCOMP_FILTER_FLAG_TSYNC
+#define SECCOMP_FILTER_FLAG_TSYNC 1
+#endif
+
+/* Landlock, declared here because Debian 12's kernel headers predate network rules and scopes. */
+#define LL_CREATE_RULESET_VERSION (1U << 0)
+#define LL_RULE_PATH_BENEATH 1
+#define LL_RULE_NET_PORT 2
+struct ll_ruleset_attr {
+    uint64_t handled_access_fs;
+    uint64_t handled_access_net;
+    uint64_t scoped;
+};
+struct ll_path_beneath_attr {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
+struct ll_net_port_attr {
+    uint64_t allowed_access;
+    uint64_t port;
+};
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_add_rule 445
+#define SYS_landlock_restrict_self 446
+#endif
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Names and reporting                                                                             */
+
+static const char *const step_names[] = {
+#define AIOGAOL_STEP_NAME(name, text) text,
+    AIOGAOL_STEPS(AIOGAOL_STEP_NAME)
+#undef AIOGAOL_STEP_NAME
+};
+
+const char *aiogaol_step_name(int step)
+{
+    if (step < 0 || step >= AIOGAOL_STEP_COUNT)
+        return "unknown step";
+    return step_names[step];
+}
+
+int aiogaol_record_size(void) { return (int)sizeof(struct aiogaol_record); }
+
+static int err_fd = -1;
+
+static size_t str_len(const char *s)
+{
+    size_t n = 0;
+    while (s && s[n])
+        n++;
+    return n;
+}
+
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t i = 0;
+    if (cap == 0)
+        return;
+    for (; src && src[i] && i + 1 < cap; i++)
+        dst[i] = src[i];
+    dst[i] = '\0';
+}
+
+static void write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void send_record(int fd, int kind, int step, int err, int value, const char *detail)
+{
+    struct aiogaol_record rec;
+    memset(&rec, 0, sizeof rec);
+    rec.kind = kind;
+    rec.step = step;
+    rec.err = err;
+    rec.value = value;
+    copy_str(rec.detail, sizeof rec.detail, detail);
+    write_all(fd, &rec, sizeof rec);
+}
+
+/* The one failure path: a record on the error pipe, then _exit.  errno is captured by the caller. */
+static void __attribute__((noreturn)) fail(int step, int err, const char *detail)
+{
+    /* Paths are reported as the jail will see them, not as the staging tree names them. */
+    if (detail && strncmp(detail, "/newroot/", 9) == 0)
+        detail += 8;
+    else if (detail && strncmp(detail, "/oldroot/", 9) == 0)
+        detail += 8;
+    if (err_fd >= 0)
+        send_record(err_fd, AIOGAOL_RECORD_FAILURE, step, err, 0, detail);
+    _exit(127);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* The plan, as parsed from the helper's arguments                                                  */
+
+enum op_kind { OP_DIR, OP_SYMLINK, OP_RO, OP_RW, OP_TMPFS, OP_PROC, OP_DEV, OP_MASK };
+
+struct op {
+    enum op_kind kind;
+    const char *a; /* source, or symlink target */
+    const char *b; /* destination inside the jail */
+    unsigned long long size;
+    unsigned int mode;
+};
+
+#define MAX_OPS 1024
+#define MAX_KEEP 256
+#define MAX_RLIMITS 16
+#define MAX_LL_PATHS 256
+#define MAX_LL_PORTS 64
+
+struct plan {
+    int lifeline_fd;
+    int seccomp_fd;
+    int keep[MAX_KEEP];
+    int n_keep;
+    long inside_uid, inside_gid;
+    int unshare_net;
+    const char *hostname;
+    unsigned long long root_size;
+    const char *cwd;
+    struct op ops[MAX_OPS];
+    int n_ops;
+    struct {
+        int resource;
+        unsigned long long soft, hard;
+    } rlimits[MAX_RLIMITS];
+    int n_rlimits;
+    int landlock;
+    struct ll_ruleset_attr ll_attr;
+    struct {
+        uint64_t access;
+        const char *path;
+    } ll_paths[MAX_LL_PATHS];
+    int n_ll_paths;
+    struct {
+        uint64_t access;
+        uint64_t port;
+    } ll_ports[MAX_LL_PORTS];
+    int n_ll_ports;
+    char **argv; /* program and its arguments */
+    char **envp;
+};
+
+static struct plan plan;
+
+static unsigned long long parse_num(const char *s, int base)
+{
+    char *end = NULL;
+    unsigned long long v;
+    if (!s || !*s)
+        fail(AIOGAOL_STEP_ARGS, EINVAL, "missing number");
+    errno = 0;
+    v = strtoull(s, &end, base);
+    if (errno || *end)
+        fail(AIOGAOL_STEP_ARGS, EINVAL, s);
+    return v;
+}
+
+static void parse_args(int argc, char **argv, char **envp)
+{
+    int i = 1;
+    memset(&plan, 0, sizeof plan);
+    plan.lifeline_fd = -1;
+    plan.seccomp_fd = -1;
+    plan.inside_uid = -1;
+    plan.inside_gid = -1;
+    plan.cwd = "/";
+    plan.hostname = "aiogaol";
+    plan.root_size = 1 << 20;
+    plan.envp = envp;
+
+#define NEED(n)                                                                                    \
+    do {                                                                                           \
+        if (i + (n) >= argc)                                                                       \
+            fail(AIOGAOL_STEP_ARGS, EINVAL, argv[i]);                                              \
+    } while (0)
+#define OP(k, A, B, S, M)                                                                          \
+    do {                                                                                           \
+        if (plan.n_ops >= MAX_OPS)                                                                 \
+            fail(AIOGAOL_STEP_ARGS, E2BIG, "too many mounts");                                     \
+        plan.ops[plan.n_ops].kind = (k);                                                           \
+        plan.ops[plan.n_ops].a = (A);                                                              \
+        plan.ops[plan.n_ops].b = (B);                                                              \
+        plan.ops[plan.n_ops].size = (S);                                                           \
+        plan.ops[plan.n_ops].mode = (M);                                                           \
+        plan.n_ops++;                                                                              \
+    } while (0)
+
+    for (; i < argc; i++) {
+        const char *o = argv[i];
+        if (strcmp(o, "--") == 0) {
+            i++;
+            break;
+        } else if (strcmp(o, "--err") == 0) {
+            NEED(1);
+            err_fd = (int)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--lifeline") == 0) {
+            NEED(1);
+            plan.lifeline_fd = (int)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--seccomp-fd") == 0) {
+            NEED(1);
+            plan.seccomp_fd = (int)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--keep") == 0) {
+            NEED(1);
+            if (plan.n_keep >= MAX_KEEP)
+                fail(AIOGAOL_STEP_ARGS, E2BIG, "too many pass_fds");
+            plan.keep[plan.n_keep++] = (int)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--uid") == 0) {
+            NEED(1);
+            plan.inside_uid = (long)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--gid") == 0) {
+            NEED(1);
+            plan.inside_gid = (long)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--unshare-net") == 0) {
+            plan.unshare_net = 1;
+        } else if (strcmp(o, "--hostname") == 0) {
+            NEED(1);
+            plan.hostname = argv[++i];
+        } else if (strcmp(o, "--root-size") == 0) {
+            NEED(1);
+            plan.root_size = parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--chdir") == 0) {
+            NEED(1);
+            plan.cwd = argv[++i];
+        } else if (strcmp(o, "--dir") == 0) {
+            NEED(1);
+            OP(OP_DIR, NULL, argv[i + 1], 0, 0755);
+            i += 1;
+        } else if (strcmp(o, "--symlink") == 0) {
+            NEED(2);
+            OP(OP_SYMLINK, argv[i + 1], argv[i + 2], 0, 0);
+            i += 2;
+        } else if (strcmp(o, "--ro") == 0 || strcmp(o, "--rw") == 0) {
+            NEED(2);
+            OP(o[3] == 'o' ? OP_RO : OP_RW, argv[i + 1], argv[i + 2], 0, 0);
+            i += 2;
+        } else if (strcmp(o, "--tmpfs") == 0) {
+            NEED(3);
+            OP(OP_TMPFS, NULL, argv[i + 1], parse_num(argv[i + 2], 10),
+               (unsigned int)parse_num(argv[i + 3], 8));
+            i += 3;
+        } else if (strcmp(o, "--proc") == 0) {
+            NEED(1);
+            OP(OP_PROC, NULL, argv[i + 1], 0, 0);
+            i += 1;
+        } else if (strcmp(o, "--dev") == 0) {
+            NEED(1);
+            OP(OP_DEV, NULL, argv[i + 1], 0, 0);
+            i += 1;
+        } else if (strcmp(o, "--mask") == 0) {
+            NEED(1);
+            OP(OP_MASK, NULL, argv[i + 1], 0, 0);
+            i += 1;
+        } else if (strcmp(o, "--rlimit") == 0) {
+            NEED(3);
+            if (plan.n_rlimits >= MAX_RLIMITS)
+                fail(AIOGAOL_STEP_ARGS, E2BIG, "too many rlimits");
+            plan.rlimits[plan.n_rlimits].resource = (int)parse_num(argv[i + 1], 10);
+            plan.rlimits[plan.n_rlimits].soft = parse_num(argv[i + 2], 10);
+            plan.rlimits[plan.n_rlimits].hard = parse_num(argv[i + 3], 10);
+            plan.n_rlimits++;
+            i += 3;
+        } else if (strcmp(o, "--landlock") == 0) {
+            /* handled fs access, handled net access, scopes */
+            NEED(3);
+            plan.landlock = 1;
+            plan.ll_attr.handled_access_fs = parse_num(argv[i + 1], 10);
+            plan.ll_attr.handled_access_net = parse_num(argv[i + 2], 10);
+            plan.ll_attr.scoped = parse_num(argv[i + 3], 10);
+            i += 3;
+        } else if (strcmp(o, "--ll-path") == 0) {
+            NEED(2);
+            if (plan.n_ll_paths >= MAX_LL_PATHS)
+                fail(AIOGAOL_STEP_ARGS, E2BIG, "too many landlock paths");
+            plan.ll_paths[plan.n_ll_paths].access = parse_num(argv[i + 1], 10);
+            plan.ll_paths[plan.n_ll_paths].path = argv[i + 2];
+            plan.n_ll_paths++;
+            i += 2;
+        } else if (strcmp(o, "--ll-port") == 0) {
+            NEED(2);
+            if (plan.n_ll_ports >= MAX_LL_PORTS)
+                fail(AIOGAOL_STEP_ARGS, E2BIG, "too many landlock ports");
+            plan.ll_ports[plan.n_ll_ports].access = parse_num(argv[i + 1], 10);
+            plan.ll_ports[plan.n_ll_ports].port = parse_num(argv[i + 2], 10);
+            plan.n_ll_ports++;
+            i += 2;
+        } else {
+            fail(AIOGAOL_STEP_ARGS, EINVAL, o);
+        }
+    }
+#undef NEED
+#undef OP
+    if (i >= argc)
+        fail(AIOGAOL_STEP_ARGS, EINVAL, "no program");
+    plan.argv = &argv[i];
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Small helpers                                                                                    */
+
+static char pathbuf[PATH_MAX];
+static char pathbuf2[PATH_MAX];
+
+static const char *join(char *buf, const char *prefix, const char *path)
+{
+    size_t a = str_len(prefix), b = str_len(path);
+    if (a + b + 1 > PATH_MAX)
+        fail(AIOGAOL_STEP_ARGS, ENAMETOOLONG, path);
+    memcpy(buf, prefix, a);
+    memcpy(buf + a, path, b + 1);
+    return buf;
+}
+
+static int cmp_int(const void *x, const void *y)
+{
+    int a = *(const int *)x, b = *(const int *)y;
+    return (a > b) - (a < b);
+}
+
+/* Close every fd from 3 up except those in keep (CPython's _close_range_except, with close_range). */
+static int close_all_except(int *keep, int n)
+{
+    int lo = 3, i;
+    qsort(keep, (size_t)n, sizeof *keep, cmp_int);
+    for (i = 0; i < n; i++) {
+        if (keep[i] < lo)
+            continue;
+        if (keep[i] > lo && syscall(SYS_close_range, lo, keep[i] - 1, 0) < 0)
+            return -1;
+        lo = keep[i] + 1;
+    }
+    return (int)syscall(SYS_close_range, lo, ~0U, 0);
+}
+
+static void write_file(int step, const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    ssize_t n, len = (ssize_t)str_len(text);
+    if (fd < 0)
+        fail(step, errno, path);
+    n = write(fd, text, (size_t)len);
+    if (n != len)
+        fail(step, n < 0 ? errno : EIO, path);
+    close(fd);
+}
+
+static char *fmt_ulong(char *p, unsigned long v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/* "inside outside 1\n": a single id mapped, which an unprivileged user may write for itself. */
+static void write_id_map(int step, const char *path, unsigned long inside, unsigned long outside)
+{
+    char buf[64], *p = buf;
+    p = fmt_ulong(p, inside);
+    *p++ = ' ';
+    p = fmt_ulong(p, outside);
+    memcpy(p, " 1\n", 4);
+    write_file(step, path, buf);
+}
+
+static void mkdir_p(const char *path, unsigned int mode)
+{
+    char buf[PATH_MAX];
+    size_t i, n = str_len(path);
+    if (n + 1 > sizeof buf)
+        fail(AIOGAOL_STEP_MKDIR, ENAMETOOLONG, path);
+    memcpy(buf, path, n + 1);
+    for (i = 1; i <= n; i++) {
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char c = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, mode) < 0 && errno != EEXIST)
+                fail(AIOGAOL_STEP_MKDIR, errno, buf);
+            buf[i] = c;
+        }
+    }
+}
+
+static void mkdir_parent(const char *path)
+{
+    char buf[PATH_MAX];
+    size_t n = str_len(path);
+    if (n + 1 > sizeof buf)
+        fail(AIOGAOL_STEP_MKDIR, ENAMETOOLONG, path);
+    memcpy(buf, path, n + 1);
+    while (n > 0 && buf[n] != '/')
+        n--;
+    if (n == 0)
+        return;
+    buf[n] = '\0';
+    mkdir_p(buf, 0755);
+}
+
+static void touch(int step, const char *path)
+{
+    int fd;
+    mkdir_parent(path);
+    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0 && errno != EEXIST)
+        fail(step, errno, path);
+    if (fd >= 0)
+        close(fd);
+}
+
+static void set_attr(const char *path, uint64_t set, unsigned int flags, const char *detail)
+{
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = set;
+    if (syscall(SYS_mount_setattr, AT_FDCWD, path, flags, &attr, sizeof attr) < 0)
+        fail(AIOGAOL_STEP_SETATTR, errno, detail);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Building the jail (in init, PID 1 of the new namespaces)                                          */
+
+static const char *const devices[] = {"null", "zero", "full", "random", "urandom", "tty", NULL};
+
+static void make_dev(const char *dst)
+{
+    const char *dir = join(pathbuf, "/newroot", dst);
+    char node[PATH_MAX], src[PATH_MAX];
+    int i;
+    mkdir_p(dir, 0755);
+    if (mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=65536") < 0)
+        fail(AIOGAOL_STEP_TMPFS, errno, dst);
+    for (i = 0; devices[i]; i++) {
+        size_t dl = str_len(dir), nl = str_len(devices[i]);
+        if (dl + nl + 2 > sizeof node)
+            fail(AIOGAOL_STEP_DEVICE, ENAMETOOLONG, dst);
+        memcpy(node, dir, dl);
+        node[dl] = '/';
+        memcpy(node + dl + 1, devices[i], nl + 1);
+        join(src, "/oldroot/dev/", devices[i]);
+        touch(AIOGAOL_STEP_DEVICE, node);
+        if (mount(src, node, NULL, MS_BIND, NULL) < 0)
+            fail(AIOGAOL_STEP_DEVICE, errno, src + 8);
+        set_attr(node, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, src + 8);
+    }
+    {
+        static const char *const links[][2] = {{"/proc/self/fd", "fd"},
+                                               {"/proc/self/fd/0", "stdin"},
+                                               {"/proc/self/fd/1", "stdout"},
+                                               {"/proc/self/fd/2", "stderr"}};
+        for (i = 0; i < 4; i++) {
+            size_t dl = str_len(dir), nl = str_len(links[i][1]);
+            memcpy(node, dir, dl);
+            node[dl] = '/';
+            memcpy(node + dl + 1, links[i][1], nl + 1);
+            if (symlink(links[i][0], node) < 0)
+                fail(AIOGAOL_STEP_SYMLINK, errno, node + 8);
+        }
+    }
+    /* A mount point for a Tmpfs("/dev/shm") rule; empty and unwritable otherwise. */
+    join(node, dir, "/shm");
+    if (mkdir(node, 0755) < 0)
+        fail(AIOGAOL_STEP_MKDIR, errno, node + 8);
+    set_attr(dir, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, dst);
+}
+
+static void run_op(const struct op *op)
+{
+    struct stat st;
+    const char *dst = join(pathbuf, "/newroot", op->b);
+    char opts[64], *p;
+    switch (op->kind) {
+    case OP_DIR:
+        mkdir_p(dst, op->mode);
+        break;
+    case OP_SYMLINK:
+        mkdir_parent(dst);
+        if (symlink(op->a, dst) < 0 && errno != EEXIST)
+            fail(AIOGAOL_STEP_SYMLINK, errno, op->b);
+        break;
+    case OP_RO:
+    case OP_RW: {
+        const char *src = join(pathbuf2, "/oldroot", op->a);
+        if (stat(src, &st) < 0)
+            fail(AIOGAOL_STEP_BIND, errno, op->a);
+        if (S_ISDIR(st.st_mode))
+            mkdir_p(dst, 0755);
+        else
+            touch(AIOGAOL_STEP_BIND, dst);
+        if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
+            fail(AIOGAOL_STEP_BIND, errno, op->a);
+        /* mount_setattr with AT_RECURSIVE: unlike MS_REMOUNT|MS_BIND it reaches every submount, and
+         * it only sets flags, so flags the kernel locked on the source (noexec, ...) stay as they are. */
+        set_attr(dst,
+                 (op->kind == OP_RO ? MOUNT_ATTR_RDONLY : 0) | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                 AT_RECURSIVE, op->a);
+        break;
+    }
+    case OP_TMPFS:
+        mkdir_p(dst, 0755);
+        p = opts;
+        memcpy(p, "size=", 5);
+        p = fmt_ulong(p + 5, (unsigned long)op->size);
+        memcpy(p, ",mode=", 6);
+        p += 6;
+        *p++ = (char)('0' + ((op->mode >> 9) & 7));
+        *p++ = (char)('0' + ((op->mode >> 6) & 7));
+        *p++ = (char)('0' + ((op->mode >> 3) & 7));
+        *p++ = (char)('0' + (op->mode & 7));
+        *p = '\0';
+        if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
+            fail(AIOGAOL_STEP_TMPFS, errno, op->b);
+        break;
+    case OP_PROC:
+        mkdir_p(dst, 0555);
+        if (mount("proc", dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+            fail(AIOGAOL_STEP_PROC, errno, op->b);
+        break;
+    case OP_DEV:
+        make_dev(op->b);
+        break;
+    case OP_MASK:
+        if (mount("tmpfs", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  "size=4096,mode=0555") < 0)
+            fail(AIOGAOL_STEP_TMPFS, errno, op->b);
+        break;
+    }
+}
+
+static void build_jail(void)
+{
+    char opts[64], *p;
+    int i;
+
+    /* Nothing we mount may propagate back to the host. */
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        fail(AIOGAOL_STEP_MAKE_PRIVATE, errno, "/");
+    /* A staging tmpfs over /tmp (only in our mount namespace), as bubblewrap does: after the first
+     * pivot the host's tree is at /oldroot and every source is read from there, so even rules for
+     * paths under /tmp still see the host's /tmp. */
+    if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700,size=65536") < 0)
+        fail(AIOGAOL_STEP_STAGING, errno, "/tmp");
+    if (chdir("/tmp") < 0)
+        fail(AIOGAOL_STEP_STAGING, errno, "/tmp");
+    if (mkdir("newroot", 0755) < 0 || mkdir("oldroot", 0755) < 0)
+        fail(AIOGAOL_STEP_STAGING, errno, "/tmp/newroot");
+    p = opts;
+    memcpy(p, "mode=0755,size=", 15);
+    p = fmt_ulong(p + 15, (unsigned long)plan.root_size);
+    *p = '\0';
+    if (mount("tmpfs", "newroot", "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
+        fail(AIOGAOL_STEP_STAGING, errno, "jail root");
+    if (syscall(SYS_pivot_root, ".", "oldroot") < 0)
+        fail(AIOGAOL_STEP_PIVOT_STAGING, errno, "/tmp");
+    if (chdir("/") < 0)
+        fail(AIOGAOL_STEP_PIVOT_STAGING, errno, "/");
+
+    for (i = 0; i < plan.n_ops; i++)
+        run_op(&plan.ops[i]);
+
+    /* Nothing of the host's root stays reachable: detach it, then pivot into the jail and detach
+     * the staging tmpfs under it too. */
+    if (umount2("/oldroot", MNT_DETACH) < 0)
+        fail(AIOGAOL_STEP_DETACH_OLDROOT, errno, "/oldroot");
+    if (chdir("/newroot") < 0)
+        fail(AIOGAOL_STEP_PIVOT_ROOT, errno, "/newroot");
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        fail(AIOGAOL_STEP_PIVOT_ROOT, errno, "/newroot");
+    if (umount2(".", MNT_DETACH) < 0)
+        fail(AIOGAOL_STEP_DETACH_OLDROOT, errno, "staging");
+    if (chdir("/") < 0)
+        fail(AIOGAOL_STEP_PIVOT_ROOT, errno, "/");
+    /* The jail's own root holds only the mount points: nothing may be created in it. */
+    set_attr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, "/");
+    if (sethostname(plan.hostname, str_len(plan.hostname)) < 0)
+        fail(AIOGAOL_STEP_HOSTNAME, errno, plan.hostname);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* The program (PID 2): drop everything, exec                                                        */
+
+static struct sock_filter seccomp_insns[BPF_MAXINSNS];
+
+static size_t read_seccomp(void)
+{
+    size_t got = 0;
+    ssize_t n;
+    if (plan.seccomp_fd < 0)
+        return 0;
+    while ((n = pread(plan.seccomp_fd, (char *)seccomp_insns + got, sizeof seccomp_insns - got,
+                      (off_t)got)) > 0)
+        got += (size_t)n;
+    if (n < 0)
+        fail(AIOGAOL_STEP_SECCOMP, errno, "read filter");
+    if (got == 0 || got % sizeof(struct sock_filter) != 0)
+        fail(AIOGAOL_STEP_SECCOMP, EINVAL, "filter size");
+    return got / sizeof(struct sock_filter);
+}
+
+static void apply_landlock(void)
+{
+    int rfd, i;
+    if (!plan.landlock)
+        return;
+    rfd = (int)syscall(SYS_landlock_create_ruleset, &plan.ll_attr, sizeof plan.ll_attr, 0);
+    if (rfd < 0)
+        fail(AIOGAOL_STEP_LANDLOCK, errno, "create ruleset");
+    for (i = 0; i < plan.n_ll_paths; i++) {
+        struct ll_path_beneath_attr pb;
+        int fd = open(plan.ll_paths[i].path, O_PATH | O_CLOEXEC);
+        if (fd < 0)
+            fail(AIOGAOL_STEP_LANDLOCK, errno, plan.ll_paths[i].path);
+        pb.allowed_access = plan.ll_paths[i].access;
+        pb.parent_fd = fd;
+        if (syscall(SYS_landlock_add_rule, rfd, LL_RULE_PATH_BENEATH, &pb, 0) < 0)
+            fail(AIOGAOL_STEP_LANDLOCK, errno, plan.ll_paths[i].path);
+        close(fd);
+    }
+    for (i = 0; i < plan.n_ll_ports; i++) {
+        struct ll_net_port_attr np;
+        np.allowed_access = plan.ll_ports[i].access;
+        np.port = plan.ll_ports[i].port;
+        if (syscall(SYS_landlock_add_rule, rfd, LL_RULE_NET_PORT, &np, 0) < 0)
+            fail(AIOGAOL_STEP_LANDLOCK, errno, "port rule");
+    }
+    if (syscall(SYS_landlock_restrict_self, rfd, 0) < 0)
+        fail(AIOGAOL_STEP_LANDLOCK, errno, "restrict_self");
+    close(rfd);
+}
+
+static void drop_capabilities(void)
+{
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    int cap;
+    for (cap = 0; cap <= 63; cap++) {
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+            fail(AIOGAOL_STEP_CAPABILITIES, errno, "bounding set");
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        fail(AIOGAOL_STEP_CAPABILITIES, errno, "ambient set");
+    /* Root inside the namespace must not regain capabilities at exec, ever. */
+    if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                                     SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+                                     SECBIT_NO_CAP_AMBIENT_RAISE |
+                                     SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
+              0, 0, 0) < 0)
+        fail(AIOGAOL_STEP_CAPABILITIES, errno, "securebits");
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capset, &hdr, data) < 0)
+        fail(AIOGAOL_STEP_CAPABILITIES, errno, "capset");
+}
+
+static const char *env_get(char **envp, const char *name)
+{
+    size_t n = str_len(name);
+    for (; envp && *envp; envp++)
+        if (strncmp(*envp, name, n) == 0 && (*envp)[n] == '=')
+            return *envp + n + 1;
+    return NULL;
+}
+
+/* execvpe's search, by hand so the error kept is the meaningful one (EACCES beats ENOENT). */
+static void exec_program(void)
+{
+    const char *prog = plan.argv[0];
+    const char *path, *p;
+    int saved = ENOENT;
+    char buf[PATH_MAX];
+    if (strchr(prog, '/')) {
+        execve(prog, plan.argv, plan.envp);
+        fail(AIOGAOL_STEP_EXEC, errno, prog);
+    }
+    path = env_get(plan.envp, "PATH");
+    if (!path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    for (p = path;; p++) {
+        const char *end = strchrnul(p, ':');
+        size_t dl = (size_t)(end - p), pl = str_len(prog);
+        if (dl + pl + 2 <= sizeof buf) {
+            size_t k = 0;
+            if (dl == 0) {
+                buf[k++] = '.';
+            } else {
+                memcpy(buf, p, dl);
+                k = dl;
+            }
+            buf[k++] = '/';
+            memcpy(buf + k, prog, pl + 1);
+            execve(buf, plan.argv, plan.envp);
+            if (errno == EACCES)
+                saved = EACCES;
+            else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE)
+                fail(AIOGAOL_STEP_EXEC, errno, prog);
+        }
+        if (*end == '\0')
+            break;
+        p = end;
+    }
+    fail(AIOGAOL_STEP_EXEC, saved, prog);
+}
+
+static void __attribute__((noreturn)) run_program(void)
+{
+    struct sock_fprog prog;
+    int keep[MAX_KEEP + 1], n = 0, i, sig;
+    sigset_t none;
+
+    if (chdir(plan.cwd) < 0)
+        fail(AIOGAOL_STEP_CHDIR, errno, plan.cwd);
+    /* A new session: no controlling terminal, so TIOCSTI cannot push keys into the caller's tty. */
+    if (setsid() < 0)
+        fail(AIOGAOL_STEP_SETSID, errno, "setsid");
+    for (i = 0; i < plan.n_rlimits; i++) {
+        struct rlimit rl;
+        rl.rlim_cur = (rlim_t)plan.rlimits[i].soft;
+        rl.rlim_max = (rlim_t)plan.rlimits[i].hard;
+        if (setrlimit(plan.rlimits[i].resource, &rl) < 0)
+            fail(AIOGAOL_STEP_RLIMIT, errno, "setrlimit");
+    }
+    prog.len = (unsigned short)read_seccomp();
+    prog.filter = seccomp_insns;
+    for (i = 0; i < plan.n_keep; i++)
+        keep[n++] = plan.keep[i];
+    keep[n++] = err_fd;
+    if (close_all_except(keep, n) < 0)
+        fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
+    for (sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        signal(sig, SIG_DFL); /* fails harmlessly for the real-time signals glibc reserves */
+    }
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+        fail(AIOGAOL_STEP_SIGNALS, errno, "sigprocmask");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        fail(AIOGAOL_STEP_NO_NEW_PRIVS, errno, "prctl");
+    drop_capabilities();
+    apply_landlock();
+    /* seccomp last, with TSYNC, so no thread and no later step escapes it. */
+    if (prog.len > 0 &&
+        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
+        fail(AIOGAOL_STEP_SECCOMP, errno, "seccomp");
+    exec_program();
+    _exit(127);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Init: PID 1 of the jail                                                                           */
+
+static void __attribute__((noreturn)) run_init(void)
+{
+    sigset_t all;
+    int sfd, status = 0, done = 0;
+    pid_t child;
+    struct pollfd pfd[2];
+
+    build_jail();
+
+    sigfillset(&all);
+    if (sigprocmask(SIG_SETMASK, &all, NULL) < 0)
+        fail(AIOGAOL_STEP_SIGNALFD, errno, "sigprocmask");
+    sfd = signalfd(-1, &all, SFD_CLOEXEC);
+    if (sfd < 0)
+        fail(AIOGAOL_STEP_SIGNALFD, errno, "signalfd");
+
+    child = fork();
+    if (child < 0)
+        fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "fork");
+    if (child == 0) {
+        close(sfd);
+        run_program();
+    }
+
+    /* Init keeps nothing the program's readers could wait on: its copies of stdio, pass_fds and
+     * the error pipe go, so EOF means what it means for a plain child. */
+    {
+        int k;
+        close(0);
+        close(1);
+        close(2);
+        for (k = 0; k < plan.n_keep; k++)
+            close(plan.keep[k]);
+        if (plan.seccomp_fd >= 0)
+            close(plan.seccomp_fd);
+        close(err_fd);
+    }
+
+    pfd[0].fd = sfd;
+    pfd[0].events = POLLIN;
+    pfd[1].fd = plan.lifeline_fd;
+    pfd[1].events = POLLIN;
+    for (;;) {
+        if (poll(pfd, plan.lifeline_fd >= 0 ? 2 : 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            kill(-1, SIGKILL);
+            _exit(126);
+        }
+        if (plan.lifeline_fd >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            /* The server is gone: the jail goes with it. */
+            kill(-1, SIGKILL);
+            _exit(137);
+        }
+        if (pfd[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            ssize_t n = read(sfd, &si, sizeof si);
+            if (n != (ssize_t)sizeof si)
+                continue;
+            if (si.ssi_signo == SIGCHLD) {
+                pid_t p;
+                int st;
+                while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+                    if (p == child) {
+                        status = st;
+                        done = 1;
+                    }
+                }
+            } else if (!done) {
+                kill(child, (int)si.ssi_signo);
+            }
+        }
+        if (done)
+            break;
+    }
+    /* Take the orphans down with the program, then report its exact status. */
+    kill(-1, SIGKILL);
+    if (plan.lifeline_fd >= 0) {
+        struct aiogaol_record rec;
+        memset(&rec, 0, sizeof rec);
+        rec.kind = AIOGAOL_RECORD_EXIT;
+        rec.value = status;
+        send(plan.lifeline_fd, &rec, sizeof rec, MSG_NOSIGNAL);
+    }
+    if (WIFEXITED(status))
+        _exit(WEXITSTATUS(status));
+    _exit(128 + WTERMSIG(status));
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* The helper: the intermediate process                                                              */
+
+int aiogaol_helper_main(int argc, char **argv, char **envp)
+{
+    int keep[MAX_KEEP + 3], n = 0, i, flags;
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    pid_t init;
+
+    parse_args(argc, argv, envp);
+    if (err_fd < 0)
+        _exit(127);
+    /* The error pipe must not survive the program's exec: EOF is the success signal. */
+    if (fcntl(err_fd, F_SETFD, FD_CLOEXEC) < 0)
+        fail(AIOGAOL_STEP_ARGS, errno, "error pipe");
+    if (plan.lifeline_fd >= 0 && fcntl(plan.lifeline_fd, F_SETFD, FD_CLOEXEC) < 0)
+        fail(AIOGAOL_STEP_ARGS, errno, "lifeline");
+    if (plan.seccomp_fd >= 0 && fcntl(plan.seccomp_fd, F_SETFD, FD_CLOEXEC) < 0)
+        fail(AIOGAOL_STEP_ARGS, errno, "seccomp fd");
+    for (i = 0; i < plan.n_keep; i++)
+        keep[n++] = plan.keep[i];
+    keep[n++] = err_fd;
+    if (plan.lifeline_fd >= 0)
+        keep[n++] = plan.lifeline_fd;
+    if (plan.seccomp_fd >= 0)
+        keep[n++] = plan.seccomp_fd;
+    if (close_all_except(keep, n) < 0)
+        fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
+    if (plan.inside_uid < 0)
+        plan.inside_uid = (long)uid;
+    if (plan.inside_gid < 0)
+        plan.inside_gid = (long)gid;
+
+    flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
+    if (plan.unshare_net)
+        flags |= CLONE_NEWNET;
+    if (unshare(flags) < 0)
+        fail(AIOGAOL_STEP_UNSHARE, errno, "user+pid+mount+ipc+uts+cgroup namespaces");
+    write_file(AIOGAOL_STEP_SETGROUPS, "/proc/self/setgroups", "deny");
+    write_id_map(AIOGAOL_STEP_GID_MAP, "/proc/self/gid_map", (unsigned long)plan.inside_gid,
+                 (unsigned long)gid);
+    write_id_map(AIOGAOL_STEP_UID_MAP, "/proc/self/uid_map", (unsigned long)plan.inside_uid,
+                 (unsigned long)uid);
+
+    init = (pid_t)syscall(SYS_clone, CLONE_PARENT | SIGCHLD, NULL, NULL, NULL, NULL);
+    if (init < 0)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "clone(CLONE_PARENT)");
+    if (init == 0)
+        run_init();
+    send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)init, "");
+    _exit(0);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Server side                                                                                       */
+
+int aiogaol_spawn_helper(const char *path, char *const argv[], char *const envp[], const int *fd_map,
+                         int n_pairs)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, all;
+    pid_t pid = -1;
+    int rc, i;
+
+    if ((rc = posix_spawn_file_actions_init(&fa)) != 0)
+        return -rc;
+    if ((rc = posix_spawnattr_init(&attr)) != 0) {
+        posix_spawn_file_actions_destroy(&fa);
+        return -rc;
+    }
+    for (i = 0; i < n_pairs && rc == 0; i++)
+        rc = posix_spawn_file_actions_adddup2(&fa, fd_map[2 * i], fd_map[2 * i + 1]);
+    sigemptyset(&none);
+    sigfillset(&all);
+    sigdelset(&all, SIGKILL);
+    sigdelset(&all, SIGSTOP);
+    if (rc == 0)
+        rc = posix_spawnattr_setsigmask(&attr, &none);
+    if (rc == 0)
+        rc = posix_spawnattr_setsigdefault(&attr, &all);
+    if (rc == 0)
+        rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    if (rc == 0)
+        rc = posix_spawn(&pid, path, &fa, &attr, argv, envp);
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&fa);
+    return rc == 0 ? (int)pid : -rc;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Probes for aiogaol.check()                                                                        */
+
+static int probe_child(void *arg)
+{
+    (void)arg;
+    _exit(0);
+}
+
+/* Try, rather than guess from sysctls, whether this user may create a user namespace.  CLONE_VM and
+ * CLONE_VFORK keep it cheap in a large server; the child only exits. */
+int aiogaol_probe_userns(void)
+{
+    char stack[16384] __attribute__((aligned(16)));
+    int status;
+    pid_t pid = clone(probe_child, stack + sizeof stack, CLONE_NEWUSER | CLONE_VM | CLONE_VFORK | SIGCHLD, NULL);
+    if (pid < 0)
+        return errno;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
+int aiogaol_landlock_abi(void)
+{
+    long v = syscall(SYS_landlock_create_ruleset, NULL, 0, LL_CREATE_RULESET_VERSION);
+    return v < 0 ? -errno : (int)v;
+}

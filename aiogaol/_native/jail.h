@@ -1,0 +1,92 @@
+/*
+ * The C core of aiogaol: the steps that turn a plan into a jailed process.
+ *
+ * Python plans (what to mount, which namespaces, which limits); this code only carries the plan out,
+ * in a small helper executable that the server starts with posix_spawn (vfork-class, so the cost does
+ * not grow with the server's memory).  Every failure is written as one fixed-size record on the error
+ * pipe, naming the step, the errno and the path, in the manner of CPython's _posixsubprocess.
+ */
+#ifndef AIOGAOL_JAIL_H
+#define AIOGAOL_JAIL_H
+
+#include <stdint.h>
+
+/* The numbered steps of a spawn, in the order they run.  Python reads the names through the cffi
+ * module (aiogaol_step_name), so this list is the single source of truth for both sides. */
+#define AIOGAOL_STEPS(X)                                   \
+    X(NONE, "none")                                        \
+    X(ARGS, "parse helper arguments")                      \
+    X(CLOSE_FDS, "close inherited fds")                    \
+    X(UNSHARE, "unshare namespaces")                       \
+    X(SETGROUPS, "write setgroups")                        \
+    X(GID_MAP, "write gid_map")                            \
+    X(UID_MAP, "write uid_map")                            \
+    X(CLONE_INIT, "clone init")                            \
+    X(MAKE_PRIVATE, "make mounts private")                 \
+    X(STAGING, "mount staging tmpfs")                      \
+    X(PIVOT_STAGING, "pivot_root into staging")            \
+    X(MKDIR, "mkdir")                                      \
+    X(BIND, "bind mount")                                  \
+    X(SETATTR, "set mount attributes")                     \
+    X(TMPFS, "mount tmpfs")                                \
+    X(PROC, "mount proc")                                  \
+    X(DEVICE, "bind device")                               \
+    X(SYMLINK, "symlink")                                  \
+    X(DETACH_OLDROOT, "detach old root")                   \
+    X(PIVOT_ROOT, "pivot_root into jail")                  \
+    X(ROOT_READONLY, "make jail root read-only")           \
+    X(HOSTNAME, "sethostname")                             \
+    X(SIGNALFD, "signalfd")                                \
+    X(FORK_PROGRAM, "fork program")                        \
+    X(CHDIR, "chdir")                                      \
+    X(SETSID, "setsid")                                    \
+    X(RLIMIT, "setrlimit")                                 \
+    X(SIGNALS, "reset signals")                            \
+    X(NO_NEW_PRIVS, "set no_new_privs")                    \
+    X(CAPABILITIES, "drop capabilities")                   \
+    X(LANDLOCK, "landlock")                                \
+    X(SECCOMP, "load seccomp filter")                      \
+    X(EXEC, "exec")
+
+enum aiogaol_step {
+#define AIOGAOL_STEP_ENUM(name, text) AIOGAOL_STEP_##name,
+    AIOGAOL_STEPS(AIOGAOL_STEP_ENUM)
+#undef AIOGAOL_STEP_ENUM
+    AIOGAOL_STEP_COUNT
+};
+
+/* Record kinds on the error pipe and on the lifeline socket. */
+enum aiogaol_record_kind {
+    AIOGAOL_RECORD_PID = 1,     /* value: host PID of the jail's init */
+    AIOGAOL_RECORD_FAILURE = 2, /* step, err, detail: a setup step failed */
+    AIOGAOL_RECORD_EXIT = 3,    /* value: wait status of the program (from init) */
+};
+
+#define AIOGAOL_DETAIL_MAX 496
+
+/* 512 bytes: below PIPE_BUF, so each record is written atomically even with several writers. */
+struct aiogaol_record {
+    int32_t kind;
+    int32_t step;
+    int32_t err;
+    int32_t value;
+    char detail[AIOGAOL_DETAIL_MAX];
+};
+
+const char *aiogaol_step_name(int step);
+int aiogaol_record_size(void);
+
+/* Entry point of the helper executable. */
+int aiogaol_helper_main(int argc, char **argv, char **envp);
+
+/* Server side: start the helper with the given stdio and kept fds, signals reset, via posix_spawn.
+ * fd_map holds pairs (from, to); a pair with from == to only clears FD_CLOEXEC.  Returns the helper's
+ * PID, or -errno. */
+int aiogaol_spawn_helper(const char *path, char *const argv[], char *const envp[], const int *fd_map,
+                         int n_pairs);
+
+/* Probes: 0 or the errno of unshare(CLONE_NEWUSER); the Landlock ABI or -errno. */
+int aiogaol_probe_userns(void);
+int aiogaol_landlock_abi(void);
+
+#endif

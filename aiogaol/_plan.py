@@ -1,0 +1,204 @@
+"""From a Profile to the helper's instructions: namespace flags and an ordered mount list.
+
+The plan is data (like bubblewrap's list of setup operations); the C helper executes it top to bottom.
+A profile's plan is compiled once and cached, since profiles are immutable and hashable; each spawn only
+adds its own fds, directory and program.  ``explain()`` prints a plan for people.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ._errors import ProfileError
+from ._profile import (AllAddresses, FileReadAll, FileWriteAll, Literal, LocalSocket, NetworkOutbound,
+                       Profile, ResolvedPath, Subpath, SystemInfoRead, Tmpfs, check_path)
+
+MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
+JAIL_ROOT_SIZE = 1 << 20  # the jail's own root holds only mount points
+
+
+@dataclass(frozen=True)
+class MountStep:
+    """One entry of the helper's set-up list."""
+
+    kind: str  # dir, symlink, ro, rw, tmpfs, proc, dev, mask
+    target: str
+    source: str = ""
+    size: int = 0
+    mode: int = 0
+
+    def args(self) -> list[str]:
+        if self.kind == "dir":
+            return ["--dir", self.target]
+        if self.kind == "symlink":
+            return ["--symlink", self.source, self.target]
+        if self.kind in ("ro", "rw"):
+            return [f"--{self.kind}", self.source, self.target]
+        if self.kind == "tmpfs":
+            return ["--tmpfs", self.target, str(self.size), format(self.mode, "o")]
+        return [f"--{self.kind}", self.target]
+
+    def describe(self) -> str:
+        if self.kind == "symlink":
+            return f"symlink {self.target} -> {self.source}"
+        if self.kind in ("ro", "rw"):
+            return f"bind    {self.source} -> {self.target} ({'read-only' if self.kind == 'ro' else 'read-write'}, nosuid, nodev)"
+        if self.kind == "tmpfs":
+            return f"tmpfs   {self.target} ({self.size} bytes)"
+        if self.kind == "mask":
+            return f"mask    {self.target} (empty, read-only)"
+        return f"{self.kind:<7} {self.target}"
+
+
+@dataclass(frozen=True)
+class JailPlan:
+    """Everything about a spawn that depends only on the profile."""
+
+    unshare_net: bool
+    steps: tuple[MountStep, ...]
+    args: tuple[str, ...]
+
+    def explain(self) -> str:
+        lines = ["namespaces: user, pid, mount, ipc, uts, cgroup" + (", net" if self.unshare_net else " (host network)")]
+        lines += [f"  {step.describe()}" for step in self.steps]
+        return "\n".join(lines)
+
+
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.count("/")
+
+
+def _under(path: str, tree: str) -> bool:
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+
+@functools.lru_cache(maxsize=256)
+def compile_profile(profile: Profile) -> JailPlan:
+    binds: dict[str, MountStep] = {}
+    links: dict[str, str] = {}
+    extra: list[MountStep] = []
+    system_info = False
+    unshare_net = True
+
+    def add_links(r: ResolvedPath) -> None:
+        for link, text in r.links:
+            links.setdefault(link, text)
+
+    def bind(r: ResolvedPath, kind: str, literal: bool) -> None:
+        if r.kind == "missing":
+            return  # a read rule for a path this host lacks grants nothing (gaol does the same)
+        add_links(r)
+        if literal and r.kind == "dir":
+            step = MountStep("dir", r.real)  # the entry itself, not its contents
+        else:
+            step = MountStep(kind, r.real, source=r.real)
+        previous = binds.get(r.real)
+        if previous is None or previous.kind in ("dir",) or (previous.kind == "ro" and kind == "rw"):
+            binds[r.real] = step
+
+    for op in profile.operations:
+        if isinstance(op, FileReadAll):
+            bind(profile.resolved[op.pattern.path], "ro", isinstance(op.pattern, Literal))
+        elif isinstance(op, FileWriteAll):
+            bind(profile.resolved[op.pattern.path], "rw", isinstance(op.pattern, Literal))
+        elif isinstance(op, Tmpfs):
+            extra.append(MountStep("tmpfs", op.path, size=op.size, mode=0o1777))
+        elif isinstance(op, SystemInfoRead):
+            system_info = True
+        elif isinstance(op, NetworkOutbound):
+            if isinstance(op.address, AllAddresses):
+                unshare_net = False
+            elif isinstance(op.address, LocalSocket):
+                bind(profile.resolved[op.address.path], "ro", True)
+
+    trees = [s.target for s in binds.values() if s.kind in ("ro", "rw")]
+    # The union of the rules is what is allowed: a bind inside a tree that is already bound with at
+    # least the same access adds nothing (and could not get a mount point in a read-only tree anyway).
+    for key, s in list(binds.items()):
+        for t in binds.values():
+            if t is not s and t.kind in ("ro", "rw") and _under(s.target, t.target) and (
+                    s.kind != "rw" or t.kind == "rw"):
+                del binds[key]
+                break
+    steps: list[MountStep] = [MountStep("proc", "/proc"), MountStep("dev", "/dev")]
+    if not system_info:
+        steps.append(MountStep("mask", "/proc/sys"))
+    ordered = sorted([*binds.values(), *extra], key=lambda s: (_depth(s.target), s.target))
+    for s in ordered:
+        if s.target == "/" and s.kind in ("ro", "rw"):
+            raise ProfileError("binding the whole host root is not a jail; list the trees the program needs")
+        if _under(s.target, "/proc") or (_under(s.target, "/dev") and s.kind != "tmpfs"):
+            continue  # the jail brings its own /proc and /dev
+        steps.append(s)
+    for link, text in sorted(links.items()):
+        if any(_under(link, tree) for tree in trees):
+            continue  # already inside a bound tree
+        steps.append(MountStep("symlink", link, source=text))
+    args: list[str] = ["--root-size", str(JAIL_ROOT_SIZE)]
+    if unshare_net:
+        args.append("--unshare-net")
+    for s in steps:
+        args += s.args()
+    return JailPlan(unshare_net, tuple(steps), tuple(args))
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-spawn arguments
+
+
+def _check_arg(value: object, what: str) -> bytes:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        value = os.fsencode(value)
+    if not isinstance(value, bytes):
+        raise TypeError(f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}")
+    if b"\0" in value:
+        raise ValueError(f"{what} {value!r} contains a NUL byte")
+    return value
+
+
+def program_argv(program: object, args: Sequence[object]) -> list[bytes]:
+    argv = [_check_arg(program, "program")]
+    if not argv[0]:
+        raise ValueError("program is empty")
+    argv += [_check_arg(a, f"argument {i}") for i, a in enumerate(args, 1)]
+    return argv
+
+
+def environment(env: Mapping[object, object] | None) -> list[bytes]:
+    """Only what the caller passes, plus a minimal PATH: the server's own environment never flows in."""
+    result: dict[bytes, bytes] = {}
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+        for key, value in env.items():
+            k = _check_arg(key, "environment name")
+            if not k or b"=" in k:
+                raise ValueError(f"environment name {k!r} is empty or contains '='")
+            result[k] = _check_arg(value, f"environment value of {k.decode(errors='replace')}")
+    result.setdefault(b"PATH", MINIMAL_PATH.encode())
+    return [k + b"=" + v for k, v in result.items()]
+
+
+def jail_cwd(cwd: object) -> str:
+    if cwd is None:
+        return "/"
+    return check_path(cwd, "cwd")
+
+
+def helper_argv(plan: JailPlan, *, err_fd: int, lifeline_fd: int, keep_fds: Sequence[int], cwd: str,
+                rlimits: Sequence[tuple[int, int, int]], seccomp_fd: int | None, extra: Sequence[str],
+                argv: Sequence[bytes]) -> list[bytes]:
+    head = ["aiogaol-jail", "--err", str(err_fd), "--lifeline", str(lifeline_fd), "--chdir", cwd]
+    for fd in keep_fds:
+        head += ["--keep", str(fd)]
+    for resource, soft, hard in rlimits:
+        head += ["--rlimit", str(resource), str(soft), str(hard)]
+    if seccomp_fd is not None:
+        head += ["--seccomp-fd", str(seccomp_fd)]
+    head += list(extra)
+    return [os.fsencode(a) for a in (*head, *plan.args)] + [b"--", *argv]

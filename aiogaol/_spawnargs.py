@@ -1,0 +1,102 @@
+"""Checking a spawn's arguments before anything is started, shared by every face.
+
+Bad arguments fail here with ValueError/TypeError, never in the helper; what remains is a validated
+bundle that only needs the handshake fds to become the helper's argv.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import _plan
+from ._limits import Limits, resolve_limits
+from ._profile import Profile
+
+
+def check_popen_kwargs(kwds: dict[str, Any]) -> int:
+    """asyncio's refusals with asyncio's messages, then ours for what a jail cannot honour.
+
+    Returns the requested pipe size (-1 for the default).
+    """
+    if kwds.pop("universal_newlines", False):
+        raise ValueError("universal_newlines must be False")
+    if kwds.pop("shell", False):
+        raise ValueError("shell must be False")
+    if kwds.pop("bufsize", 0) != 0:
+        raise ValueError("bufsize must be 0")
+    if kwds.pop("text", None):
+        raise ValueError("text must not be True")
+    if kwds.pop("encoding", None) is not None:
+        raise ValueError("encoding must be None")
+    if kwds.pop("errors", None) is not None:
+        raise ValueError("errors must be None")
+    if kwds.pop("preexec_fn", None) is not None:
+        raise ValueError("preexec_fn is not supported: no Python code runs between fork and exec in aiogaol")
+    if not kwds.pop("close_fds", True):
+        raise ValueError("close_fds must be True: a jail receives only the fds named in pass_fds")
+    kwds.pop("start_new_session", None)  # the program always gets a session of its own
+    kwds.pop("restore_signals", None)  # signal dispositions and mask are always reset
+    if kwds.pop("process_group", None) not in (None, 0):
+        raise ValueError("process_group is not supported: the program leads a session of its own in its jail")
+    for name in ("executable", "user", "group", "extra_groups", "startupinfo"):
+        if kwds.pop(name, None) is not None:
+            raise ValueError(f"{name} is not supported in a jail")
+    if kwds.pop("umask", -1) != -1:
+        raise ValueError("umask is not supported in a jail")
+    kwds.pop("creationflags", None)
+    pipesize = kwds.pop("pipesize", -1)
+    if not isinstance(pipesize, int):
+        raise TypeError("pipesize must be an int")
+    if kwds:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwds))}")
+    return pipesize
+
+
+def check_pass_fds(pass_fds: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(pass_fds, (str, bytes)) or not isinstance(pass_fds, (Sequence, set, frozenset)):
+        raise TypeError("pass_fds must be a sequence of file descriptors")
+    fds: list[int] = []
+    for fd in pass_fds:
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"pass_fds must hold ints, not {type(fd).__name__}")
+        if fd < 3:
+            raise ValueError(f"pass_fds: {fd} is a standard stream; use stdin/stdout/stderr")
+        try:
+            os.fstat(fd)
+        except OSError as e:
+            raise ValueError(f"pass_fds: {fd} is not an open file descriptor") from e
+        if fd not in fds:
+            fds.append(fd)
+    return tuple(sorted(fds))
+
+
+@dataclass(frozen=True)
+class SpawnArgs:
+    plan: _plan.JailPlan
+    argv: list[bytes]
+    envp: list[bytes]
+    cwd: str
+    pass_fds: tuple[int, ...]
+    limits: Limits
+
+    @classmethod
+    def build(cls, profile: Profile, program: object, args: Sequence[object], *, env: Mapping[Any, Any] | None,
+              cwd: object, pass_fds: Sequence[int], limits: Limits | None) -> "SpawnArgs":
+        if not isinstance(profile, Profile):
+            raise TypeError(f"profile must be an aiogaol.Profile, not {type(profile).__name__}")
+        return cls(
+            plan=_plan.compile_profile(profile),
+            argv=_plan.program_argv(program, args),
+            envp=_plan.environment(env),
+            cwd=_plan.jail_cwd(cwd),
+            pass_fds=check_pass_fds(pass_fds),
+            limits=resolve_limits(limits),
+        )
+
+    def helper_argv(self, err_fd: int, lifeline_fd: int) -> list[bytes]:
+        return _plan.helper_argv(self.plan, err_fd=err_fd, lifeline_fd=lifeline_fd, keep_fds=self.pass_fds,
+                                 cwd=self.cwd, rlimits=self.limits.rlimits(), seccomp_fd=None, extra=(),
+                                 argv=self.argv)
