@@ -126,9 +126,9 @@ class SandboxedProcess:
         tasks: list[Any] = []
         if self.stdin is not None:
             tasks.append(self._feed_stdin(bytes(input) if input is not None else None))
-        out, err = await asyncio.gather(self._read(self.stdout), self._read(self.stderr), *tasks)
+        results = await asyncio.gather(self._read(self.stdout), self._read(self.stderr), *tasks)
         await self.wait()
-        return out, err
+        return results[0], results[1]
 
     def _close_transports(self) -> None:
         for t in self._transports:

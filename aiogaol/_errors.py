@@ -59,7 +59,7 @@ class UserNamespacesUnavailable(AiogaolError, OSError):
 
 def setup_error(step: str, err: int, detail: str) -> SandboxSetupError:
     """The most specific exception for a failed step, so callers can catch the built-in they know."""
-    if step == "exec" and err == _errno.ENOENT:
+    if step.startswith("exec") and err == _errno.ENOENT:
         return ProgramNotFoundError(step, err, detail)
     if step == "exec" and err in (_errno.EACCES, _errno.EPERM):
         return ProgramPermissionError(step, err, detail)

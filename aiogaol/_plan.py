@@ -75,6 +75,16 @@ def _under(path: str, tree: str) -> bool:
     return path == tree or path.startswith(tree.rstrip("/") + "/")
 
 
+@functools.cache
+def _root_symlinks() -> tuple[tuple[str, str], ...]:
+    found = []
+    for name in sorted(os.listdir("/")):
+        path = "/" + name
+        if os.path.islink(path):
+            found.append((path, os.readlink(path)))
+    return tuple(found)
+
+
 @functools.lru_cache(maxsize=256)
 def compile_profile(profile: Profile) -> JailPlan:
     binds: dict[str, MountStep] = {}
@@ -133,6 +143,12 @@ def compile_profile(profile: Profile) -> JailPlan:
         if _under(s.target, "/proc") or (_under(s.target, "/dev") and s.kind != "tmpfs"):
             continue  # the jail brings its own /proc and /dev
         steps.append(s)
+    # The host's top-level symlinks into a tree the jail already has (merged /usr: /lib64 -> usr/lib64,
+    # where the ELF interpreter lives) grant nothing new, and without them no binary would start.
+    for link, text in _root_symlinks():
+        target = os.path.normpath(os.path.join("/", text))
+        if any(_under(target, tree) for tree in trees):
+            links.setdefault(link, text)
     for link, text in sorted(links.items()):
         if any(_under(link, tree) for tree in trees):
             continue  # already inside a bound tree

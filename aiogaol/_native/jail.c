@@ -747,7 +747,11 @@ static void exec_program(void)
     char buf[PATH_MAX];
     if (strchr(prog, '/')) {
         execve(prog, plan.argv, plan.envp);
-        fail(AIOGAOL_STEP_EXEC, errno, prog);
+        saved = errno;
+        /* ENOENT for a file that exists means its interpreter (ld.so, or a #! line) is missing. */
+        if (saved == ENOENT && access(prog, F_OK) == 0)
+            fail(AIOGAOL_STEP_INTERPRETER, saved, prog);
+        fail(AIOGAOL_STEP_EXEC, saved, prog);
     }
     path = env_get(plan.envp, "PATH");
     if (!path)
@@ -766,6 +770,8 @@ static void exec_program(void)
             buf[k++] = '/';
             memcpy(buf + k, prog, pl + 1);
             execve(buf, plan.argv, plan.envp);
+            if (errno == ENOENT && access(buf, F_OK) == 0)
+                fail(AIOGAOL_STEP_INTERPRETER, ENOENT, buf);
             if (errno == EACCES)
                 saved = EACCES;
             else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE)

@@ -46,7 +46,8 @@
     X(CAPABILITIES, "drop capabilities")                   \
     X(LANDLOCK, "landlock")                                \
     X(SECCOMP, "load seccomp filter")                      \
-    X(EXEC, "exec")
+    X(EXEC, "exec")                                        \
+    X(INTERPRETER, "exec (program found, its ELF interpreter or script interpreter is not in the jail)")
 
 enum aiogaol_step {
 #define AIOGAOL_STEP_ENUM(name, text) AIOGAOL_STEP_##name,
