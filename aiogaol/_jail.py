@@ -176,6 +176,7 @@ async def launch(*, plan_args: Callable[[int, int], list[bytes]], envp: Sequence
     Cancellation at any await kills and reaps whatever was started before re-raising.
     """
     err_r, err_w = os.pipe()
+    data = b""
     life_server, life_jail = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     copies: list[int] = []
     helper_pid = init_pid = 0
@@ -197,7 +198,6 @@ async def launch(*, plan_args: Callable[[int, int], list[bytes]], envp: Sequence
         err_w = -1
         life_jail.close()
         os.set_blocking(err_r, False)
-        data = b""
         while True:
             await wait_readable(err_r)
             try:
@@ -225,11 +225,16 @@ async def launch(*, plan_args: Callable[[int, int], list[bytes]], envp: Sequence
         init_pid = 0
         return jail
     except BaseException:
+        life_server.close()  # a jail that got this far dies of the closed lifeline too
+        if helper_pid and not init_pid:
+            # Cancelled mid-handshake: init may exist already and is our child, so learn its PID
+            # before anything else.  The helper writes it right after the clone and never blocks, so
+            # this short blocking read is bounded.
+            init_pid = _read_init_pid(err_r, data)
         if init_pid:
             _kill_and_reap(init_pid)
         if helper_pid:
             _kill_and_reap(helper_pid)
-        life_server.close()
         raise
     finally:
         os.close(err_r)
@@ -239,6 +244,21 @@ async def launch(*, plan_args: Callable[[int, int], list[bytes]], envp: Sequence
             life_jail.close()
         for fd in copies:
             os.close(fd)
+
+
+def _read_init_pid(err_r: int, data: bytes) -> int:
+    os.set_blocking(err_r, True)
+    while True:
+        for rec in _parse_records(data):
+            if rec.kind == RECORD_PID:
+                return rec.value
+        try:
+            chunk = os.read(err_r, _ffi.RECORD_SIZE)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return 0
+        data += chunk
 
 
 def _failure_error(rec: _Record) -> OSError:

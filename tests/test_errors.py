@@ -119,7 +119,7 @@ async def test_forbidden_user_namespaces_raise_a_named_error() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(aiogaol.__file__)))
     code = FORBIDDEN.format(root=root)
     script = f"echo 0 > /proc/sys/user/max_user_namespaces && exec {sys.executable} -c \"$0\""
-    done = subprocess.run(["unshare", "--user", "--map-current-user", "sh", "-c", script, code],
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", script, code],
                           capture_output=True, text=True, timeout=60)
     if "unshare failed" in done.stderr:
         pytest.skip(f"cannot create the outer user namespace here: {done.stderr.strip()}")
