@@ -174,9 +174,9 @@ async def _connect(proc: SandboxedProcess, stdio: _stdio.Stdio, limit: int) -> N
         if stdio.parent[slot] >= 0:
             fd, stdio.parent[slot] = stdio.parent[slot], -1
             reader = asyncio.StreamReader(limit=limit, loop=loop)
-            transport, _ = await loop.connect_read_pipe(
-                lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop), open(fd, "rb", buffering=0))
-            proc._transports.append(transport)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            read_transport, _ = await loop.connect_read_pipe(lambda: protocol, open(fd, "rb", buffering=0))
+            proc._transports.append(read_transport)
             if slot == 1:
                 proc.stdout = reader
             else:
