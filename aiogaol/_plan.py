@@ -17,6 +17,7 @@ from ._profile import (AllAddresses, FileReadAll, FileWriteAll, Literal, LocalSo
                        Profile, ResolvedPath, Subpath, SystemInfoRead, Tmpfs, check_path)
 
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
+NOBODY = 65534
 JAIL_ROOT_SIZE = 1 << 20  # the jail's own root holds only mount points
 
 
@@ -210,6 +211,9 @@ def helper_argv(plan: JailPlan, *, err_fd: int, lifeline_fd: int, keep_fds: Sequ
                 rlimits: Sequence[tuple[int, int, int]], seccomp_fd: int | None, extra: Sequence[str],
                 argv: Sequence[bytes]) -> list[bytes]:
     head = ["aiogaol-jail", "--err", str(err_fd), "--lifeline", str(lifeline_fd), "--chdir", cwd]
+    if os.geteuid() == 0:
+        # A root server's program runs as nobody: root's files are not its own, root's groups are gone.
+        head += ["--uid", str(NOBODY), "--gid", str(NOBODY)]
     for fd in keep_fds:
         head += ["--keep", str(fd)]
     for resource, soft, hard in rlimits:

@@ -56,6 +56,9 @@ async def main() -> None:
     with tempfile.NamedTemporaryFile("w", delete=False, prefix="aiogaol-demo-", dir="/var/tmp") as f:
         f.write("the secret")
         secret = f.name
+    # The jail's user is nobody when the server is root (otherwise the caller): the profile grants
+    # access, file permissions still apply.
+    os.chmod(secret, 0o644)
     python = aiogaol.python_executable()
     base = aiogaol.python_profile()
     jails = {

@@ -370,3 +370,27 @@ async def test_a_hundred_concurrent_jails() -> None:
     assert outs == [f"{i}\n".encode() for i in range(100)]
     assert zombie_children() == []
     assert len(open_fds()) <= len(fds) + 2  # the loop may grow a self-pipe; no jail fd remains
+
+
+async def test_program_never_holds_a_root_servers_identity(py_profile: aiogaol.Profile, python: str,
+                                                           tmp_path: os.PathLike[str]) -> None:
+    """As root, the program runs as nobody with no groups; otherwise as the caller.  Never as root."""
+    private = os.path.join(tmp_path, "owner-only")
+    with open(private, "w") as f:
+        f.write("owner's eyes only")
+    os.chmod(private, 0o600)
+    profile = py_profile + [FileReadAll(Literal(private))]
+    result = await python_json(profile, python, textwrap.dedent(f"""
+        import json, os
+        try:
+            open({private!r}).read(); readable = True
+        except PermissionError:
+            readable = False
+        print(json.dumps([os.getuid(), os.geteuid(), os.getgid(), os.getgroups(), readable]))
+    """))
+    uid, euid, gid, groups, readable = result
+    if os.geteuid() == 0:
+        assert (uid, euid, gid, groups, readable) == (65534, 65534, 65534, [], False)
+    else:
+        assert (uid, euid, gid) == (os.getuid(), os.getuid(), os.getgid())
+        assert readable  # the caller's own file: the jail is never more than the caller

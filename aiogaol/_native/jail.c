@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
@@ -189,6 +190,7 @@ struct plan {
     int n_keep;
     long inside_uid, inside_gid;
     int unshare_net;
+    int no_namespaces; /* the fallback: Landlock, seccomp, no_new_privs and rlimits only */
     const char *hostname;
     unsigned long long root_size;
     const char *cwd;
@@ -216,6 +218,7 @@ struct plan {
 };
 
 static struct plan plan;
+static int switch_identity;
 
 static unsigned long long parse_num(const char *s, int base)
 {
@@ -285,6 +288,8 @@ static void parse_args(int argc, char **argv, char **envp)
         } else if (strcmp(o, "--gid") == 0) {
             NEED(1);
             plan.inside_gid = (long)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--no-namespaces") == 0) {
+            plan.no_namespaces = 1;
         } else if (strcmp(o, "--unshare-net") == 0) {
             plan.unshare_net = 1;
         } else if (strcmp(o, "--hostname") == 0) {
@@ -431,14 +436,24 @@ static char *fmt_ulong(char *p, unsigned long v)
     return p;
 }
 
-/* "inside outside 1\n": a single id mapped, which an unprivileged user may write for itself. */
-static void write_id_map(int step, const char *path, unsigned long inside, unsigned long outside)
+/* "inside outside 1\n" lines.  A single line mapping the caller's own id is what an unprivileged
+ * caller may write; a privileged one adds a second identity for the program (see --uid). */
+static void write_id_map(int step, const char *path, unsigned long caller, unsigned long program)
 {
-    char buf[64], *p = buf;
-    p = fmt_ulong(p, inside);
+    char buf[128], *p = buf;
+    p = fmt_ulong(p, caller == program ? caller : 0);
     *p++ = ' ';
-    p = fmt_ulong(p, outside);
-    memcpy(p, " 1\n", 4);
+    p = fmt_ulong(p, caller);
+    memcpy(p, " 1\n", 3);
+    p += 3;
+    if (caller != program) {
+        p = fmt_ulong(p, program);
+        *p++ = ' ';
+        p = fmt_ulong(p, program);
+        memcpy(p, " 1\n", 3);
+        p += 3;
+    }
+    *p = '\0';
     write_file(step, path, buf);
 }
 
@@ -665,11 +680,25 @@ static size_t read_seccomp(void)
     ssize_t n;
     if (plan.seccomp_fd < 0)
         return 0;
-    while ((n = pread(plan.seccomp_fd, (char *)seccomp_insns + got, sizeof seccomp_insns - got,
-                      (off_t)got)) > 0)
+    /* A pipe the server filled and closed before the spawn (a filter is at most 32 KiB, below a pipe's
+     * capacity), so the server caches no fd; read to EOF.  More than BPF_MAXINSNS is refused. */
+    for (;;) {
+        n = read(plan.seccomp_fd, (char *)seccomp_insns + got, sizeof seccomp_insns - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
         got += (size_t)n;
+        if (got == sizeof seccomp_insns) {
+            char extra;
+            if (read(plan.seccomp_fd, &extra, 1) != 0)
+                fail(AIOGAOL_STEP_SECCOMP, E2BIG, "filter size");
+            break;
+        }
+    }
     if (n < 0)
         fail(AIOGAOL_STEP_SECCOMP, errno, "read filter");
+    close(plan.seccomp_fd);
     if (got == 0 || got % sizeof(struct sock_filter) != 0)
         fail(AIOGAOL_STEP_SECCOMP, EINVAL, "filter size");
     return got / sizeof(struct sock_filter);
@@ -686,6 +715,9 @@ static void apply_landlock(void)
     for (i = 0; i < plan.n_ll_paths; i++) {
         struct ll_path_beneath_attr pb;
         int fd = open(plan.ll_paths[i].path, O_PATH | O_CLOEXEC);
+        /* A rule for a path the jail does not hold grants nothing: skipping it only denies more. */
+        if (fd < 0 && errno == ENOENT)
+            continue;
         if (fd < 0)
             fail(AIOGAOL_STEP_LANDLOCK, errno, plan.ll_paths[i].path);
         pb.allowed_access = plan.ll_paths[i].access;
@@ -712,7 +744,8 @@ static void drop_capabilities(void)
     struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
     int cap;
     for (cap = 0; cap <= 63; cap++) {
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL &&
+            !(plan.no_namespaces && errno == EPERM))
             fail(AIOGAOL_STEP_CAPABILITIES, errno, "bounding set");
     }
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
@@ -722,8 +755,23 @@ static void drop_capabilities(void)
                                      SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
                                      SECBIT_NO_CAP_AMBIENT_RAISE |
                                      SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
-              0, 0, 0) < 0)
+              0, 0, 0) < 0 && !(plan.no_namespaces && errno == EPERM))
+        /* In the fallback an unprivileged caller has no CAP_SETPCAP for the bounding set and the
+         * securebits; it holds no capability either, and no_new_privs (already set) keeps exec from
+         * granting any. */
         fail(AIOGAOL_STEP_CAPABILITIES, errno, "securebits");
+    /* The identity switch comes after the bounding set and securebits (it needs CAP_SETUID and
+     * CAP_SETGID, and NO_SETUID_FIXUP keeps it from clearing them early), before capset clears all. */
+    if (switch_identity) {
+        gid_t g = (gid_t)plan.inside_gid;
+        uid_t u = (uid_t)plan.inside_uid;
+        if (setgroups(0, NULL) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "setgroups");
+        if (setresgid(g, g, g) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "setresgid");
+        if (setresuid(u, u, u) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "setresuid");
+    }
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &hdr, data) < 0)
         fail(AIOGAOL_STEP_CAPABILITIES, errno, "capset");
@@ -926,7 +974,7 @@ static void __attribute__((noreturn)) run_init(void)
 
 int aiogaol_helper_main(int argc, char **argv, char **envp)
 {
-    int keep[MAX_KEEP + 3], n = 0, i, flags;
+    int keep[MAX_KEEP + 3], n = 0, i, flags, sync_fds[2];
     uid_t uid = getuid();
     gid_t gid = getgid();
     pid_t init;
@@ -950,27 +998,56 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
         keep[n++] = plan.seccomp_fd;
     if (close_all_except(keep, n) < 0)
         fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
+    /* --uid/--gid name the host identity the program runs as, mapped to the same numbers inside.  By
+     * default it is the caller's own (mapped to itself); a root caller passes nobody's, so the program
+     * never holds root's files as their owner nor root's supplementary groups. */
     if (plan.inside_uid < 0)
         plan.inside_uid = (long)uid;
     if (plan.inside_gid < 0)
         plan.inside_gid = (long)gid;
+    switch_identity = plan.inside_uid != (long)uid || plan.inside_gid != (long)gid;
 
     flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
     if (plan.unshare_net)
         flags |= CLONE_NEWNET;
-    if (unshare(flags) < 0)
-        fail(AIOGAOL_STEP_UNSHARE, errno, "user+pid+mount+ipc+uts+cgroup namespaces");
-    write_file(AIOGAOL_STEP_SETGROUPS, "/proc/self/setgroups", "deny");
-    write_id_map(AIOGAOL_STEP_GID_MAP, "/proc/self/gid_map", (unsigned long)plan.inside_gid,
-                 (unsigned long)gid);
-    write_id_map(AIOGAOL_STEP_UID_MAP, "/proc/self/uid_map", (unsigned long)plan.inside_uid,
-                 (unsigned long)uid);
-
-    init = (pid_t)syscall(SYS_clone, CLONE_PARENT | SIGCHLD, NULL, NULL, NULL, NULL);
+    if (pipe2(sync_fds, O_CLOEXEC) < 0)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
+    /* Init is created straight into the new namespaces, and as the server's child (CLONE_PARENT).
+     * The helper stays in the parent user namespace and writes init's id maps from there: that is
+     * what lets a privileged caller map an identity other than its own (see --uid above). */
+    init = (pid_t)syscall(SYS_clone, CLONE_PARENT | flags | SIGCHLD, NULL, NULL, NULL, NULL);
     if (init < 0)
-        fail(AIOGAOL_STEP_CLONE_INIT, errno, "clone(CLONE_PARENT)");
-    if (init == 0)
+        fail(AIOGAOL_STEP_UNSHARE, errno, "user+pid+mount+ipc+uts+cgroup namespaces");
+    if (init == 0) {
+        char go;
+        close(sync_fds[1]);
+        if (read(sync_fds[0], &go, 1) != 1)
+            _exit(127); /* the helper failed and said why */
+        close(sync_fds[0]);
         run_init();
+    }
+    close(sync_fds[0]);
+    {
+        char path[64], *p;
+        /* An unprivileged caller may map only its own ids, and only once setgroups is denied.  A
+         * caller with CAP_SETUID/CAP_SETGID maps nobody and keeps setgroups, so that the program can
+         * shed the caller's supplementary groups before it runs. */
+        memcpy(path, "/proc/", 6);
+        p = fmt_ulong(path + 6, (unsigned long)init);
+        if (!switch_identity) {
+            memcpy(p, "/setgroups", 11);
+            write_file(AIOGAOL_STEP_SETGROUPS, path, "deny");
+        }
+        /* The caller's own id stays mapped (as 0 when another identity is added), so that init,
+         * which builds the jail, can still reach the host paths the caller can reach. */
+        memcpy(p, "/gid_map", 9);
+        write_id_map(AIOGAOL_STEP_GID_MAP, path, (unsigned long)gid, (unsigned long)plan.inside_gid);
+        memcpy(p, "/uid_map", 9);
+        write_id_map(AIOGAOL_STEP_UID_MAP, path, (unsigned long)uid, (unsigned long)plan.inside_uid);
+    }
+    if (write(sync_fds[1], "g", 1) != 1)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
+    close(sync_fds[1]);
     send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)init, "");
     _exit(0);
 }

@@ -40,6 +40,7 @@
     X(FORK_PROGRAM, "fork program")                        \
     X(CHDIR, "chdir")                                      \
     X(SETSID, "setsid")                                    \
+    X(IDENTITY, "switch to the jail's user")                \
     X(RLIMIT, "setrlimit")                                 \
     X(SIGNALS, "reset signals")                            \
     X(NO_NEW_PRIVS, "set no_new_privs")                    \
