@@ -153,3 +153,18 @@ async def test_unsupported_arguments_are_refused_like_asyncio(kwargs: dict[str, 
 async def test_unknown_keyword_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="no_such_option"):
         await aiogaol.create_sandboxed_subprocess(aiogaol.system_profile(), "/bin/true", no_such_option=1)
+
+
+async def test_a_dropped_process_is_killed_and_reaped(py_profile: aiogaol.Profile, python: str) -> None:
+    import gc
+    import warnings
+
+    proc = await aiogaol.create_sandboxed_subprocess(py_profile, python, "-c", "import time; time.sleep(60)")
+    pid = proc.pid
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del proc
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+    assert not os.path.exists(f"/proc/{pid}")
+    assert zombie_children() == []

@@ -357,7 +357,10 @@ async def test_write_bind_writes_through(py_profile: aiogaol.Profile, python: st
 
 
 async def test_a_hundred_concurrent_jails() -> None:
+    import threading
+
     fds = open_fds()
+    threads = threading.active_count()
     profile = aiogaol.system_profile()
 
     async def one(i: int) -> bytes:
@@ -370,6 +373,7 @@ async def test_a_hundred_concurrent_jails() -> None:
     assert outs == [f"{i}\n".encode() for i in range(100)]
     assert zombie_children() == []
     assert len(open_fds()) <= len(fds) + 2  # the loop may grow a self-pipe; no jail fd remains
+    assert threading.active_count() == threads  # no watcher thread, ever
 
 
 async def test_program_never_holds_a_root_servers_identity(py_profile: aiogaol.Profile, python: str,
