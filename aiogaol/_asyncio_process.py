@@ -65,6 +65,11 @@ class SandboxedProcess:
         return self._jail.returncode
 
     @property
+    def isolation(self) -> str:
+        """"namespaces" (the full jail) or "landlock" (the fallback, with weaker guarantees)."""
+        return self._jail.isolation
+
+    @property
     def usage(self) -> Usage | None:
         """CPU, memory and wall time of the whole jail, once it has exited."""
         return self._jail.usage
@@ -195,18 +200,22 @@ async def create_sandboxed_subprocess(
     cwd: str | os.PathLike[str] | None = None,
     pass_fds: Sequence[int] = (),
     limits: Any = None,
+    isolation: str = "namespaces",
     **kwds: Any,
 ) -> SandboxedProcess:
     """Start ``program`` in a jail built from ``profile``; the arguments mean what they mean for
     ``asyncio.create_subprocess_exec`` (``cwd`` is a path inside the jail, ``env`` is the whole
-    environment apart from a minimal PATH)."""
+    environment apart from a minimal PATH).  ``isolation="landlock"`` opts into the weaker fallback for
+    hosts that forbid user namespaces (see docs/security.md); ``"auto"`` uses it only there."""
     pipesize = check_popen_kwargs(kwds)
-    spawn = SpawnArgs.build(profile, program, args, env=env, cwd=cwd, pass_fds=pass_fds, limits=limits)
+    spawn = SpawnArgs.build(profile, program, args, env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
+                            isolation=isolation)
     loop = asyncio.get_running_loop()
     stdio = _stdio.prepare(stdin, stdout, stderr, pipesize)
     try:
         jail = await launch(plan_args=spawn.helper_argv, envp=spawn.envp, stdio=stdio.child,
-                            pass_fds=spawn.pass_fds, wait_readable=_wait_readable)
+                            pass_fds=spawn.pass_fds, wait_readable=_wait_readable,
+                            seccomp_filter=spawn.seccomp_filter, isolation=spawn.isolation)
     except BaseException:
         stdio.close_all()
         raise

@@ -67,6 +67,9 @@ class RunningJail:
         self._started = started
         self.returncode: int | None = None
         self.usage: Usage | None = None
+        # "namespaces" (the jail) or "landlock" (the weaker fallback): what the faces report as
+        # ``proc.isolation``.
+        self.isolation = "namespaces"
 
     def try_reap(self) -> bool:
         """Reap init if it has exited; True once the returncode is known.  Never blocks."""
@@ -168,13 +171,37 @@ def _low_fd_safe(fd: int, target: int) -> int:
     return fd
 
 
-async def launch(*, plan_args: Callable[[int, int], list[bytes]], envp: Sequence[bytes],
+async def launch(*, plan_args: Callable[..., list[bytes]], envp: Sequence[bytes],
                  stdio: Sequence[int | None], pass_fds: Sequence[int],
-                 wait_readable: WaitReadable) -> RunningJail:
+                 wait_readable: WaitReadable, seccomp_filter: bytes | None = None,
+                 isolation: str | None = None) -> RunningJail:
     """Start the helper, read the handshake, and return the running jail (or raise what failed).
 
     Cancellation at any await kills and reaps whatever was started before re-raising.
+
+    ``seccomp_filter`` (BPF bytes) travels in a pipe made for this spawn, whose read end ``plan_args``
+    receives as a third argument: the server keeps no filter fd between spawns.  When the faces pass
+    ``plan_args=spawn.helper_argv`` without it, the filter and isolation are taken from that SpawnArgs,
+    so no face can start a jail without its filter by forgetting an argument.
     """
+    owner = getattr(plan_args, "__self__", None)
+    if seccomp_filter is None:
+        seccomp_filter = getattr(owner, "seccomp_filter", None)
+    if isolation is None:
+        isolation = getattr(owner, "isolation", None) or "namespaces"
+    seccomp_r = -1
+    if seccomp_filter:
+        seccomp_r, seccomp_w = os.pipe()
+        try:
+            # At most 32 KiB (BPF_MAXINSNS), below a pipe's capacity: this write never blocks.
+            view = memoryview(seccomp_filter)
+            while view:
+                view = view[os.write(seccomp_w, view):]
+        except BaseException:
+            os.close(seccomp_r)
+            raise
+        finally:
+            os.close(seccomp_w)
     err_r, err_w = os.pipe()
     data = b""
     life_server, life_jail = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -192,7 +219,11 @@ async def launch(*, plan_args: Callable[[int, int], list[bytes]], envp: Sequence
             fd_map.append((safe, target))
         fd_map += [(err_w, err_w), (life_jail.fileno(), life_jail.fileno())]
         fd_map += [(fd, fd) for fd in pass_fds]
-        argv = plan_args(err_w, life_jail.fileno())
+        if seccomp_r >= 0:
+            fd_map.append((seccomp_r, seccomp_r))
+            argv = plan_args(err_w, life_jail.fileno(), seccomp_r)
+        else:
+            argv = plan_args(err_w, life_jail.fileno())
         helper_pid = _ffi.spawn_helper(argv, envp, fd_map)
         os.close(err_w)
         err_w = -1
@@ -222,6 +253,7 @@ async def launch(*, plan_args: Callable[[int, int], list[bytes]], envp: Sequence
                                     f"helper ended without a handshake (wait status {helper_status})")
         pidfd = os.pidfd_open(init_pid)
         jail = RunningJail(init_pid, pidfd, life_server, started)
+        jail.isolation = isolation
         init_pid = 0
         return jail
     except BaseException:
@@ -240,6 +272,8 @@ async def launch(*, plan_args: Callable[[int, int], list[bytes]], envp: Sequence
         os.close(err_r)
         if err_w >= 0:
             os.close(err_w)
+        if seccomp_r >= 0:
+            os.close(seccomp_r)
         if life_jail.fileno() >= 0:
             life_jail.close()
         for fd in copies:

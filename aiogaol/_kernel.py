@@ -82,13 +82,23 @@ def support(op: "Operation") -> tuple["OperationSupportLevel", str]:
     from ._profile import (FileReadMetadata, LocalSocket, NetworkOutbound, OperationSupportLevel, Tcp)
 
     if isinstance(op, FileReadMetadata):
-        return (OperationSupportLevel.CANNOT_BE_ALLOWED_PRECISELY,
-                "metadata-only access needs Landlock rules, which this version does not apply yet; "
-                "use FileReadAll to grant reading")
+        # The path is bound so that stat sees it, and Landlock (any ABI) grants it no right: open,
+        # listing and exec fail.  Without Landlock only the mounts remain, which cannot say "stat only".
+        if landlock_abi() < 1:
+            return (OperationSupportLevel.CANNOT_BE_ALLOWED_PRECISELY,
+                    "metadata-only access needs Landlock, which this kernel lacks (or has disabled); "
+                    "use FileReadAll to grant reading")
+        return OperationSupportLevel.CAN_BE_ALLOWED, ""
     if isinstance(op, NetworkOutbound) and isinstance(op.address, Tcp):
-        return (OperationSupportLevel.CANNOT_BE_ALLOWED_PRECISELY,
-                "per-port TCP needs Landlock network rules, which this version does not apply yet; "
-                "use NetworkOutbound(AllAddresses()) or LocalSocket")
+        # Connect to that port only: Landlock's TCP rules (ABI 4) for the port and against bind, and its
+        # abstract-socket scope (ABI 6), since the jail then shares the host's network namespace and so
+        # its abstract Unix sockets; the seccomp filter refuses every other kind of socket.
+        abi = landlock_abi()
+        if abi < 6:
+            return (OperationSupportLevel.CANNOT_BE_ALLOWED_PRECISELY,
+                    f"per-port TCP needs Landlock ABI 6 (TCP port rules and abstract-socket scoping, Linux "
+                    f"6.12); this kernel has ABI {abi}; use NetworkOutbound(AllAddresses())")
+        return OperationSupportLevel.CAN_BE_ALLOWED, ""
     if isinstance(op, NetworkOutbound) and isinstance(op.address, LocalSocket):
         return OperationSupportLevel.CAN_BE_ALLOWED, ""
     return OperationSupportLevel.CAN_BE_ALLOWED, ""

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ._errors import ProfileError
-from ._profile import (AllAddresses, FileReadAll, FileWriteAll, Literal, LocalSocket, NetworkOutbound,
-                       Profile, ResolvedPath, Subpath, SystemInfoRead, Tmpfs, check_path)
+from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
+                       NetworkOutbound, Profile, ResolvedPath, Subpath, SystemInfoRead, Tcp, Tmpfs, check_path)
 
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 NOBODY = 65534
@@ -61,10 +61,19 @@ class JailPlan:
     unshare_net: bool
     steps: tuple[MountStep, ...]
     args: tuple[str, ...]
+    seccomp: bytes = b""  # BPF, written into a fresh pipe for each spawn (see _jail.launch)
+    isolation: str = "namespaces"  # or "landlock", the fallback (see _fallback)
+    security: tuple[str, ...] = ()  # the Landlock ruleset and filter, described for people
 
     def explain(self) -> str:
-        lines = ["namespaces: user, pid, mount, ipc, uts, cgroup" + (", net" if self.unshare_net else " (host network)")]
+        if self.isolation == "namespaces":
+            lines = ["namespaces: user, pid, mount, ipc, uts, cgroup" + (", net" if self.unshare_net else " (host network)")]
+        else:
+            lines = ["isolation: landlock only (no namespaces; the host's tree, PIDs, network and IPC)"]
         lines += [f"  {step.describe()}" for step in self.steps]
+        lines += list(self.security)
+        if self.seccomp:
+            lines.append(f"seccomp: {len(self.seccomp) // 8} BPF instructions, native architecture only")
         return "\n".join(lines)
 
 
@@ -115,6 +124,10 @@ def compile_profile(profile: Profile) -> JailPlan:
             bind(profile.resolved[op.pattern.path], "ro", isinstance(op.pattern, Literal))
         elif isinstance(op, FileWriteAll):
             bind(profile.resolved[op.pattern.path], "rw", isinstance(op.pattern, Literal))
+        elif isinstance(op, FileReadMetadata):
+            # Bound read-only so that stat sees it; Landlock grants it no right, so opening, listing
+            # and exec fail: the precise meaning that mounts alone cannot give.
+            bind(profile.resolved[op.pattern.path], "ro", isinstance(op.pattern, Literal))
         elif isinstance(op, Tmpfs):
             extra.append(MountStep("tmpfs", op.path, size=op.size, mode=0o1777))
         elif isinstance(op, SystemInfoRead):
@@ -122,6 +135,8 @@ def compile_profile(profile: Profile) -> JailPlan:
         elif isinstance(op, NetworkOutbound):
             if isinstance(op.address, AllAddresses):
                 unshare_net = False
+            elif isinstance(op.address, Tcp):
+                unshare_net = False  # the host's network, cut down to these ports by Landlock and seccomp
             elif isinstance(op.address, LocalSocket):
                 bind(profile.resolved[op.address.path], "ro", True)
 
@@ -159,7 +174,15 @@ def compile_profile(profile: Profile) -> JailPlan:
         args.append("--unshare-net")
     for s in steps:
         args += s.args()
-    return JailPlan(unshare_net, tuple(steps), tuple(args))
+    # The second and third walls: Landlock over the jail's paths, and the seccomp filter.
+    from . import _kernel, _landlock, _seccomp
+
+    rules = _landlock.rules_for(profile, abi=_kernel.landlock_abi(), jail=True)
+    if rules is not None:
+        args += rules.args()
+    seccomp = _seccomp.compile_filter(_seccomp.policy_for(profile, jail=True))
+    return JailPlan(unshare_net, tuple(steps), tuple(args), seccomp=seccomp,
+                    security=tuple(rules.describe()) if rules is not None else ("landlock: absent",))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,11 +230,26 @@ def jail_cwd(cwd: object) -> str:
     return check_path(cwd, "cwd")
 
 
+@functools.cache
+def _nobody_mapped() -> bool:
+    """Whether nobody exists in our own user namespace (not in one made with only root mapped, as
+    ``unshare --map-root-user`` does): the program can only switch to an identity that is mapped."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            for line in f:
+                first, _, count = (int(x) for x in line.split())
+                if first <= NOBODY < first + count:
+                    return True
+    except (OSError, ValueError):
+        return True
+    return False
+
+
 def helper_argv(plan: JailPlan, *, err_fd: int, lifeline_fd: int, keep_fds: Sequence[int], cwd: str,
                 rlimits: Sequence[tuple[int, int, int]], seccomp_fd: int | None, extra: Sequence[str],
                 argv: Sequence[bytes]) -> list[bytes]:
     head = ["aiogaol-jail", "--err", str(err_fd), "--lifeline", str(lifeline_fd), "--chdir", cwd]
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and _nobody_mapped():
         # A root server's program runs as nobody: root's files are not its own, root's groups are gone.
         head += ["--uid", str(NOBODY), "--gid", str(NOBODY)]
     for fd in keep_fds:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _plan
+from . import _fallback, _plan
 from ._limits import Limits, resolve_limits
 from ._profile import Profile
 
@@ -84,11 +84,16 @@ class SpawnArgs:
 
     @classmethod
     def build(cls, profile: Profile, program: object, args: Sequence[object], *, env: Mapping[Any, Any] | None,
-              cwd: object, pass_fds: Sequence[int], limits: Limits | None) -> "SpawnArgs":
+              cwd: object, pass_fds: Sequence[int], limits: Limits | None,
+              isolation: str = _fallback.NAMESPACES) -> "SpawnArgs":
+        """``isolation`` is "namespaces" (the jail; UserNamespacesUnavailable where they are forbidden),
+        "landlock" (the weaker fallback, only when the caller asks for it) or "auto" (the jail when
+        possible, else the fallback)."""
         if not isinstance(profile, Profile):
             raise TypeError(f"profile must be an aiogaol.Profile, not {type(profile).__name__}")
+        mode = _fallback.resolve_isolation(_fallback.check_isolation(isolation))
         return cls(
-            plan=_plan.compile_profile(profile),
+            plan=_plan.compile_profile(profile) if mode == _fallback.NAMESPACES else _fallback.compile_fallback(profile),
             argv=_plan.program_argv(program, args),
             envp=_plan.environment(env),
             cwd=_plan.jail_cwd(cwd),
@@ -96,7 +101,16 @@ class SpawnArgs:
             limits=resolve_limits(limits),
         )
 
-    def helper_argv(self, err_fd: int, lifeline_fd: int) -> list[bytes]:
+    @property
+    def seccomp_filter(self) -> bytes:
+        """The profile's BPF, compiled once per profile; ``launch`` hands it over in a fresh pipe."""
+        return self.plan.seccomp
+
+    @property
+    def isolation(self) -> str:
+        return self.plan.isolation
+
+    def helper_argv(self, err_fd: int, lifeline_fd: int, seccomp_fd: int | None = None) -> list[bytes]:
         return _plan.helper_argv(self.plan, err_fd=err_fd, lifeline_fd=lifeline_fd, keep_fds=self.pass_fds,
-                                 cwd=self.cwd, rlimits=self.limits.rlimits(), seccomp_fd=None, extra=(),
+                                 cwd=self.cwd, rlimits=self.limits.rlimits(), seccomp_fd=seccomp_fd, extra=(),
                                  argv=self.argv)

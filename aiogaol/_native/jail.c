@@ -45,6 +45,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #ifndef SECBIT_NOROOT
@@ -715,8 +716,9 @@ static void apply_landlock(void)
     for (i = 0; i < plan.n_ll_paths; i++) {
         struct ll_path_beneath_attr pb;
         int fd = open(plan.ll_paths[i].path, O_PATH | O_CLOEXEC);
-        /* A rule for a path the jail does not hold grants nothing: skipping it only denies more. */
-        if (fd < 0 && errno == ENOENT)
+        /* A rule for a path the jail does not hold, or that the program's user cannot reach (a root
+         * server's program runs as nobody), grants nothing: skipping it only denies more. */
+        if (fd < 0 && (errno == ENOENT || errno == EACCES))
             continue;
         if (fd < 0)
             fail(AIOGAOL_STEP_LANDLOCK, errno, plan.ll_paths[i].path);
@@ -832,12 +834,22 @@ static void exec_program(void)
     fail(AIOGAOL_STEP_EXEC, saved, prog);
 }
 
+static pid_t init_pid;
+
 static void __attribute__((noreturn)) run_program(void)
 {
     struct sock_fprog prog;
     int keep[MAX_KEEP + 1], n = 0, i, sig;
     sigset_t none;
 
+    /* Without a PID namespace nothing takes the program down with init: a SIGKILL of init (proc.kill())
+     * must still end it.  Init is single-threaded, so the parent-death signal is exact here. */
+    if (plan.no_namespaces) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+            fail(AIOGAOL_STEP_SIGNALS, errno, "PR_SET_PDEATHSIG");
+        if (getppid() != init_pid)
+            _exit(137);
+    }
     if (chdir(plan.cwd) < 0)
         fail(AIOGAOL_STEP_CHDIR, errno, plan.cwd);
     /* A new session: no controlling terminal, so TIOCSTI cannot push keys into the caller's tty. */
@@ -880,6 +892,65 @@ static void __attribute__((noreturn)) run_program(void)
 /* ------------------------------------------------------------------------------------------------ */
 /* Init: PID 1 of the jail                                                                           */
 
+/* SIGKILL every process whose parent is init; 1 if any was found.  /proc/PID/stat's fourth field,
+ * read after the last ')' since the command name may hold anything. */
+static int kill_children(void)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int found = 0;
+    char path[64], buf[512];
+    if (!d)
+        return 0;
+    while ((e = readdir(d)) != NULL) {
+        int fd;
+        ssize_t got;
+        char *p;
+        if (e->d_name[0] < '1' || e->d_name[0] > '9' || str_len(e->d_name) > 20)
+            continue;
+        memcpy(path, "/proc/", 6);
+        memcpy(path + 6, e->d_name, str_len(e->d_name));
+        memcpy(path + 6 + str_len(e->d_name), "/stat", 6);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        got = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (got <= 0)
+            continue;
+        buf[got] = '\0';
+        p = strrchr(buf, ')');
+        if (!p || p[1] != ' ' || !p[2] || p[3] != ' ')
+            continue;
+        if (strtol(p + 4, NULL, 10) == (long)init_pid) {
+            kill((pid_t)strtol(e->d_name, NULL, 10), SIGKILL);
+            found = 1;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+/* In the fallback there is no PID namespace whose end kills everything: init is a subreaper instead,
+ * so the program's orphans become init's children, and it kills and reaps them until none is left. */
+static void kill_descendants(pid_t program)
+{
+    kill(-program, SIGKILL); /* the program's process group: most of its tree at once */
+    for (;;) {
+        int found = kill_children();
+        if (waitpid(-1, NULL, found ? 0 : WNOHANG) < 0 && errno == ECHILD)
+            return;
+    }
+}
+
+static void kill_jail(pid_t program)
+{
+    if (plan.no_namespaces)
+        kill_descendants(program);
+    else
+        kill(-1, SIGKILL); /* PID 1: everything in the namespace but init itself */
+}
+
 static void __attribute__((noreturn)) run_init(void)
 {
     sigset_t all;
@@ -887,7 +958,13 @@ static void __attribute__((noreturn)) run_init(void)
     pid_t child;
     struct pollfd pfd[2];
 
-    build_jail();
+    if (plan.no_namespaces) {
+        init_pid = getpid();
+        if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+            fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "PR_SET_CHILD_SUBREAPER");
+    } else {
+        build_jail();
+    }
 
     sigfillset(&all);
     if (sigprocmask(SIG_SETMASK, &all, NULL) < 0)
@@ -926,12 +1003,12 @@ static void __attribute__((noreturn)) run_init(void)
         if (poll(pfd, plan.lifeline_fd >= 0 ? 2 : 1, -1) < 0) {
             if (errno == EINTR)
                 continue;
-            kill(-1, SIGKILL);
+            kill_jail(child);
             _exit(126);
         }
         if (plan.lifeline_fd >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR))) {
             /* The server is gone: the jail goes with it. */
-            kill(-1, SIGKILL);
+            kill_jail(child);
             _exit(137);
         }
         if (pfd[0].revents & POLLIN) {
@@ -956,7 +1033,7 @@ static void __attribute__((noreturn)) run_init(void)
             break;
     }
     /* Take the orphans down with the program, then report its exact status. */
-    kill(-1, SIGKILL);
+    kill_jail(child);
     if (plan.lifeline_fd >= 0) {
         struct aiogaol_record rec;
         memset(&rec, 0, sizeof rec);
@@ -1010,6 +1087,8 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
     flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
     if (plan.unshare_net)
         flags |= CLONE_NEWNET;
+    if (plan.no_namespaces)
+        flags = 0; /* the fallback: init is only the server's child and the program's supervisor */
     if (pipe2(sync_fds, O_CLOEXEC) < 0)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
     /* Init is created straight into the new namespaces, and as the server's child (CLONE_PARENT).
@@ -1027,7 +1106,7 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
         run_init();
     }
     close(sync_fds[0]);
-    {
+    if (!plan.no_namespaces) {
         char path[64], *p;
         /* An unprivileged caller may map only its own ids, and only once setgroups is denied.  A
          * caller with CAP_SETUID/CAP_SETGID maps nobody and keeps setgroups, so that the program can

@@ -1,0 +1,76 @@
+"""The seccomp filter: compiled once per policy, loaded from a pipe, shaped by the profile."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+import aiogaol
+from aiogaol import _seccomp
+
+from .conftest import open_fds
+from .jailtools import python_json
+
+
+
+def test_filter_is_compiled_once_per_policy(py_profile: aiogaol.Profile) -> None:
+    policy = _seccomp.policy_for(py_profile, jail=True)
+    first = _seccomp.compile_filter(policy)
+    assert _seccomp.compile_filter(policy) is first
+    assert len(first) % 8 == 0 and 0 < len(first) // 8 <= 4096
+
+
+def test_profile_shapes_the_socket_families(py_profile: aiogaol.Profile) -> None:
+    assert _seccomp.policy_for(py_profile, jail=True).families == {_seccomp.AF_UNIX}
+    net = py_profile + [aiogaol.NetworkOutbound(aiogaol.AllAddresses())]
+    assert _seccomp.AF_INET in _seccomp.policy_for(net, jail=True).families
+    assert not _seccomp.policy_for(py_profile, jail=False).unix_socket
+
+
+PERSONALITY = textwrap.dedent("""
+    import ctypes, json
+    libc = ctypes.CDLL(None, use_errno=True)
+    def p(v):
+        r = libc.personality(ctypes.c_ulong(v))
+        e = ctypes.get_errno()
+        libc.personality(0)
+        return "ok" if r != -1 else e
+    print(json.dumps({"query": p(0xffffffff), "linux32": p(0x0008), "uname26": p(0x0020000),
+                      "read_implies_exec": p(0x0400000), "bit31_trick": p(0x80400000),
+                      "high_half": p((1 << 32) | 0x0400000)}))
+""")
+
+
+@pytest.mark.asyncio
+async def test_personality_allows_the_safe_values_only(py_profile: aiogaol.Profile, python: str) -> None:
+    result = await python_json(py_profile, python, PERSONALITY)
+    assert result == {"query": "ok", "linux32": "ok", "uname26": "ok", "read_implies_exec": 1,
+                      "bit31_trick": 1, "high_half": 1}
+
+
+@pytest.mark.asyncio
+async def test_ordinary_processes_and_threads_still_work(py_profile: aiogaol.Profile, python: str) -> None:
+    code = textwrap.dedent("""
+        import json, os, subprocess, sys, threading
+        t = threading.Thread(target=lambda: None); t.start(); t.join()
+        out = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True).stdout.decode().strip()
+        print(json.dumps([out, os.waitstatus_to_exitcode(os.system("exit 3")) if os.path.exists("/bin/sh") else 3]))
+    """)
+    assert await python_json(py_profile, python, code) == ["42", 3]
+
+
+@pytest.mark.asyncio
+async def test_no_filter_fd_is_kept_by_the_server(py_profile: aiogaol.Profile, python: str) -> None:
+    await python_json(py_profile, python, "print(1)")  # warm the caches
+    before = open_fds()
+    for _ in range(3):
+        await python_json(py_profile, python, "print(1)")
+    assert open_fds() == before
+
+
+@pytest.mark.asyncio
+async def test_the_filter_is_loaded_in_the_program(py_profile: aiogaol.Profile, python: str) -> None:
+    code = ("import json\nst = dict(l.split(':\\t', 1) for l in open('/proc/self/status') if ':\\t' in l)\n"
+            "print(json.dumps([st['Seccomp'].strip(), st['NoNewPrivs'].strip()]))")
+    assert await python_json(py_profile, python, code) == ["2", "1"]
