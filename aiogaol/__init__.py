@@ -9,6 +9,7 @@ from ._errors import (AiogaolError, ProfileError, ProgramNotFoundError, ProgramP
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
 from ._jail import Usage
 from ._kernel import KernelReport, check
+from ._kernel import support as support
 from ._limits import DEFAULT_LIMITS, UNLIMITED, Limits
 from ._plan import compile_profile as _compile_profile
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
@@ -31,5 +32,5 @@ __all__ = [
     "ProgramPermissionError", "STDOUT", "SandboxSetupError", "SandboxedProcess", "Subpath",
     "SystemInfoRead", "Tcp", "Tmpfs", "UNLIMITED", "UnsupportedOperation", "Usage",
     "UserNamespacesUnavailable", "check", "create_sandboxed_subprocess", "explain", "python_executable",
-    "python_profile", "system_profile", "__version__",
+    "python_profile", "support", "system_profile", "__version__",
 ]

@@ -113,6 +113,7 @@ class KernelReport:
     user_namespaces_reason: str | None
     landlock_abi: int
     seccomp: bool
+    libseccomp: str | None
     pidfd: bool
     cgroup2: str | None
 
@@ -125,7 +126,8 @@ class KernelReport:
             f"user namespaces   {yn(self.user_namespaces)}"
             + (f" ({self.user_namespaces_reason})" if self.user_namespaces_reason else ""),
             f"landlock          " + (f"ABI {self.landlock_abi}" if self.landlock_abi else "no"),
-            f"seccomp           {yn(self.seccomp)}",
+            f"seccomp           {yn(self.seccomp)}"
+            + (f" (libseccomp {self.libseccomp})" if self.libseccomp else " (libseccomp.so.2 not found: spawns will fail)"),
             f"pidfd             {yn(self.pidfd)}",
             f"cgroup v2         " + (self.cgroup2 or "no (no cgroup2 hierarchy with controllers)"),
         ]
@@ -134,6 +136,7 @@ class KernelReport:
 def check() -> KernelReport:
     """Probe this kernel for every mechanism aiogaol uses; user namespaces are tried, not guessed."""
     from ._ffi import probe_userns
+    from ._seccomp import libseccomp_version
 
     err = probe_userns()
     reason = None
@@ -145,6 +148,7 @@ def check() -> KernelReport:
         user_namespaces_reason=reason,
         landlock_abi=landlock_abi(),
         seccomp=seccomp_available(),
+        libseccomp=libseccomp_version(),
         pidfd=pidfd_available(),
         cgroup2=cgroup2_root(),
     )
