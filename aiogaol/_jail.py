@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from . import _ffi
+from . import _ffi, _pacing
 from ._errors import SandboxSetupError, UserNamespacesUnavailable, setup_error
 from ._kernel import userns_block_reason
 
@@ -184,6 +184,8 @@ async def launch(*, plan_args: Callable[..., list[bytes]], envp: Sequence[bytes]
     ``plan_args=spawn.helper_argv`` without it, the filter and isolation are taken from that SpawnArgs,
     so no face can start a jail without its filter by forgetting an argument.
     """
+    pacer = await _pacing.admit()
+    paced_from = time.perf_counter()
     owner = getattr(plan_args, "__self__", None)
     if seccomp_filter is None:
         seccomp_filter = getattr(owner, "seccomp_filter", None)
@@ -225,6 +227,7 @@ async def launch(*, plan_args: Callable[..., list[bytes]], envp: Sequence[bytes]
         else:
             argv = plan_args(err_w, life_jail.fileno())
         helper_pid = _ffi.spawn_helper(argv, envp, fd_map)
+        _pacing.charge(pacer, paced_from)
         os.close(err_w)
         err_w = -1
         life_jail.close()
@@ -239,8 +242,16 @@ async def launch(*, plan_args: Callable[..., list[bytes]], envp: Sequence[bytes]
                 break
             data += chunk
         records = _parse_records(data)
-        # The helper writes the PID and exits at once; EOF came after that, so this wait is short.
-        _, helper_status = os.waitpid(helper_pid, 0)
+        # The helper writes the PID and exits at once, but on a busy machine it may not have been
+        # scheduled to finish yet: wait on its pidfd rather than block the loop in waitpid.
+        reaped, helper_status = os.waitpid(helper_pid, os.WNOHANG)
+        if not reaped:
+            helper_fd = os.pidfd_open(helper_pid)
+            try:
+                await wait_readable(helper_fd)
+            finally:
+                os.close(helper_fd)
+            _, helper_status = os.waitpid(helper_pid, 0)
         helper_pid = 0
         for rec in records:
             if rec.kind == RECORD_PID:

@@ -65,6 +65,11 @@ class JailPlan:
     isolation: str = "namespaces"  # or "landlock", the fallback (see _fallback)
     security: tuple[str, ...] = ()  # the Landlock ruleset and filter, described for people
 
+    @functools.cached_property
+    def args_bytes(self) -> tuple[bytes, ...]:
+        """The profile's part of the helper's argv, encoded once per plan rather than once per spawn."""
+        return tuple(os.fsencode(a) for a in self.args)
+
     def explain(self) -> str:
         if self.isolation == "namespaces":
             lines = ["namespaces: user, pid, mount, ipc, uts, cgroup" + (", net" if self.unshare_net else " (host network)")]
@@ -259,4 +264,4 @@ def helper_argv(plan: JailPlan, *, err_fd: int, lifeline_fd: int, keep_fds: Sequ
     if seccomp_fd is not None:
         head += ["--seccomp-fd", str(seccomp_fd)]
     head += list(extra)
-    return [os.fsencode(a) for a in (*head, *plan.args)] + [b"--", *argv]
+    return [os.fsencode(a) for a in head] + [*plan.args_bytes, b"--", *argv]

@@ -1134,19 +1134,43 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
 /* ------------------------------------------------------------------------------------------------ */
 /* Server side                                                                                       */
 
-int aiogaol_spawn_helper(const char *path, char *const argv[], char *const envp[], const int *fd_map,
-                         int n_pairs)
+/* Split a blob of NUL-terminated strings into a NULL-terminated vector.  The server passes argv and
+ * envp this way: one buffer from Python instead of one cffi allocation per string. */
+static void split_blob(const char *blob, int count, char **vec)
 {
+    int i;
+    for (i = 0; i < count; i++) {
+        vec[i] = (char *)blob;
+        blob += str_len(blob) + 1;
+    }
+    vec[count] = NULL;
+}
+
+int aiogaol_spawn_helper(const char *path, const char *argblob, int argc, const char *envblob, int envc,
+                         const int *fd_map, int n_pairs)
+{
+    char **argv, **envp;
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     sigset_t none, all;
     pid_t pid = -1;
     int rc, i;
 
-    if ((rc = posix_spawn_file_actions_init(&fa)) != 0)
+    if (argc < 1 || envc < 0 || argc > 65536 || envc > 65536)
+        return -EINVAL;
+    argv = malloc(sizeof(char *) * (size_t)(argc + envc + 2));
+    if (!argv)
+        return -ENOMEM;
+    envp = argv + argc + 1;
+    split_blob(argblob, argc, argv);
+    split_blob(envblob, envc, envp);
+    if ((rc = posix_spawn_file_actions_init(&fa)) != 0) {
+        free(argv);
         return -rc;
+    }
     if ((rc = posix_spawnattr_init(&attr)) != 0) {
         posix_spawn_file_actions_destroy(&fa);
+        free(argv);
         return -rc;
     }
     for (i = 0; i < n_pairs && rc == 0; i++)
@@ -1165,6 +1189,7 @@ int aiogaol_spawn_helper(const char *path, char *const argv[], char *const envp[
         rc = posix_spawn(&pid, path, &fa, &attr, argv, envp);
     posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
+    free(argv);
     return rc == 0 ? (int)pid : -rc;
 }
 

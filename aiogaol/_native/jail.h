@@ -82,10 +82,10 @@ int aiogaol_record_size(void);
 int aiogaol_helper_main(int argc, char **argv, char **envp);
 
 /* Server side: start the helper with the given stdio and kept fds, signals reset, via posix_spawn.
- * fd_map holds pairs (from, to); a pair with from == to only clears FD_CLOEXEC.  Returns the helper's
- * PID, or -errno. */
-int aiogaol_spawn_helper(const char *path, char *const argv[], char *const envp[], const int *fd_map,
-                         int n_pairs);
+ * argv and envp come as blobs of argc/envc NUL-terminated strings.  fd_map holds pairs (from, to); a
+ * pair with from == to only clears FD_CLOEXEC.  Returns the helper's PID, or -errno. */
+int aiogaol_spawn_helper(const char *path, const char *argblob, int argc, const char *envblob, int envc,
+                         const int *fd_map, int n_pairs);
 
 /* Probes: 0 or the errno of unshare(CLONE_NEWUSER); the Landlock ABI or -errno. */
 int aiogaol_probe_userns(void);
