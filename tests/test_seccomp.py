@@ -74,3 +74,39 @@ async def test_the_filter_is_loaded_in_the_program(py_profile: aiogaol.Profile, 
     code = ("import json\nst = dict(l.split(':\\t', 1) for l in open('/proc/self/status') if ':\\t' in l)\n"
             "print(json.dumps([st['Seccomp'].strip(), st['NoNewPrivs'].strip()]))")
     assert await python_json(py_profile, python, code) == ["2", "1"]
+
+
+NO_LIBSECCOMP = """
+import asyncio, sys
+sys.path.insert(0, {root!r})
+import aiogaol
+async def main():
+    try:
+        await aiogaol.create_sandboxed_subprocess(aiogaol.system_profile(), "/bin/true")
+    except OSError as e:
+        print("REFUSED:", type(e).__name__, e)
+    else:
+        print("SPAWNED UNFILTERED")
+asyncio.run(main())
+"""
+
+
+def test_missing_libseccomp_refuses_to_spawn_unfiltered() -> None:
+    """Hide the real library for real: a bind of /dev/null over it in a private mount namespace."""
+    import os
+    import subprocess
+    import sys
+
+    _seccomp.libseccomp_version()  # loads it here, so /proc/self/maps names the file
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        paths = {line.split()[-1] for line in f if "libseccomp" in line}
+    assert paths, "libseccomp is not loaded in the test process"
+    library = os.path.realpath(paths.pop())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(aiogaol.__file__)))
+    script = f"mount --bind /dev/null {library} && exec {sys.executable} -c \"$0\""
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script,
+                           NO_LIBSECCOMP.format(root=root)], capture_output=True, text=True, timeout=60)
+    if "unshare failed" in done.stderr:
+        pytest.skip(f"cannot create the outer namespaces here: {done.stderr.strip()}")
+    assert "REFUSED: SeccompUnavailable" in done.stdout, done.stdout + done.stderr
+    assert "libseccomp.so.2" in done.stdout and "apt-get install libseccomp2" in done.stdout
