@@ -43,5 +43,8 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/spawn.py
 
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir site
+
 clean:
 	rm -rf $(VENV) build *.egg-info aiogaol/_native/*.so aiogaol/_native/aiogaol-jail

@@ -4,6 +4,7 @@ A ``Profile`` says what a jailed program may do (gaol's operations plus writable
 here start programs under it.  See the README and docs/ for the model and its limits.
 """
 
+from ._anyio_process import JailedProcess, spawn
 from ._asyncio_process import SandboxedProcess, create_sandboxed_subprocess
 from ._errors import (AiogaolError, ProfileError, ProgramNotFoundError, ProgramPermissionError,
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
@@ -12,9 +13,11 @@ from ._kernel import KernelReport, check
 from ._kernel import support as support
 from ._limits import DEFAULT_LIMITS, UNLIMITED, Limits
 from ._plan import compile_profile as _compile_profile
+from ._pool import Job, JobResult, JobResults, Pool, PoolStats
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
                        NetworkOutbound, OperationSupportLevel, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
 from ._ready import python_executable, python_profile, system_profile
+from ._run import Result, RunError, Status, run
 from ._stdio import DEVNULL, PIPE, STDOUT
 
 
@@ -27,10 +30,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AiogaolError", "AllAddresses", "DEFAULT_LIMITS", "DEVNULL", "FileReadAll", "FileReadMetadata",
-    "FileWriteAll", "KernelReport", "Limits", "Literal", "LocalSocket", "NetworkOutbound",
-    "OperationSupportLevel", "PIPE", "Profile", "ProfileError", "ProgramNotFoundError",
+    "FileWriteAll", "JailedProcess", "Job", "JobResult", "JobResults", "KernelReport", "Limits", "Literal", "LocalSocket", "NetworkOutbound",
+    "OperationSupportLevel", "PIPE", "Pool", "PoolStats", "Profile", "ProfileError", "ProgramNotFoundError",
     "ProgramPermissionError", "STDOUT", "SandboxSetupError", "SandboxedProcess", "Subpath",
     "SystemInfoRead", "Tcp", "Tmpfs", "UNLIMITED", "UnsupportedOperation", "Usage",
     "UserNamespacesUnavailable", "check", "create_sandboxed_subprocess", "explain", "python_executable",
-    "python_profile", "support", "system_profile", "__version__",
+    "python_profile", "Result", "RunError", "Status", "run", "spawn", "support", "system_profile", "__version__",
 ]

@@ -133,6 +133,11 @@ class RunningJail:
         # the program; SIGKILL kills init, and with it the whole PID namespace.
         signal.pidfd_send_signal(self.pidfd, sig)
 
+    def kill_program(self) -> None:
+        """SIGKILL the program through init, which then reaps and reports as usual: unlike SIGKILL to
+        init, the usage of the whole jail survives.  Init answers SIGRTMAX this way."""
+        self.send_signal(signal.SIGRTMAX)
+
     def kill_quietly(self) -> None:
         try:
             self.send_signal(signal.SIGKILL)

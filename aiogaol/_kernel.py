@@ -60,8 +60,11 @@ def pidfd_available() -> bool:
     return True
 
 
+CGROUP2_NEEDED = ("memory", "pids", "cpu")
+
+
 def cgroup2_root() -> str | None:
-    """Mount point of a cgroup v2 hierarchy with controllers, if any."""
+    """Mount point of a cgroup v2 hierarchy offering the controllers limits need, if any."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as f:
             for line in f:
@@ -69,8 +72,8 @@ def cgroup2_root() -> str | None:
                 sep = fields.index("-")
                 if fields[sep + 1] == "cgroup2":
                     root = fields[4]
-                    controllers = _read_sysctl(os.path.join(root, "cgroup.controllers"))
-                    if controllers:
+                    controllers = (_read_sysctl(os.path.join(root, "cgroup.controllers")) or "").split()
+                    if all(c in controllers for c in CGROUP2_NEEDED):
                         return root
     except (OSError, ValueError):
         return None
@@ -129,7 +132,7 @@ class KernelReport:
             f"seccomp           {yn(self.seccomp)}"
             + (f" (libseccomp {self.libseccomp})" if self.libseccomp else " (libseccomp.so.2 not found: spawns will fail)"),
             f"pidfd             {yn(self.pidfd)}",
-            f"cgroup v2         " + (self.cgroup2 or "no (no cgroup2 hierarchy with controllers)"),
+            f"cgroup v2         " + (self.cgroup2 or "no (no cgroup2 hierarchy with the memory, pids and cpu controllers; limits use rlimits)"),
         ]
 
 

@@ -1025,6 +1025,11 @@ static void __attribute__((noreturn)) run_init(void)
                         done = 1;
                     }
                 }
+            } else if (!done && (int)si.ssi_signo == SIGRTMAX) {
+                /* The server's "kill the program": SIGKILL for it, while init lives on to reap it and
+                 * its orphans and to report, so the jail's usage stays whole (SIGKILL to init itself
+                 * would lose the children's rusage). */
+                kill(child, SIGKILL);
             } else if (!done) {
                 kill(child, (int)si.ssi_signo);
             }

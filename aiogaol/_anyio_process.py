@@ -1,0 +1,325 @@
+"""The anyio face: ``await aiogaol.spawn(profile, argv)``, the same on the asyncio and trio backends.
+
+anyio has no public way to wrap a pipe fd as a byte stream, and its ``open_process`` would start the
+helper through ``subprocess.Popen`` (a worker thread on trio, asyncio's child watcher elsewhere).  So
+this face keeps its own small pieces, all built on ``anyio.wait_readable``/``wait_writable``:
+
+- ``PipeReceiveStream``/``PipeSendStream``: non-blocking pipe fds, ``os.read``/``os.write``;
+- ``JailedProcess``: an ``anyio.abc.Process`` whose exit is awaited on the jail's pidfd (one waiter at a
+  time, behind a lock, because two tasks waiting on one fd raise ``BusyResourceError``).
+
+The semantics are trio's structured ones rather than asyncio's: leaving ``async with proc`` (normally or
+by cancellation) terminates a jail that still runs, waits ``grace_period`` seconds, kills it and reaps
+it, shielded from cancellation, so no jail outlives the block that started it.  Cancelling a bare
+``wait()`` leaves the process running, as in trio.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from . import _stdio
+from ._jail import RunningJail, Usage, launch
+from ._limits import Limits
+from ._profile import Profile
+from ._spawnargs import SpawnArgs
+
+DEFAULT_GRACE_PERIOD = 2.0  # seconds between SIGTERM and SIGKILL when a block is left early
+_READ_SIZE = 65536
+
+
+class PipeReceiveStream(anyio.abc.ByteReceiveStream):
+    """Our read end of a pipe from the jail (its stdout or stderr)."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._guard = anyio.ResourceGuard("reading from")
+
+    def fileno(self) -> int:
+        return self._fd
+
+    async def receive(self, max_bytes: int = _READ_SIZE) -> bytes:
+        """The next chunk the program wrote; ``anyio.EndOfStream`` once it closed its end."""
+        with self._guard:
+            # A checkpoint either way, as trio's streams do: a loop that always finds data ready must
+            # still be cancellable and must still let other tasks run.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                if self._fd < 0:
+                    raise anyio.ClosedResourceError
+                try:
+                    data = os.read(self._fd, max_bytes)
+                except BlockingIOError:
+                    await anyio.wait_readable(self._fd)
+                    continue
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+                if not data:
+                    raise anyio.EndOfStream
+                return data
+
+    async def aclose(self) -> None:
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Close at once; a task blocked in ``receive`` gets ``ClosedResourceError``."""
+        _close_fd(self._fd)
+        self._fd = -1
+
+
+class PipeSendStream(anyio.abc.ByteSendStream):
+    """Our write end of the pipe that is the jail's stdin."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._guard = anyio.ResourceGuard("writing to")
+
+    def fileno(self) -> int:
+        return self._fd
+
+    async def send(self, item: bytes) -> None:
+        """Write all of ``item``; ``anyio.BrokenResourceError`` if the program closed its stdin."""
+        with self._guard:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            view = memoryview(item).cast("B")
+            while view:
+                if self._fd < 0:
+                    raise anyio.ClosedResourceError
+                try:
+                    written = os.write(self._fd, view)
+                except BlockingIOError:
+                    await anyio.wait_writable(self._fd)
+                    continue
+                except (BrokenPipeError, ConnectionResetError) as e:
+                    raise anyio.BrokenResourceError from e
+                view = view[written:]
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+
+    async def aclose(self) -> None:
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Close at once: the program reads EOF; a task blocked in ``send`` gets ``ClosedResourceError``."""
+        _close_fd(self._fd)
+        self._fd = -1
+
+
+def _close_fd(fd: int) -> None:
+    if fd < 0:
+        return
+    try:
+        # Wake any task waiting on this fd before the number can be reused by another open().
+        anyio.notify_closing(fd)
+    except RuntimeError:
+        pass  # not in an async context: nobody can be waiting
+    os.close(fd)
+
+
+class JailedProcess(anyio.abc.Process):
+    """A program running in a jail, as an ``anyio.abc.Process``, plus ``usage`` and ``isolation``."""
+
+    def __init__(self, jail: RunningJail, args: SpawnArgs, stdin: PipeSendStream | None,
+                 stdout: PipeReceiveStream | None, stderr: PipeReceiveStream | None, grace_period: float) -> None:
+        self._jail = jail
+        self._stdin = stdin
+        self._stdout = stdout
+        self._stderr = stderr
+        self._grace_period = grace_period
+        self._wait_lock = anyio.Lock()
+        self.args = args.argv
+        self.limits: Limits = args.limits
+
+    def __repr__(self) -> str:
+        return f"<JailedProcess {self.pid} returncode={self._jail.returncode}>"
+
+    @property
+    def pid(self) -> int:
+        """The host PID of the jail's init (the caller's own child)."""
+        return self._jail.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Fresh on every read (as in trio): the exit status if the program has exited, else None."""
+        self._poll()
+        return self._jail.returncode
+
+    @property
+    def isolation(self) -> str:
+        """"namespaces" (the full jail) or "landlock" (the fallback, with weaker guarantees)."""
+        return self._jail.isolation
+
+    @property
+    def usage(self) -> Usage | None:
+        """CPU, memory and wall time of the whole jail, once it has exited."""
+        return self._jail.usage
+
+    @property
+    def stdin(self) -> PipeSendStream | None:
+        return self._stdin
+
+    @property
+    def stdout(self) -> PipeReceiveStream | None:
+        return self._stdout
+
+    @property
+    def stderr(self) -> PipeReceiveStream | None:
+        return self._stderr
+
+    def _poll(self) -> bool:
+        """Reap the jail if it has exited, without blocking.
+
+        Reaping closes the pidfd, so a task parked on it in ``wait()`` is woken first: a closed fd left
+        registered in epoll would never become readable and that task would hang.
+        """
+        jail = self._jail
+        if jail.returncode is not None:
+            return True
+        pidfd = jail.pidfd
+        if pidfd is None:
+            return jail.try_reap()
+        try:
+            exited = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            exited = True  # reaped behind our back; try_reap reports it
+        if not exited:
+            return False
+        try:
+            anyio.notify_closing(pidfd)
+        except RuntimeError:
+            pass
+        return jail.try_reap()
+
+    async def wait(self) -> int:
+        """Wait for the program to exit (not for its pipes to close) and return its returncode.
+
+        ``-N`` when signal N killed it.  Cancelling ``wait`` leaves the program running.
+        """
+        async with self._wait_lock:
+            while not self._poll():
+                pidfd = self._jail.pidfd
+                assert pidfd is not None
+                try:
+                    await anyio.wait_readable(pidfd)
+                except anyio.ClosedResourceError:
+                    pass  # reaped by a ``returncode`` read in another task; _poll sees it
+        returncode = self._jail.returncode
+        assert returncode is not None
+        return returncode
+
+    def send_signal(self, signal: int) -> None:
+        """Signal the program (through the jail's init and its pidfd).  A no-op once it has exited, as in
+        trio: a reused PID is never hit."""
+        if self._poll():
+            return
+        try:
+            self._jail.send_signal(signal)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the jail's init; the kernel then kills every process in the jail's PID namespace."""
+        self.send_signal(signal.SIGKILL)
+
+    async def aclose(self) -> None:
+        """End the process's life, whatever state it is in; never raises for an exited program.
+
+        Closes stdin (EOF may be all the program waits for), then if the program still runs: SIGTERM,
+        ``grace_period`` seconds, SIGKILL, reap.  Shielded: a cancelled caller still leaves no jail.
+        """
+        with anyio.CancelScope(shield=True):
+            if self._stdin is not None:
+                await self._stdin.aclose()
+            if not self._poll():
+                self.terminate()
+                with anyio.move_on_after(self._grace_period):
+                    await self.wait()
+                if not self._poll():
+                    self.kill()
+                    await self.wait()
+            for stream in (self._stdout, self._stderr):
+                if stream is not None:
+                    await stream.aclose()
+
+    def __del__(self) -> None:
+        jail = getattr(self, "_jail", None)
+        if jail is not None and jail.returncode is None:
+            warnings.warn(f"{self!r} was never closed; killing and reaping it", ResourceWarning,
+                          stacklevel=2, source=self)
+            jail.reap_blocking()
+        for name in ("_stdin", "_stdout", "_stderr"):
+            stream = getattr(self, name, None)
+            if stream is not None and stream._fd >= 0:
+                os.close(stream._fd)
+                stream._fd = -1
+
+
+def _check_grace(grace_period: object) -> float:
+    if isinstance(grace_period, bool) or not isinstance(grace_period, (int, float)):
+        raise TypeError(f"grace_period must be a number of seconds, not {type(grace_period).__name__}")
+    if not (grace_period >= 0 and math.isfinite(grace_period)):
+        raise ValueError(f"grace_period must be a finite number >= 0, not {grace_period}")
+    return float(grace_period)
+
+
+async def spawn(
+    profile: Profile,
+    argv: Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]],
+    *,
+    stdin: Any = _stdio.PIPE,
+    stdout: Any = _stdio.PIPE,
+    stderr: Any = _stdio.PIPE,
+    env: Mapping[Any, Any] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    pass_fds: Sequence[int] = (),
+    limits: Limits | None = None,
+    isolation: str = "namespaces",
+    grace_period: float = DEFAULT_GRACE_PERIOD,
+) -> JailedProcess:
+    """Start ``argv`` in a jail built from ``profile`` and return it as an ``anyio.abc.Process``.
+
+    Like ``anyio.open_process`` with a sequence: all three streams are pipes by default (``PIPE``,
+    ``DEVNULL``, ``STDOUT``, an fd, a file object or None to inherit).  ``cwd`` is a path inside the jail;
+    ``env`` is the whole environment apart from a minimal PATH.  Use it as ``async with await spawn(...)
+    as proc:`` so that the jail cannot outlive the block.  Raises before anything starts when an argument
+    is wrong, and ``OSError`` subclasses naming the failed step when the jail cannot be built.
+    """
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
+        raise TypeError("argv must be a sequence of arguments (no shell here), not a string")
+    if not argv:
+        raise ValueError("argv is empty")
+    grace = _check_grace(grace_period)
+    args = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
+                           isolation=isolation)
+    stdio = _stdio.prepare(stdin, stdout, stderr)
+    try:
+        jail = await launch(plan_args=args.helper_argv, envp=args.envp, stdio=stdio.child,
+                            pass_fds=args.pass_fds, wait_readable=anyio.wait_readable,
+                            seccomp_filter=args.seccomp_filter, isolation=args.isolation)
+    except BaseException:
+        stdio.close_all()
+        raise
+    stdio.close_child_ends()
+    # From here on nothing awaits before the process object owns every fd and the jail.
+    fds, stdio.parent = stdio.parent, [-1, -1, -1]
+    return JailedProcess(
+        jail, args,
+        PipeSendStream(fds[0]) if fds[0] >= 0 else None,
+        PipeReceiveStream(fds[1]) if fds[1] >= 0 else None,
+        PipeReceiveStream(fds[2]) if fds[2] >= 0 else None,
+        grace,
+    )

@@ -1,0 +1,550 @@
+"""The ``aiogaol`` command: ``run`` one program in a jail, ``check`` this kernel, ``batch`` many jobs.
+
+``run`` behaves like the program it runs, so it can stand in a shell pipeline or a Makefile: stdin,
+stdout and stderr are the program's own, and the exit status is passed through (128+N when signal N
+ended it, as a shell reports it).  aiogaol's own outcomes use the codes of ``timeout(1)`` and
+``env(1)``/``podman``: 124 timed out, 125 the jail could not be built, 126 not executable, 127 not found.
+
+Profiles come from flags in the spirit of bubblewrap (``--ro``, ``--rw``, ``--tmpfs``...), from a TOML
+file (``--profile FILE``, see examples/profiles/) or by name (``--profile system|python|none``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import anyio
+
+from . import _ready
+from ._anyio_process import spawn
+from ._errors import (AiogaolError, ProgramNotFoundError, ProgramPermissionError, SandboxSetupError,
+                      UserNamespacesUnavailable)
+from ._kernel import KernelReport, check
+from ._limits import DEFAULT_LIMITS, Limits
+from ._plan import compile_profile
+from ._pool import STATUSES, Job, JobResult, Pool
+from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
+                       NetworkOutbound, Operation, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
+
+EXIT_TIMED_OUT, EXIT_SETUP_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 124, 125, 126, 127
+EXIT_USAGE = 2
+
+READY_PROFILES = ("system", "python", "none")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class UsageError(Exception):
+    """A mistake in the command line or a profile file: reported in one line, exit status 2."""
+
+
+def parse_size(text: object, what: str = "size") -> int:
+    """``1048576``, ``512k``, ``256M``, ``1G``, ``2GiB``: binary units, as ulimit and bubblewrap use."""
+    if isinstance(text, bool):
+        raise UsageError(f"{what}: expected a size such as 256M, not {text!r}")
+    if isinstance(text, int):
+        value = text
+    else:
+        m = _SIZE.match(str(text))
+        if not m:
+            raise UsageError(f"{what}: expected a size such as 64M or 1G, not {text!r}")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise UsageError(f"{what} must be positive, not {text!r}")
+    return value
+
+
+def parse_seconds(text: object, what: str) -> float:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise UsageError(f"{what}: expected seconds, not {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{what} must be a positive number of seconds, not {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Profiles: by name, from TOML, and from flags
+
+
+@dataclass
+class ProfileSpec:
+    """What the command line and a profile file say, before it becomes a Profile and Limits."""
+
+    operations: list[Operation] = field(default_factory=list)
+    limits: dict[str, Any] = field(default_factory=dict)
+
+
+def ready_profile(name: str) -> list[Operation]:
+    if name == "system":
+        return list(_ready.system_profile().operations)
+    if name == "python":
+        return list(_ready.python_profile().operations)
+    if name == "none":
+        return []
+    raise UsageError(f"no ready-made profile {name!r}; the names are {', '.join(READY_PROFILES)}")
+
+
+_PROFILE_KEYS = {"extends", "read", "write", "metadata", "tmpfs", "network", "tcp", "unix", "system_info",
+                 "limits"}
+_LIMIT_KEYS = {"wall_time", "cpu_time", "memory", "processes", "file_size", "open_files", "output"}
+_SIZE_LIMITS = {"memory", "file_size", "output"}
+
+
+def _pattern(entry: object, where: str) -> Literal | Subpath:
+    """A path string is a Subpath (the tree); ``{path = "...", literal = true}`` the entry alone."""
+    if isinstance(entry, str):
+        return Subpath(entry)
+    if isinstance(entry, dict) and set(entry) <= {"path", "literal"} and isinstance(entry.get("path"), str):
+        return Literal(entry["path"]) if entry.get("literal") else Subpath(entry["path"])
+    raise UsageError(f"{where}: expected a path or {{path = \"...\", literal = true}}, not {entry!r}")
+
+
+def _list(doc: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        raise UsageError(f"{where}: '{key}' must be a list")
+    return value
+
+
+def load_profile_file(path: str) -> ProfileSpec:
+    """Read a TOML profile (format in docs/profiles.md and examples/profiles/).  Unknown keys are
+    errors: a misspelt rule in a sandbox policy must not pass unnoticed."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"profile {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"profile {path}: {e}") from None
+    unknown = set(doc) - _PROFILE_KEYS
+    if unknown:
+        raise UsageError(f"profile {path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(_PROFILE_KEYS))}")
+    spec = ProfileSpec()
+    base = doc.get("extends", "none")
+    if not isinstance(base, str):
+        raise UsageError(f"profile {path}: 'extends' must be a ready-made profile name")
+    spec.operations += ready_profile(base)
+    try:
+        spec.operations += [FileReadAll(_pattern(e, f"{path}: read")) for e in _list(doc, "read", path)]
+        spec.operations += [FileWriteAll(_pattern(e, f"{path}: write")) for e in _list(doc, "write", path)]
+        spec.operations += [FileReadMetadata(_pattern(e, f"{path}: metadata"))
+                            for e in _list(doc, "metadata", path)]
+        for entry in _list(doc, "tmpfs", path):
+            if isinstance(entry, str):
+                spec.operations.append(parse_tmpfs(entry))
+            elif isinstance(entry, dict) and set(entry) <= {"path", "size"} and isinstance(entry.get("path"), str):
+                size = parse_size(entry["size"], f"{path}: tmpfs size") if "size" in entry else None
+                spec.operations.append(Tmpfs(entry["path"], size) if size else Tmpfs(entry["path"]))
+            else:
+                raise UsageError(f"{path}: tmpfs entries are \"PATH[:SIZE]\" or {{path = ..., size = ...}}")
+        network = doc.get("network", "none")
+        if network == "all":
+            spec.operations.append(NetworkOutbound(AllAddresses()))
+        elif network != "none":
+            raise UsageError(f"{path}: network is \"none\" or \"all\" (use tcp = [...] for ports), not {network!r}")
+        for port in _list(doc, "tcp", path):
+            spec.operations.append(NetworkOutbound(Tcp(port)))
+        for sock in _list(doc, "unix", path):
+            spec.operations.append(NetworkOutbound(LocalSocket(sock)))
+        if doc.get("system_info", False):
+            spec.operations.append(SystemInfoRead())
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"profile {path}: {e}") from None
+    limits = doc.get("limits", {})
+    if not isinstance(limits, dict) or set(limits) - _LIMIT_KEYS:
+        raise UsageError(f"profile {path}: [limits] takes {', '.join(sorted(_LIMIT_KEYS))}")
+    for key, value in limits.items():
+        if key in _SIZE_LIMITS:
+            spec.limits[key] = parse_size(value, f"{path}: limits.{key}")
+        elif key in ("wall_time", "cpu_time"):
+            spec.limits[key] = parse_seconds(value, f"{path}: limits.{key}")
+        else:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UsageError(f"{path}: limits.{key} must be a positive integer")
+            spec.limits[key] = value
+    return spec
+
+
+def parse_tmpfs(text: str) -> Tmpfs:
+    path, sep, size = text.partition(":")
+    return Tmpfs(path, parse_size(size, f"tmpfs {path}")) if sep else Tmpfs(path)
+
+
+def _add_profile_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("profile (what the program may do; nothing else is allowed)")
+    g.add_argument("--profile", metavar="FILE|NAME", default="system",
+                   help="a TOML profile file or a ready-made profile: system (default: the host's "
+                        "programs and libraries, read-only), python (the host's Python too), none")
+    g.add_argument("--ro", metavar="PATH", action="append", default=[], help="read this tree (FileReadAll)")
+    g.add_argument("--rw", metavar="PATH", action="append", default=[], help="read and write this tree")
+    g.add_argument("--metadata", metavar="PATH", action="append", default=[],
+                   help="stat this tree, not read it (FileReadMetadata)")
+    g.add_argument("--tmpfs", metavar="PATH[:SIZE]", action="append", default=[],
+                   help="a private scratch directory, 64M unless SIZE is given")
+    net = g.add_mutually_exclusive_group()
+    net.add_argument("--net", action="store_true", help="the host's network (NetworkOutbound(AllAddresses()))")
+    net.add_argument("--tcp", metavar="PORT", type=int, action="append", default=[],
+                     help="TCP connections to this port only")
+    g.add_argument("--unix", metavar="PATH", action="append", default=[], help="connect to this Unix socket")
+    g.add_argument("--system-info", action="store_true", help="read /proc/sys (SystemInfoRead)")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--timeout", metavar="S", help="wall-clock seconds, then SIGTERM, a grace, SIGKILL")
+    lim.add_argument("--cpu", metavar="S", help="CPU seconds")
+    lim.add_argument("--memory", metavar="SIZE", help="address space, e.g. 256M")
+    lim.add_argument("--processes", metavar="N", type=int, help="processes in the jail")
+    lim.add_argument("--output", metavar="SIZE", help="bytes of stdout and of stderr kept (--json, batch)")
+
+
+def build_profile(ns: argparse.Namespace) -> tuple[Profile, Limits]:
+    """The Profile and Limits the options describe: the base profile, then each flag's operation."""
+    spec = ProfileSpec()
+    if ns.profile in READY_PROFILES:
+        spec.operations += ready_profile(ns.profile)
+    elif os.path.exists(ns.profile) or ns.profile.endswith(".toml") or os.sep in ns.profile:
+        spec = load_profile_file(ns.profile)
+    else:
+        raise UsageError(f"--profile {ns.profile}: neither a file nor one of {', '.join(READY_PROFILES)}")
+    try:
+        spec.operations += [FileReadAll(Subpath(os.path.abspath(p))) for p in ns.ro]
+        spec.operations += [FileWriteAll(Subpath(os.path.abspath(p))) for p in ns.rw]
+        spec.operations += [FileReadMetadata(Subpath(os.path.abspath(p))) for p in ns.metadata]
+        spec.operations += [parse_tmpfs(t) for t in ns.tmpfs]
+        if ns.net:
+            spec.operations.append(NetworkOutbound(AllAddresses()))
+        spec.operations += [NetworkOutbound(Tcp(port)) for port in ns.tcp]
+        spec.operations += [NetworkOutbound(LocalSocket(os.path.abspath(p))) for p in ns.unix]
+        if ns.system_info:
+            spec.operations.append(SystemInfoRead())
+        profile = Profile(spec.operations)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    limits = dict(spec.limits)
+    if ns.timeout is not None:
+        limits["wall_time"] = parse_seconds(ns.timeout, "--timeout")
+    if ns.cpu is not None:
+        limits["cpu_time"] = parse_seconds(ns.cpu, "--cpu")
+    if ns.memory is not None:
+        limits["memory"] = parse_size(ns.memory, "--memory")
+    if ns.processes is not None:
+        limits["processes"] = ns.processes
+    if ns.output is not None:
+        limits["output"] = parse_size(ns.output, "--output")
+    try:
+        return profile, DEFAULT_LIMITS.replace(**limits)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# aiogaol run
+
+
+def _exit_status(returncode: int) -> int:
+    """What a shell would report: the exit code, or 128+N for signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _setup_failure(e: OSError, stderr: TextIO) -> int:
+    print(f"aiogaol: {e}", file=stderr)
+    if isinstance(e, ProgramNotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(e, ProgramPermissionError):
+        return EXIT_NOT_EXECUTABLE
+    return EXIT_SETUP_FAILED
+
+
+def _report(result: JobResult, isolation: str | None) -> dict[str, Any]:
+    report = result.to_dict()
+    del report["id"], report["latency"]
+    report["isolation"] = isolation
+    return report
+
+
+async def _run_inherited(profile: Profile, limits: Limits, argv: list[str], env: dict[str, str] | None,
+                         cwd: str | None, stderr: TextIO) -> int:
+    """The program on our own stdin/stdout/stderr; our SIGINT, SIGTERM and SIGHUP are passed on, since it
+    leads a session of its own and the terminal no longer signals it."""
+    async with await spawn(profile, argv, stdin=None, stdout=None, stderr=None, env=env, cwd=cwd,
+                           limits=limits) as proc:
+        async with anyio.create_task_group() as tg:
+            async def forward() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        proc.send_signal(signum)
+
+            tg.start_soon(forward)
+            with anyio.move_on_after(limits.wall_time if limits.wall_time else math.inf) as deadline:
+                returncode = await proc.wait()
+            tg.cancel_scope.cancel()
+    if deadline.cancelled_caught:
+        print(f"aiogaol: timed out after {limits.wall_time:g} s", file=stderr)
+        return EXIT_TIMED_OUT
+    return _exit_status(returncode)
+
+
+async def _run_json(profile: Profile, limits: Limits, argv: list[str], env: dict[str, str] | None,
+                    cwd: str | None, stdin: Any, stdout: TextIO) -> int:
+    data = None
+    if stdin is not None and not stdin.isatty():
+        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+    async with Pool(profile, size=1, limits=limits) as pool:
+        result = await pool.run(argv, input=data or None, env=env, cwd=cwd)
+    print(json.dumps(_report(result, pool.isolation), indent=2), file=stdout)
+    if result.status == "error":
+        if isinstance(result.exception, ProgramNotFoundError):
+            return EXIT_NOT_FOUND
+        return EXIT_NOT_EXECUTABLE if isinstance(result.exception, ProgramPermissionError) else EXIT_SETUP_FAILED
+    if result.status == "timed-out":
+        return EXIT_TIMED_OUT
+    return _exit_status(result.returncode) if result.returncode is not None else EXIT_SETUP_FAILED
+
+
+def cmd_run(ns: argparse.Namespace, stdin: Any, stdout: TextIO, stderr: TextIO) -> int:
+    profile, limits = build_profile(ns)
+    argv = list(ns.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    env = dict(e.split("=", 1) for e in ns.env) if ns.env else None
+    if ns.env and any("=" not in e for e in ns.env):
+        raise UsageError("--env takes NAME=VALUE")
+    if ns.explain:
+        print(compile_profile(profile).explain(), file=stdout)
+        shown = {k: v for k, v in vars(limits).items() if v is not None}
+        print("limits: " + ", ".join(f"{k}={v}" for k, v in shown.items()), file=stdout)
+        if argv:
+            print("program: " + " ".join(argv), file=stdout)
+        return 0
+    if not argv:
+        raise UsageError("nothing to run: aiogaol run [OPTIONS] -- PROGRAM [ARGS...]")
+    try:
+        if ns.json:
+            return anyio.run(_run_json, profile, limits, argv, env, ns.cwd, stdin, stdout)
+        return anyio.run(_run_inherited, profile, limits, argv, env, ns.cwd, stderr)
+    except (SandboxSetupError, UserNamespacesUnavailable) as e:
+        return _setup_failure(e, stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# aiogaol check
+
+
+def verdict(report: KernelReport) -> tuple[bool, list[str]]:
+    """Whether full jails work here, and what a person should know, one sentence a line."""
+    notes: list[str] = []
+    if not report.seccomp or not report.libseccomp:
+        return False, ["verdict: aiogaol cannot sandbox here: it needs seccomp and libseccomp.so.2 "
+                       "(apt-get install libseccomp2)"]
+    if not report.pidfd:
+        return False, ["verdict: aiogaol cannot run here: it needs pidfds (Linux 5.3 or later)"]
+    if not report.landlock_abi:
+        notes.append("without Landlock the mount jail and seccomp remain, but FileReadMetadata and "
+                     "per-port Tcp rules are refused")
+    elif report.landlock_abi < 6:
+        notes.append(f"Landlock ABI {report.landlock_abi} < 6: per-port Tcp rules are refused, and the "
+                     "landlock fallback is unavailable")
+    if not report.cgroup2:
+        notes.append("no cgroup v2 hierarchy: memory and process limits are enforced with rlimits")
+    if report.user_namespaces:
+        return True, ["verdict: full jails available (user, PID, mount, IPC, UTS, cgroup and network "
+                      "namespaces, with Landlock and seccomp behind them)", *notes]
+    fallback = report.landlock_abi >= 6
+    return False, ["verdict: no jails here: user namespaces are forbidden (" +
+                   (report.user_namespaces_reason or "unknown reason") + ")",
+                   "isolation='landlock' can still run programs, with weaker guarantees (docs/security.md)"
+                   if fallback else "and Landlock is too old for the fallback: nothing can be sandboxed",
+                   *notes]
+
+
+def cmd_check(ns: argparse.Namespace, stdout: TextIO) -> int:
+    report = check()
+    ok, lines = verdict(report)
+    if ns.json:
+        print(json.dumps({**vars(report), "jails": ok, "verdict": lines}, indent=2), file=stdout)
+        return 0 if ok else 1
+    print("aiogaol check: what this kernel lets aiogaol enforce", file=stdout)
+    for line in report.lines():
+        print("  " + line, file=stdout)
+    for line in lines:
+        print(line, file=stdout)
+    return 0 if ok else 1
+
+
+# --------------------------------------------------------------------------------------------------
+# aiogaol batch
+
+
+def read_jobs(lines: Iterator[str], bad: list[JobResult]) -> Iterator[Job]:
+    """One JSON object a line: ``{"argv": [...], "id": ..., "input": "...", "timeout": S, "env": {...},
+    "cwd": "..."}``, or a bare JSON list (the argv).  A bad line becomes an "error" result, not a crash."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            item = json.loads(line)
+            if isinstance(item, list):
+                item = {"argv": item}
+            if not isinstance(item, dict):
+                raise ValueError("a line must be a JSON object or a list")
+            unknown = set(item) - {"argv", "id", "input", "timeout", "env", "cwd"}
+            if unknown:
+                raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}")
+            argv = item.get("argv")
+            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+                raise ValueError("argv must be a non-empty list of strings")
+            data = item.get("input")
+            if data is not None and not isinstance(data, str):
+                raise ValueError("input must be a string")
+            timeout = item.get("timeout")
+            yield Job(argv, data.encode() if data else None, float(timeout) if timeout is not None else None,
+                      item.get("env"), item.get("cwd"), item.get("id", number))
+        except (ValueError, TypeError) as e:
+            bad.append(JobResult(number, (), "error", error=f"line {number}: {e}"))
+
+
+class Progress:
+    """A one-line progress bar on a terminal; nothing at all when stderr is a file or a pipe."""
+
+    def __init__(self, stream: TextIO, total: int | None) -> None:
+        self.stream = stream
+        self.total = total
+        self.enabled = stream.isatty()
+        self._last = 0.0
+
+    def update(self, pool: Pool, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.1:
+            return
+        self._last = now
+        s = pool.stats()
+        if self.total:
+            filled = int(30 * s.done / self.total)
+            head = f"[{'#' * filled}{'.' * (30 - filled)}] {s.done}/{self.total}"
+        else:
+            head = f"{s.done} done"
+        self.stream.write(f"\r{head}  running {s.running}  failed {s.failed}\x1b[K")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _fmt_seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+async def _batch(profile: Profile, limits: Limits, source: TextIO, total: int | None, jobs_n: int,
+                 stdout: TextIO, stderr: TextIO) -> int:
+    bad: list[JobResult] = []
+    counts = dict.fromkeys(STATUSES, 0)
+    progress = Progress(stderr, total)
+    started = time.monotonic()
+    async with Pool(profile, size=jobs_n, limits=limits) as pool:
+        async for result in pool.map(read_jobs(iter(source), bad)):
+            while bad:
+                early = bad.pop(0)
+                counts[early.status] += 1
+                print(json.dumps(early.to_dict()), file=stdout, flush=True)
+            counts[result.status] += 1
+            print(json.dumps(result.to_dict()), file=stdout, flush=True)
+            progress.update(pool)
+        stats = pool.stats()
+    for early in bad:
+        counts[early.status] += 1
+        print(json.dumps(early.to_dict()), file=stdout, flush=True)
+    progress.finish()
+    done = sum(counts.values())
+    parts = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    print(f"aiogaol batch: {done} jobs in {time.monotonic() - started:.2f}s with {jobs_n} at a time: "
+          f"{parts or 'nothing to do'}; latency p50 {_fmt_seconds(stats.p50)} p90 {_fmt_seconds(stats.p90)} "
+          f"p99 {_fmt_seconds(stats.p99)}", file=stderr)
+    return 0 if counts["ok"] == done else 1
+
+
+def cmd_batch(ns: argparse.Namespace, stdin: Any, stdout: TextIO, stderr: TextIO) -> int:
+    profile, limits = build_profile(ns)
+    if ns.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if ns.file == "-":
+        return anyio.run(_batch, profile, limits, stdin, None, ns.jobs, stdout, stderr)
+    try:
+        with open(ns.file, encoding="utf-8") as f:
+            total = sum(1 for line in f if line.strip() and not line.lstrip().startswith("#"))
+            f.seek(0)
+            return anyio.run(_batch, profile, limits, f, total, ns.jobs, stdout, stderr)
+    except OSError as e:
+        raise UsageError(f"{ns.file}: {e.strerror}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiogaol", description="Run untrusted programs in Linux jails.")
+    sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run one program in a jail, like a plain command",
+                         description="Run PROGRAM in a jail; its exit status is passed through "
+                                     "(128+N for signal N; 124 timed out, 125 jail failed, 126/127 not "
+                                     "executable/found).")
+    _add_profile_options(run)
+    run.add_argument("--env", metavar="NAME=VALUE", action="append", default=[],
+                     help="the program's environment (nothing of ours is passed on, only a minimal PATH)")
+    run.add_argument("--cwd", metavar="PATH", help="working directory inside the jail (default /)")
+    run.add_argument("--json", action="store_true",
+                     help="capture the output and print a JSON report (status, output, usage) instead")
+    run.add_argument("--explain", action="store_true", help="print the jail the profile builds; run nothing")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM ARGS")
+    chk = sub.add_parser("check", help="what this kernel supports, and why not",
+                         description="Probe the kernel for every mechanism aiogaol uses; exit 1 without jails.")
+    chk.add_argument("--json", action="store_true", help="machine-readable")
+    batch = sub.add_parser("batch", help="run a JSON-lines file of jobs through a pool",
+                           description="Run each line of JOBS.jsonl ({\"argv\": [...], \"input\": ..., "
+                                       "\"timeout\": ..., \"id\": ...}) in its own jail, N at a time; one JSON "
+                                       "result a line on stdout, progress and a summary on stderr; exit 1 "
+                                       "if any job was not ok.")
+    batch.add_argument("file", metavar="JOBS.jsonl", help="the jobs, or - for stdin")
+    batch.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 4, metavar="N",
+                       help="jails at once (default: the number of CPUs)")
+    _add_profile_options(batch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stdin: Any = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    parser = make_parser()
+    ns = parser.parse_args(argv)
+    try:
+        if ns.command_name == "run":
+            return cmd_run(ns, stdin, stdout, stderr)
+        if ns.command_name == "check":
+            return cmd_check(ns, stdout)
+        return cmd_batch(ns, stdin, stdout, stderr)
+    except UsageError as e:
+        print(f"aiogaol: {e}", file=stderr)
+        return EXIT_USAGE
+    except AiogaolError as e:
+        print(f"aiogaol: {e}", file=stderr)
+        return EXIT_SETUP_FAILED
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT

@@ -1,0 +1,463 @@
+"""A bounded pool of jails for servers and batch runners: ``async with aiogaol.Pool(profile, size=N)``.
+
+What a pool adds over calling ``spawn`` in a loop is control over the server's own resources:
+
+- at most ``size`` jails run at once; a caller that finds the pool full waits (backpressure), so a flood
+  of requests queues as awaiting tasks the caller already owns, never as an unbounded list inside;
+- every job has a deadline (``timeout``), an output cap (``limits.output``) and its own jail, so a
+  hostile job (a loop, a fork bomb, a flood of output, a crash) ends as a result with a status, never as
+  an exception that takes down its neighbours or the pool;
+- ``map`` feeds an iterable of jobs, pulling the next one only when a slot frees up, and yields results
+  as they finish;
+- closing the pool finishes what runs (or cancels it when the block is left by an exception), and every
+  jail is reaped before ``async with`` returns;
+- ``stats()`` says what is running, waiting and done, and the latency percentiles.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Union
+
+import anyio
+import anyio.abc
+
+from . import _stdio
+from ._anyio_process import JailedProcess, spawn
+from ._jail import Usage
+from ._limits import Limits, resolve_limits
+from ._profile import Profile
+
+Argv = Sequence[Union[str, bytes, "os.PathLike[str]"]]
+
+OK, NONZERO_EXIT, SIGNALLED = "ok", "nonzero-exit", "signalled"
+TIMED_OUT, OUTPUT_LIMIT, CANCELLED, ERROR = "timed-out", "output-limit", "cancelled", "error"
+STATUSES = (OK, NONZERO_EXIT, SIGNALLED, TIMED_OUT, OUTPUT_LIMIT, CANCELLED, ERROR)
+
+DEFAULT_POOL_GRACE = 0.5  # a job past its deadline has had its chance; do not wait long for it
+_LATENCY_WINDOW = 10_000  # percentiles over the most recent jobs, so a long-lived pool stays cheap
+
+
+@dataclass(frozen=True)
+class Job:
+    """One program to run in the pool; ``id`` comes back on its result (``map`` uses the input index
+    when it is None)."""
+
+    argv: Argv
+    input: bytes | None = None
+    timeout: float | None = None
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    id: Any = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What became of one job.  ``status`` is one of ``STATUSES``; ``error`` says why for "error".
+
+    ``returncode`` is -N when signal N ended the program (``signal`` is then N); ``wall_time`` is the
+    jail's life, ``latency`` the time from the call (including any wait for a free slot) to the result.
+    """
+
+    id: Any
+    argv: tuple[str, ...]
+    status: str
+    returncode: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    usage: Usage | None = None
+    latency: float = 0.0
+    error: str | None = None
+    # The exception behind an "error" (``ProgramNotFoundError``, ``SandboxSetupError``...), for callers
+    # that react to its type; not part of ``to_dict``.
+    exception: Exception | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def signal(self) -> int | None:
+        return -self.returncode if self.returncode is not None and self.returncode < 0 else None
+
+    @property
+    def wall_time(self) -> float | None:
+        return self.usage.wall_time if self.usage else None
+
+    @property
+    def cpu_time(self) -> float | None:
+        return self.usage.cpu_time if self.usage else None
+
+    @property
+    def max_rss(self) -> int | None:
+        return self.usage.max_rss if self.usage else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (output decoded as UTF-8 with replacement), as ``aiogaol batch`` prints it."""
+        return {
+            "id": self.id, "argv": list(self.argv), "status": self.status, "returncode": self.returncode,
+            "signal": self.signal, "stdout": self.stdout.decode(errors="replace"),
+            "stderr": self.stderr.decode(errors="replace"), "wall_time": self.wall_time,
+            "cpu_time": self.cpu_time, "max_rss": self.max_rss, "latency": self.latency, "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot: jails running, callers waiting for a slot, jobs done (and how many not ``ok``), and
+    latency percentiles in seconds over the most recent jobs (None before the first)."""
+
+    size: int
+    running: int
+    waiting: int
+    done: int
+    failed: int
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    rank = max(0, math.ceil(q * len(ordered)) - 1)  # nearest-rank: always a latency that happened
+    return ordered[rank]
+
+
+def _text_argv(argv: Argv) -> tuple[str, ...]:
+    return tuple(os.fsdecode(a) for a in argv)
+
+
+def _check_timeout(timeout: object, what: str) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout > 0:
+        raise ValueError(f"{what} must be positive, not {timeout}")
+    return float(timeout)
+
+
+@dataclass
+class _Capture:
+    """Output kept from one stream, up to the cap; ``overflowed`` once the program went past it."""
+
+    cap: int | None
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    overflowed: bool = False
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class Pool:
+    """At most ``size`` jails at once from one profile; see the module docstring for the contract.
+
+    ``limits`` apply to every job (default ``aiogaol.DEFAULT_LIMITS``); ``timeout`` is the default
+    deadline of a job in seconds (``limits.wall_time`` when not given); ``grace_period`` the seconds
+    between SIGTERM and SIGKILL for a job past its deadline.
+    """
+
+    def __init__(self, profile: Profile, *, size: int | None = None, limits: Limits | None = None,
+                 timeout: float | None = None, grace_period: float = DEFAULT_POOL_GRACE,
+                 env: Mapping[str, str] | None = None, isolation: str = "namespaces") -> None:
+        if not isinstance(profile, Profile):
+            raise TypeError(f"profile must be an aiogaol.Profile, not {type(profile).__name__}")
+        if size is None:
+            size = os.cpu_count() or 4
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive int, not {size!r}")
+        self.profile = profile
+        self.size = size
+        self.limits = resolve_limits(limits)
+        self.timeout = _check_timeout(timeout if timeout is not None else self.limits.wall_time, "timeout")
+        self.grace_period = grace_period
+        self.env = env
+        self.isolation = isolation
+        self._slots: anyio.Semaphore | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closed = False
+        self._cancelling = False
+        self._running = 0
+        self._waiting = 0
+        self._done = 0
+        self._failed = 0
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._job_scopes: set[anyio.CancelScope] = set()
+        self._idle: anyio.Event | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "Pool":
+        if self._tg is not None or self._closed:
+            raise RuntimeError("a Pool can be entered once")
+        self._slots = anyio.Semaphore(self.size)
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        assert self._tg is not None
+        try:
+            # Left normally: let running jobs finish.  Left by an exception (cancellation included):
+            # cancel them; either way each jail is terminated, killed and reaped before we return.
+            with anyio.CancelScope(shield=exc_type is not None):
+                await self.aclose(cancel=exc_type is not None)
+        except BaseException as e:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(type(e), e, e.__traceback__)
+            raise
+        # The pool's own tasks (``map`` feeders) never fail, so the task group has nothing to add: the
+        # block's exception propagates as it is, not wrapped in an ExceptionGroup.  Cancellation alone
+        # is handed over, since the task group must see it to deliver it.
+        if exc_type is not None and issubclass(exc_type, anyio.get_cancelled_exc_class()):
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        await self._tg.__aexit__(None, None, None)
+        return None
+
+    async def aclose(self, *, cancel: bool = False) -> None:
+        """Refuse new jobs; then wait for the running ones (``cancel=False``) or cancel them."""
+        self._closed = True
+        if cancel:
+            self._cancel_running()
+        else:
+            while self._running:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()  # feeders of abandoned ``map`` iterations
+
+    def _cancel_running(self) -> None:
+        self._cancelling = True
+        for scope in list(self._job_scopes):
+            scope.cancel()
+
+    # -- observing ----------------------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        ordered = sorted(self._latencies)
+        return PoolStats(self.size, self._running, self._waiting, self._done, self._failed,
+                         _percentile(ordered, 0.50), _percentile(ordered, 0.90), _percentile(ordered, 0.99))
+
+    # -- running ------------------------------------------------------------------------------------
+
+    async def run(self, argv: Argv, *, input: bytes | None = None, timeout: float | None = None,
+                  env: Mapping[str, str] | None = None, cwd: str | None = None, id: Any = None) -> JobResult:
+        """Run one job, waiting for a free slot first; return its result whatever the program did.
+
+        Arguments that could never work (an empty argv, a relative cwd) raise ``ValueError``/
+        ``TypeError``; a jail that fails to start (the program is missing, say) is a result with
+        status "error", as it is a fact about the job, not a bug in the caller.
+        """
+        return await self._run(Job(argv, input, timeout, env, cwd, id), raise_invalid=True)
+
+    def map(self, jobs: Iterable[Job | Argv] | AsyncIterable[Job | Argv], *,
+            timeout: float | None = None) -> "JobResults":
+        """Run many jobs, at most ``size`` at a time, and iterate their results as they finish.
+
+        ``jobs`` is pulled lazily (an endless generator is fine): the next job is taken only when one of
+        this iteration's ``size`` places frees up, i.e. when a result has been consumed.  Use as
+        ``async for result in pool.map(jobs)``, or inside ``async with`` to stop it early and cleanly.
+        """
+        if self._tg is None or self._closed:
+            raise RuntimeError("use the pool inside 'async with Pool(...)' before calling map()")
+        send, receive = anyio.create_memory_object_stream[JobResult](self.size)
+        results = JobResults(receive, anyio.Semaphore(self.size), anyio.CancelScope())
+        self._tg.start_soon(self._feed, jobs, timeout, send, results)
+        return results
+
+    async def _feed(self, jobs: Iterable[Job | Argv] | AsyncIterable[Job | Argv], timeout: float | None,
+                    send: anyio.abc.ObjectSendStream[JobResult], results: "JobResults") -> None:
+        async def deliver(job: Job) -> None:
+            result = await self._run(job, raise_invalid=False)
+            try:
+                await send.send(result)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the consumer stopped listening
+
+        with results._scope:
+            async with send, anyio.create_task_group() as tg:
+                index = 0
+                try:
+                    async for item in _aiter(jobs):
+                        job = item if isinstance(item, Job) else Job(item)
+                        if job.id is None:
+                            job = Job(job.argv, job.input, job.timeout, job.env, job.cwd, index)
+                        if job.timeout is None and timeout is not None:
+                            job = Job(job.argv, job.input, timeout, job.env, job.cwd, job.id)
+                        index += 1
+                        await results._window.acquire()
+                        if self._closed:
+                            break
+                        tg.start_soon(deliver, job)
+                except Exception as e:
+                    results._error = e  # the jobs iterable itself failed: tell the consumer
+
+    async def _run(self, job: Job, *, raise_invalid: bool) -> JobResult:
+        if self._slots is None:
+            raise RuntimeError("use the pool inside 'async with Pool(...)'")
+        if self._closed:
+            raise RuntimeError("the pool is closed")
+        submitted = time.monotonic()
+        argv = _text_argv(job.argv) if not isinstance(job.argv, (str, bytes)) else (os.fsdecode(job.argv),)
+        try:
+            deadline = _check_timeout(job.timeout, "timeout") or self.timeout
+            if job.input is not None and not isinstance(job.input, (bytes, bytearray, memoryview)):
+                raise TypeError(f"input must be bytes, not {type(job.input).__name__}")
+        except (TypeError, ValueError) as e:
+            if raise_invalid:
+                raise
+            return self._record(JobResult(job.id, argv, ERROR, error=f"{type(e).__name__}: {e}"), submitted)
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            if self._closed:
+                # Closing finishes what runs; what was still waiting for a slot is turned away.
+                return self._record(JobResult(job.id, argv, CANCELLED, error="the pool closed"), submitted)
+            self._running += 1
+            try:
+                return self._record(await self._execute(job, argv, deadline, raise_invalid), submitted)
+            finally:
+                self._running -= 1
+                if not self._running and self._idle is not None:
+                    self._idle.set()
+        finally:
+            self._slots.release()
+
+    def _record(self, result: JobResult, submitted: float) -> JobResult:
+        latency = time.monotonic() - submitted
+        result = JobResult(result.id, result.argv, result.status, result.returncode, result.stdout,
+                           result.stderr, result.usage, latency, result.error, result.exception)
+        self._done += 1
+        if result.status != OK:
+            self._failed += 1
+        self._latencies.append(latency)
+        return result
+
+    async def _execute(self, job: Job, argv: tuple[str, ...], deadline: float | None,
+                       raise_invalid: bool) -> JobResult:
+        env = job.env if job.env is not None else self.env
+        out, err = _Capture(self.limits.output), _Capture(self.limits.output)
+        proc: JailedProcess | None = None
+        scope = anyio.CancelScope(deadline=anyio.current_time() + deadline if deadline else math.inf)
+        self._job_scopes.add(scope)
+        if self._cancelling:
+            scope.cancel()
+        try:
+            with scope:
+                try:
+                    proc = await spawn(self.profile, job.argv, stdin=_stdio.PIPE if job.input else _stdio.DEVNULL,
+                                       env=env, cwd=job.cwd, limits=self.limits, isolation=self.isolation,
+                                       grace_period=self.grace_period)
+                except (TypeError, ValueError) as e:
+                    if raise_invalid:
+                        raise
+                    return JobResult(job.id, argv, ERROR, error=f"{type(e).__name__}: {e}", exception=e)
+                except OSError as e:
+                    return JobResult(job.id, argv, ERROR, error=str(e) or type(e).__name__, exception=e)
+                async with proc:
+                    async with anyio.create_task_group() as tg:
+                        if job.input and proc.stdin is not None:
+                            tg.start_soon(_feed_stdin, proc, bytes(job.input))
+                        assert proc.stdout is not None and proc.stderr is not None
+                        tg.start_soon(_capture, proc, proc.stdout, out)
+                        tg.start_soon(_capture, proc, proc.stderr, err)
+                    await proc.wait()
+        finally:
+            self._job_scopes.discard(scope)
+        if proc is None:  # cancelled or timed out while the jail was being built
+            return JobResult(job.id, argv, CANCELLED if self._cancelling else TIMED_OUT)
+        # ``async with proc`` has reaped the jail whichever way the block was left.
+        returncode = proc.returncode
+        if scope.cancelled_caught:
+            status = CANCELLED if self._cancelling else TIMED_OUT
+        elif out.overflowed or err.overflowed:
+            status = OUTPUT_LIMIT
+        elif returncode == 0:
+            status = OK
+        elif returncode is not None and returncode < 0:
+            status = SIGNALLED
+        else:
+            status = NONZERO_EXIT
+        return JobResult(job.id, argv, status, returncode, out.value(), err.value(), proc.usage)
+
+
+class JobResults:
+    """The results of ``Pool.map``, in the order they finish: an async iterator (and async context
+    manager, to stop early: leaving it cancels this iteration's unfinished jobs)."""
+
+    def __init__(self, receive: anyio.abc.ObjectReceiveStream[JobResult], window: anyio.Semaphore,
+                 scope: anyio.CancelScope) -> None:
+        self._receive = receive
+        self._window = window
+        self._scope = scope
+        self._error: Exception | None = None
+
+    def __aiter__(self) -> AsyncIterator[JobResult]:
+        return self
+
+    async def __anext__(self) -> JobResult:
+        try:
+            result = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self._error is not None:
+                raise self._error
+            raise StopAsyncIteration from None
+        self._window.release()  # one place free: the feeder may take the next job
+        return result
+
+    async def aclose(self) -> None:
+        self._scope.cancel()
+        await self._receive.aclose()
+
+    async def __aenter__(self) -> "JobResults":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def _aiter(jobs: Iterable[Job | Argv] | AsyncIterable[Job | Argv]) -> AsyncIterator[Job | Argv]:
+    if isinstance(jobs, AsyncIterable):
+        async for job in jobs:
+            yield job
+    else:
+        for job in jobs:
+            yield job
+
+
+async def _feed_stdin(proc: JailedProcess, data: bytes) -> None:
+    assert proc.stdin is not None
+    try:
+        await proc.stdin.send(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass  # the program did not want it all; that is its business
+    await proc.stdin.aclose()
+
+
+async def _capture(proc: JailedProcess, stream: anyio.abc.ByteReceiveStream, into: _Capture) -> None:
+    """Keep what the program writes up to the cap; past it, kill the jail so it cannot flood us."""
+    try:
+        async for chunk in stream:
+            if into.cap is not None and into.size + len(chunk) > into.cap:
+                into.chunks.append(chunk[:into.cap - into.size])
+                into.size = into.cap
+                into.overflowed = True
+                proc.kill()
+                return
+            into.chunks.append(chunk)
+            into.size += len(chunk)
+    except anyio.ClosedResourceError:
+        pass

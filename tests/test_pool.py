@@ -1,0 +1,190 @@
+"""``aiogaol.Pool``: bounded, fair to its neighbours, closed cleanly, on asyncio and trio."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+import aiogaol
+
+from .conftest import open_fds, zombie_children
+
+pytestmark = pytest.mark.anyio
+
+SLEEP = "import time, sys; time.sleep(float(sys.argv[1])); print('slept')"
+
+
+async def test_run_returns_output_and_usage(py_profile: aiogaol.Profile, python: str) -> None:
+    async with aiogaol.Pool(py_profile, size=2) as pool:
+        result = await pool.run([python, "-c", "import sys; print(sys.stdin.read().upper())"], input=b"abc")
+    assert result.status == "ok" and result.ok
+    assert result.returncode == 0 and result.signal is None
+    assert result.stdout == b"ABC\n"
+    assert result.usage is not None and result.wall_time is not None and result.cpu_time is not None
+    assert result.latency >= result.wall_time > 0
+
+
+async def test_a_full_pool_makes_callers_wait(py_profile: aiogaol.Profile, python: str) -> None:
+    most_running = 0
+    saw_waiting = 0
+    results: list[aiogaol.JobResult] = []
+    async with aiogaol.Pool(py_profile, size=2) as pool:
+        async def job() -> None:
+            results.append(await pool.run([python, "-c", SLEEP, "0.3"]))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(job)
+            while len(results) < 6:
+                stats = pool.stats()
+                most_running = max(most_running, stats.running)
+                saw_waiting = max(saw_waiting, stats.waiting)
+                await anyio.sleep(0.01)
+        stats = pool.stats()
+    assert most_running == 2
+    assert saw_waiting >= 3
+    assert [r.status for r in results] == ["ok"] * 6
+    assert (stats.running, stats.waiting, stats.done, stats.failed) == (0, 0, 6, 0)
+    assert stats.p50 is not None and stats.p90 is not None and stats.p99 is not None
+    assert stats.p50 <= stats.p90 <= stats.p99
+
+
+async def test_hostile_jobs_do_not_harm_their_neighbours(py_profile: aiogaol.Profile, python: str) -> None:
+    hostile = {
+        "loop": "while True: pass",
+        "ignores-term": "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)",
+        "fork-bomb": "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass",
+        "flood": "import sys\nwhile True: sys.stdout.write('x' * 65536)",
+        "crash": "import os; os.abort()",
+    }
+    jobs = [aiogaol.Job([python, "-c", code], id=name) for name, code in hostile.items()]
+    jobs += [aiogaol.Job([python, "-c", f"print({i} * {i})"], id=i) for i in range(10)]
+    limits = aiogaol.Limits(processes=16, output=1 << 20)
+    async with aiogaol.Pool(py_profile, size=5, limits=limits, timeout=1.0, grace_period=0.2) as pool:
+        results = {r.id: r async for r in pool.map(jobs)}
+        stats = pool.stats()
+    for i in range(10):
+        assert results[i].status == "ok", results[i]
+        assert results[i].stdout == f"{i * i}\n".encode()
+    assert results["loop"].status == "timed-out"
+    assert results["ignores-term"].status == "timed-out"
+    assert results["ignores-term"].returncode == -9
+    assert results["fork-bomb"].status == "timed-out"
+    assert results["flood"].status == "output-limit"
+    assert len(results["flood"].stdout) == 1 << 20
+    assert results["crash"].status == "signalled" and results["crash"].signal == 6
+    assert (stats.done, stats.failed) == (15, 5)
+    assert zombie_children() == []
+
+
+async def test_a_job_that_cannot_start_is_an_error_result(py_profile: aiogaol.Profile) -> None:
+    async with aiogaol.Pool(py_profile, size=1) as pool:
+        result = await pool.run(["/no/such/program"])
+        with pytest.raises(ValueError):
+            await pool.run([])
+        with pytest.raises(ValueError):
+            await pool.run(["/bin/true"], timeout=-1)
+    assert result.status == "error"
+    assert isinstance(result.exception, aiogaol.ProgramNotFoundError)
+    assert "ENOENT" in (result.error or "")
+
+
+async def test_map_pulls_jobs_lazily(py_profile: aiogaol.Profile, python: str) -> None:
+    pulled = 0
+    consumed = 0
+    most_ahead = 0
+
+    def jobs() -> Iterator[list[str]]:
+        nonlocal pulled
+        for i in range(12):
+            pulled += 1
+            yield [python, "-c", f"print({i})"]
+
+    async with aiogaol.Pool(py_profile, size=3) as pool:
+        outputs = set()
+        async for result in pool.map(jobs()):
+            consumed += 1
+            most_ahead = max(most_ahead, pulled - consumed)
+            outputs.add(result.stdout)
+            await anyio.sleep(0.02)  # a slow consumer: the feeder must not run ahead of it
+    assert outputs == {f"{i}\n".encode() for i in range(12)}
+    assert most_ahead <= 3
+
+
+async def test_map_takes_async_iterables_and_per_map_timeout(py_profile: aiogaol.Profile, python: str) -> None:
+    async def jobs():  # type: ignore[no-untyped-def]
+        yield aiogaol.Job([python, "-c", SLEEP, "30"], id="slow")
+        yield aiogaol.Job([python, "-c", "print('quick')"], id="quick")
+
+    async with aiogaol.Pool(py_profile, size=2, grace_period=0.1) as pool:
+        results = {r.id: r async for r in pool.map(jobs(), timeout=0.5)}
+    assert results["slow"].status == "timed-out"
+    assert results["quick"].stdout == b"quick\n"
+
+
+async def test_stopping_a_map_early_leaves_nothing_behind(py_profile: aiogaol.Profile, python: str) -> None:
+    before = open_fds()
+    async with aiogaol.Pool(py_profile, size=2) as pool:
+        async with pool.map([python, "-c", SLEEP, str(0.05 * (i % 2) or 30)] for i in range(8)) as results:
+            async for first in results:
+                assert first.status == "ok"
+                break
+    assert zombie_children() == []
+    assert open_fds() <= before
+
+
+async def test_closing_finishes_running_jobs(py_profile: aiogaol.Profile, python: str) -> None:
+    results: list[aiogaol.JobResult] = []
+    async with anyio.create_task_group() as tg:
+        async with aiogaol.Pool(py_profile, size=1) as pool:
+            async def job() -> None:
+                results.append(await pool.run([python, "-c", SLEEP, "0.3"]))
+
+            tg.start_soon(job)
+            tg.start_soon(job)  # waits for the slot; turned away when the pool closes
+            while pool.stats().running < 1:
+                await anyio.sleep(0.01)
+        # ``async with`` returned only after the running job finished
+        assert pool.stats().running == 0
+    statuses = sorted(r.status for r in results)
+    assert statuses == ["cancelled", "ok"]
+    with pytest.raises(RuntimeError):
+        await pool.run([python, "-c", "pass"])
+
+
+async def test_an_exception_in_the_block_cancels_running_jobs(py_profile: aiogaol.Profile, python: str) -> None:
+    results: list[aiogaol.JobResult] = []
+    with pytest.RaisesGroup(KeyError):  # the pool passes KeyError on as it is; the task group wraps it
+        async with anyio.create_task_group() as tg:
+            async with aiogaol.Pool(py_profile, size=2, grace_period=0.1) as pool:
+                async def job() -> None:
+                    results.append(await pool.run([python, "-c", SLEEP, "30"]))
+
+                tg.start_soon(job)
+                while pool.stats().running < 1:
+                    await anyio.sleep(0.01)
+                raise KeyError("boom")
+    assert [r.status for r in results] in ([], ["cancelled"])
+    assert zombie_children() == []
+
+
+async def test_cancelling_the_caller_reaps_every_jail(py_profile: aiogaol.Profile, python: str) -> None:
+    before = open_fds()
+    with anyio.move_on_after(0.5):
+        async with aiogaol.Pool(py_profile, size=4, grace_period=0.1) as pool:
+            async for _ in pool.map([python, "-c", SLEEP, "30"] for _ in range(10)):
+                pass
+    assert zombie_children() == []
+    assert open_fds() <= before
+
+
+async def test_pool_arguments_are_checked(py_profile: aiogaol.Profile) -> None:
+    with pytest.raises(ValueError):
+        aiogaol.Pool(py_profile, size=0)
+    with pytest.raises(TypeError):
+        aiogaol.Pool("not a profile")  # type: ignore[arg-type]
+    pool = aiogaol.Pool(py_profile, size=1)
+    with pytest.raises(RuntimeError):
+        pool.map([])
