@@ -307,9 +307,7 @@ async def spawn(
                            isolation=isolation)
     stdio = _stdio.prepare(stdin, stdout, stderr)
     try:
-        jail = await launch(plan_args=args.helper_argv, envp=args.envp, stdio=stdio.child,
-                            pass_fds=args.pass_fds, wait_readable=anyio.wait_readable,
-                            seccomp_filter=args.seccomp_filter, isolation=args.isolation)
+        jail = await launch(args, stdio=stdio.child, wait_readable=anyio.wait_readable)
     except BaseException:
         stdio.close_all()
         raise

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import _plan, _stdio
+from . import _stdio
 from ._jail import RunningJail, Usage, launch
 from ._profile import Profile
 from ._spawnargs import SpawnArgs, check_popen_kwargs
@@ -213,9 +213,7 @@ async def create_sandboxed_subprocess(
     loop = asyncio.get_running_loop()
     stdio = _stdio.prepare(stdin, stdout, stderr, pipesize)
     try:
-        jail = await launch(plan_args=spawn.helper_argv, envp=spawn.envp, stdio=stdio.child,
-                            pass_fds=spawn.pass_fds, wait_readable=_wait_readable,
-                            seccomp_filter=spawn.seccomp_filter, isolation=spawn.isolation)
+        jail = await launch(spawn, stdio=stdio.child, wait_readable=_wait_readable)
     except BaseException:
         stdio.close_all()
         raise

@@ -15,11 +15,15 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 from . import _ffi, _pacing
 from ._errors import SandboxSetupError, UserNamespacesUnavailable, setup_error
 from ._kernel import userns_block_reason
+
+if TYPE_CHECKING:
+    from ._spawnargs import SpawnArgs
 
 RECORD = struct.Struct("iiii")
 RECORD_PID, RECORD_FAILURE, RECORD_EXIT = 1, 2, 3
@@ -176,26 +180,20 @@ def _low_fd_safe(fd: int, target: int) -> int:
     return fd
 
 
-async def launch(*, plan_args: Callable[..., list[bytes]], envp: Sequence[bytes],
-                 stdio: Sequence[int | None], pass_fds: Sequence[int],
-                 wait_readable: WaitReadable, seccomp_filter: bytes | None = None,
-                 isolation: str | None = None) -> RunningJail:
-    """Start the helper, read the handshake, and return the running jail (or raise what failed).
+async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readable: WaitReadable) -> RunningJail:
+    """Start the helper for a validated spawn, read the handshake, return the running jail (or raise
+    what failed).
 
-    Cancellation at any await kills and reaps whatever was started before re-raising.
-
-    ``seccomp_filter`` (BPF bytes) travels in a pipe made for this spawn, whose read end ``plan_args``
-    receives as a third argument: the server keeps no filter fd between spawns.  When the faces pass
-    ``plan_args=spawn.helper_argv`` without it, the filter and isolation are taken from that SpawnArgs,
-    so no face can start a jail without its filter by forgetting an argument.
+    Cancellation at any await kills and reaps whatever was started before re-raising.  The profile's
+    seccomp filter (BPF bytes) travels in a pipe made for this spawn: the server keeps no filter fd
+    between spawns, and no face can start a jail without its filter.
     """
     pacer = await _pacing.admit()
     paced_from = time.perf_counter()
-    owner = getattr(plan_args, "__self__", None)
-    if seccomp_filter is None:
-        seccomp_filter = getattr(owner, "seccomp_filter", None)
-    if isolation is None:
-        isolation = getattr(owner, "isolation", None) or "namespaces"
+    seccomp_filter = spawn.seccomp_filter
+    isolation = spawn.isolation
+    envp = spawn.envp
+    pass_fds = spawn.pass_fds
     seccomp_r = -1
     if seccomp_filter:
         seccomp_r, seccomp_w = os.pipe()
@@ -228,9 +226,7 @@ async def launch(*, plan_args: Callable[..., list[bytes]], envp: Sequence[bytes]
         fd_map += [(fd, fd) for fd in pass_fds]
         if seccomp_r >= 0:
             fd_map.append((seccomp_r, seccomp_r))
-            argv = plan_args(err_w, life_jail.fileno(), seccomp_r)
-        else:
-            argv = plan_args(err_w, life_jail.fileno())
+        argv = spawn.helper_argv(err_w, life_jail.fileno(), seccomp_r if seccomp_r >= 0 else None)
         helper_pid = _ffi.spawn_helper(argv, envp, fd_map)
         _pacing.charge(pacer, paced_from)
         os.close(err_w)

@@ -128,11 +128,11 @@ class KernelReport:
             f"kernel            {self.kernel}",
             f"user namespaces   {yn(self.user_namespaces)}"
             + (f" ({self.user_namespaces_reason})" if self.user_namespaces_reason else ""),
-            f"landlock          " + (f"ABI {self.landlock_abi}" if self.landlock_abi else "no"),
+            "landlock          " + (f"ABI {self.landlock_abi}" if self.landlock_abi else "no"),
             f"seccomp           {yn(self.seccomp)}"
             + (f" (libseccomp {self.libseccomp})" if self.libseccomp else " (libseccomp.so.2 not found: spawns will fail)"),
             f"pidfd             {yn(self.pidfd)}",
-            f"cgroup v2         " + (self.cgroup2 or "no (no cgroup2 hierarchy with the memory, pids and cpu controllers; limits use rlimits)"),
+            "cgroup v2         " + (self.cgroup2 or "no (no cgroup2 hierarchy with the memory, pids and cpu controllers; limits use rlimits)"),
         ]
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ._errors import ProfileError
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
-                       NetworkOutbound, Profile, ResolvedPath, Subpath, SystemInfoRead, Tcp, Tmpfs, check_path)
+                       NetworkOutbound, Profile, ResolvedPath, SystemInfoRead, Tcp, Tmpfs, check_path)
 
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 NOBODY = 65534

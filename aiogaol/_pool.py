@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 
 from . import _stdio
+from ._run import _classify
 from ._anyio_process import JailedProcess, spawn
 from ._jail import Usage
 from ._limits import Limits, resolve_limits
@@ -385,12 +386,10 @@ class Pool:
             status = CANCELLED if self._cancelling else TIMED_OUT
         elif out.overflowed or err.overflowed:
             status = OUTPUT_LIMIT
-        elif returncode == 0:
-            status = OK
-        elif returncode is not None and returncode < 0:
-            status = SIGNALLED
         else:
-            status = NONZERO_EXIT
+            # The same reading of an ending as aiogaol.run's: cpu-limit, memory-limit, ... or plain exits.
+            assert returncode is not None and proc.usage is not None
+            status = _classify(self.limits, returncode, err.value(), proc.usage.cpu_time, False, False)[0].value
         return JobResult(job.id, argv, status, returncode, out.value(), err.value(), proc.usage)
 
 

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 MiB = 1 << 20
@@ -559,7 +559,7 @@ def render(r: dict[str, Any], targets: list[Target]) -> str:
                   times, ratios=False)
 
     st = r["stall"]
-    t.header(f"event loop: longest 1 ms-tick lateness")
+    t.header("event loop: longest 1 ms-tick lateness")
     t.row(f"while {cfg['stall_jails']} start (worst of {cfg['stall_rounds']})",
           {k: st[k]["max_ms"] for k in ALL_TOOLS if k in st}, ms)
     t.row("  median of the rounds' worst", {k: st[k]["median_round_max_ms"] for k in ALL_TOOLS if k in st}, ms)

@@ -99,7 +99,7 @@ def test_judge_profile_limits_apply() -> None:
                    "python3", "-c", "open('/tmp/f', 'w').write('x' * (2 << 20))")
     report = json.loads(done.stdout)
     # file_size = 1M: Python ignores SIGXFSZ, so the write fails with EFBIG instead
-    assert report["status"] == "nonzero-exit" and "File too large" in report["stderr"]
+    assert report["status"] == "file-size-limit" and "File too large" in report["stderr"]
 
 
 def test_bad_profiles_are_usage_errors(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK_OUT_OF_DOCS = re.compile(r"\]\((\.\./[^)#\s]+)(#[^)]*)?\)")

@@ -13,7 +13,6 @@ seccomp filter, no ``--new-session``, the caller's environment).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import shutil
@@ -24,10 +23,7 @@ from typing import Any
 
 import aiogaol
 from aiogaol import _plan
-from aiogaol._asyncio_process import SandboxedProcess, _connect
-from aiogaol._jail import launch
-from aiogaol._spawnargs import SpawnArgs
-from aiogaol import _stdio
+from aiogaol._asyncio_process import SandboxedProcess
 
 MODES = ("namespaces", "landlock", "bwrap")
 BWRAP = shutil.which("bwrap")
@@ -63,30 +59,8 @@ class Outcome:
 RESULTS: dict[tuple[str, str], Outcome] = {}
 
 
-def _aiogaol_takes_isolation() -> bool:
-    return "isolation" in inspect.signature(aiogaol.create_sandboxed_subprocess).parameters
-
-
 async def _spawn(profile: aiogaol.Profile, argv: list[str], isolation: str, **kw: Any) -> SandboxedProcess:
-    """create_sandboxed_subprocess with an isolation mode (through the public keyword once it has it)."""
-    if _aiogaol_takes_isolation():
-        return await aiogaol.create_sandboxed_subprocess(profile, *argv, isolation=isolation, **kw)
-    spawn = SpawnArgs.build(profile, argv[0], argv[1:], env=kw.get("env"), cwd=None,
-                            pass_fds=kw.get("pass_fds", ()), limits=None, isolation=isolation)
-    loop = asyncio.get_running_loop()
-    stdio = _stdio.prepare(kw.get("stdin", aiogaol.DEVNULL), aiogaol.PIPE, aiogaol.PIPE, -1)
-    from aiogaol._asyncio_process import _wait_readable
-
-    try:
-        jail = await launch(plan_args=spawn.helper_argv, envp=spawn.envp, stdio=stdio.child,
-                            pass_fds=spawn.pass_fds, wait_readable=_wait_readable)
-    except BaseException:
-        stdio.close_all()
-        raise
-    stdio.close_child_ends()
-    proc = SandboxedProcess(jail, loop, spawn)
-    await _connect(proc, stdio, 2**16)
-    return proc
+    return await aiogaol.create_sandboxed_subprocess(profile, *argv, isolation=isolation, **kw)
 
 
 def bwrap_argv(profile: aiogaol.Profile) -> list[str]:
