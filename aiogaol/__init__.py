@@ -6,6 +6,7 @@ here start programs under it.  See the README and docs/ for the model and its li
 
 from ._anyio_process import JailedProcess, spawn
 from ._asyncio_process import SandboxedProcess, create_sandboxed_subprocess
+from ._cgroup import CgroupReport
 from ._errors import (AiogaolError, ProfileError, ProgramNotFoundError, ProgramPermissionError,
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
 from ._jail import Usage
@@ -29,7 +30,7 @@ def explain(profile: Profile) -> str:
 __version__ = "0.1.0"
 
 __all__ = [
-    "AiogaolError", "AllAddresses", "DEFAULT_LIMITS", "DEVNULL", "FileReadAll", "FileReadMetadata",
+    "AiogaolError", "AllAddresses", "CgroupReport", "DEFAULT_LIMITS", "DEVNULL", "FileReadAll", "FileReadMetadata",
     "FileWriteAll", "JailedProcess", "Job", "JobResult", "JobResults", "KernelReport", "Limits", "Literal", "LocalSocket", "NetworkOutbound",
     "OperationSupportLevel", "PIPE", "Pool", "PoolStats", "Profile", "ProfileError", "ProgramNotFoundError",
     "ProgramPermissionError", "STDOUT", "SandboxSetupError", "SandboxedProcess", "Subpath",

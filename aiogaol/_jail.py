@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
-from . import _ffi, _pacing
+from . import _cgroup, _ffi, _pacing
 from ._errors import SandboxSetupError, UserNamespacesUnavailable, setup_error
 from ._kernel import userns_block_reason
 
@@ -74,6 +74,10 @@ class RunningJail:
         # "namespaces" (the jail) or "landlock" (the weaker fallback): what the faces report as
         # ``proc.isolation``.
         self.isolation = "namespaces"
+        # The jail's own cgroup v2 (None where none could be made, and cgroup_reason says why); its
+        # counters are read and it is removed when init is reaped.
+        self.cgroup: _cgroup.JailCgroup | None = None
+        self.cgroup_reason = ""
 
     def try_reap(self) -> bool:
         """Reap init if it has exited; True once the returncode is known.  Never blocks."""
@@ -128,6 +132,12 @@ class RunningJail:
             self.usage = Usage(wall, ru.ru_utime + ru.ru_stime, ru.ru_utime, ru.ru_stime, ru.ru_maxrss * 1024)
         else:
             self.usage = Usage(wall, 0.0, 0.0, 0.0, 0)
+        if self.cgroup is not None:
+            try:
+                self.cgroup.read_report()
+                self.cgroup.remove()
+            except OSError:
+                pass  # the figures are a bonus; never let them lose the returncode
         self.close()
 
     def send_signal(self, sig: int) -> None:
@@ -212,8 +222,11 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
     life_server, life_jail = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     copies: list[int] = []
     helper_pid = init_pid = 0
+    cgroup: _cgroup.JailCgroup | None = None
     started = time.monotonic()
     try:
+        cgroup, cgroup_reason = _cgroup.for_limits(spawn.limits.memory, spawn.limits.processes,
+                                                   spawn.limits.cgroup)
         fd_map: list[tuple[int, int]] = []
         for target, fd in enumerate(stdio):
             if fd is None:
@@ -226,7 +239,9 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         fd_map += [(fd, fd) for fd in pass_fds]
         if seccomp_r >= 0:
             fd_map.append((seccomp_r, seccomp_r))
-        argv = spawn.helper_argv(err_w, life_jail.fileno(), seccomp_r if seccomp_r >= 0 else None)
+        if cgroup is not None:
+            fd_map.append((cgroup.fd, cgroup.fd))
+        argv = spawn.helper_argv(err_w, life_jail.fileno(), seccomp_r if seccomp_r >= 0 else None, cgroup)
         helper_pid = _ffi.spawn_helper(argv, envp, fd_map)
         _pacing.charge(pacer, paced_from)
         os.close(err_w)
@@ -266,6 +281,10 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         pidfd = os.pidfd_open(init_pid)
         jail = RunningJail(init_pid, pidfd, life_server, started)
         jail.isolation = isolation
+        if cgroup is not None:
+            cgroup.close_fd()  # init is in it now; the directory's path is all we need from here on
+        jail.cgroup, jail.cgroup_reason = cgroup, cgroup_reason
+        cgroup = None
         init_pid = 0
         return jail
     except BaseException:
@@ -279,6 +298,8 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             _kill_and_reap(init_pid)
         if helper_pid:
             _kill_and_reap(helper_pid)
+        if cgroup is not None:
+            cgroup.remove()
         raise
     finally:
         os.close(err_r)

@@ -1,7 +1,9 @@
 """Resource limits: what a jail may consume, and how each limit is enforced.
 
 Policy only: ``Limits`` says the numbers, ``rlimits()`` turns them into setrlimit triples that the C
-child applies right before exec.  Wall time and output are enforced by the event-loop layer.
+child applies right before exec.  Wall time and output are enforced by the event-loop layer; memory and
+processes also by a cgroup v2 of the jail's own where one can be made (``_cgroup``), which bounds the
+jail as a whole instead of each process.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ from ._errors import ProfileError
 class Limits:
     """Per-jail limits.  ``None`` means unlimited; the defaults keep a bare spawn from exhausting the host.
 
-    memory caps the address space (RLIMIT_AS), processes counts the jail's own processes (RLIMIT_NPROC in
-    the jail's user namespace), file_size caps any one file written, open_files the fd table, cpu_time
-    the CPU seconds of each process (RLIMIT_CPU), wall_time the seconds from spawn to exit, output the
-    bytes ``run`` keeps of stdout and of stderr.
+    memory caps the jail's memory (cgroup ``memory.max`` where available, else the address space of
+    each process, RLIMIT_AS), processes counts the program's processes (cgroup ``pids.max`` and
+    RLIMIT_NPROC in the jail's user namespace; the jail's init is not counted), file_size caps any one
+    file written, open_files the fd table, cpu_time the CPU seconds of each process (RLIMIT_CPU; with a
+    cgroup ``run`` also stops the jail when all its processes together used that much), wall_time the
+    seconds from spawn to exit, output the bytes ``run`` keeps of stdout and of stderr (more ends the
+    run: status output-limit).  ``cgroup`` says where the jail's cgroup v2 goes: "auto" (detected at run
+    time: ``AIOGAOL_CGROUP``, else this process's cgroup when it is a writable root), "none", or the
+    path of a delegated cgroup directory (an error if it cannot be used).
     """
 
     wall_time: float | None = None
@@ -30,10 +37,17 @@ class Limits:
     open_files: int | None = 1024
     output: int | None = 64 << 20
     core_dumps: bool = False
+    cgroup: str = "auto"
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "cgroup":
+                if not isinstance(value, str) or not value:
+                    raise TypeError('Limits.cgroup must be "auto", "none" or the path of a cgroup directory')
+                if value not in ("auto", "none") and not value.startswith("/"):
+                    raise ProfileError(f"Limits.cgroup must be an absolute path, not {value!r}")
+                continue
             if f.name == "core_dumps":
                 if not isinstance(value, bool):
                     raise TypeError("core_dumps must be a bool")
@@ -47,13 +61,18 @@ class Limits:
             if f.name not in ("wall_time", "cpu_time") and not isinstance(value, int):
                 raise TypeError(f"Limits.{f.name} must be an int")
 
-    def rlimits(self) -> list[tuple[int, int, int]]:
+    def rlimits(self, *, cgroup_memory: bool = False, cgroup_pids: bool = False) -> list[tuple[int, int, int]]:
+        """setrlimit triples for the program.  With ``cgroup_memory`` (memory.max holds the jail) no
+        RLIMIT_AS: it would trip first, on address space that is reserved but never used (Go, the JVM,
+        sanitizers), and turn a certain OOM report into a guess.  Likewise no RLIMIT_NPROC under
+        ``cgroup_pids``: pids.max counts the same processes and pids.events says when it refused one."""
         out: list[tuple[int, int, int]] = []
         if self.cpu_time is not None:
             # Soft at the limit (SIGXCPU), hard one second later (SIGKILL) for programs that catch XCPU.
             soft = max(1, int(-(-self.cpu_time // 1)))
             out.append((resource.RLIMIT_CPU, soft, soft + 1))
-        for res, value in ((resource.RLIMIT_AS, self.memory), (resource.RLIMIT_NPROC, self.processes),
+        for res, value in ((resource.RLIMIT_AS, None if cgroup_memory else self.memory),
+                           (resource.RLIMIT_NPROC, None if cgroup_pids else self.processes),
                            (resource.RLIMIT_FSIZE, self.file_size), (resource.RLIMIT_NOFILE, self.open_files)):
             if value is not None:
                 out.append((res, value, value))
@@ -62,6 +81,7 @@ class Limits:
         return out
 
     def replace(self, **changes: object) -> "Limits":
+        """A copy with some limits changed: ``DEFAULT_LIMITS.replace(wall_time=5)``."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
@@ -70,6 +90,7 @@ UNLIMITED = Limits(memory=None, processes=None, file_size=None, open_files=None,
 
 
 def resolve_limits(limits: Limits | None) -> Limits:
+    """``None`` means the defaults: a bare spawn must not be able to exhaust the host."""
     if limits is None:
         return DEFAULT_LIMITS
     if not isinstance(limits, Limits):

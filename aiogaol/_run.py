@@ -1,14 +1,20 @@
 """``aiogaol.run``: start, feed, collect, time-limit and report, like ``subprocess.run`` for a jail.
 
-Runs on anyio, so it works unchanged under asyncio and trio.  The rlimits travel with the spawn (the C
-child applies them before exec); wall time and output caps are enforced here, from the event loop,
-without a blocking sleep.  The report says which mechanism enforced each limit and how the status was
-decided, because an rlimit hit is seen from outside only through the way the program died.
+Written on anyio, so it works unchanged under asyncio and trio, and directly on the shared core
+(``_jail.launch`` and ``RunningJail``) rather than on a process face: ``run`` owns its pipes, its pidfd
+wait and its kill sequence, so that every limit is enforced in one place that can report it.
+
+Who enforces what: rlimits travel with the spawn (the C child applies them before exec); a cgroup v2 of
+the jail's own bounds memory and processes where one can be made (``_cgroup``); wall time, output caps
+and (with a cgroup) the jail-wide CPU time are enforced here, from the event loop, never with a blocking
+sleep.  The report says which mechanism enforced each limit and how the status was decided, because an
+rlimit hit is seen from outside only through the way the program died.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import os
 import signal as _signal
 from collections.abc import Mapping, Sequence
@@ -17,12 +23,17 @@ from typing import Any
 
 import anyio
 
-from . import _kernel, _stdio
-from ._anyio_process import JailedProcess, spawn
+from ._cgroup import CgroupReport
+from ._jail import RunningJail, launch
 from ._limits import Limits, resolve_limits
 from ._profile import Profile
+from ._spawnargs import SpawnArgs
 
 DEFAULT_GRACE = 0.5  # seconds between SIGTERM and SIGKILL when the wall time runs out
+# After the jail is reaped every writer of our pipes is dead, so the pipes reach EOF as soon as their
+# buffers are drained; this only bounds the wait should a write end have leaked (a caller's pass_fds).
+_DRAIN_TIMEOUT = 5.0
+_READ_SIZE = 65536
 
 
 class Status(str, enum.Enum):
@@ -52,7 +63,15 @@ class RunError(Exception):
 
 @dataclass(frozen=True)
 class Result:
-    """What a jailed run did and used: isolate's meta file as a value."""
+    """What a jailed run did and used: isolate's meta file as a value.
+
+    ``cpu_time`` and ``max_rss`` come from the rusage of the jail (``wait4`` on its init, which reaps the
+    processes of the jail), or for ``cpu_time`` from the cgroup's cpu.stat when there is one (it also
+    counts orphans killed at the end); ``max_rss`` is the largest resident set of any one process.
+    ``cgroup`` holds the kernel's own counters when the jail had a cgroup (``memory_peak`` is then the
+    whole jail's peak).  ``evidence`` says how ``status`` was decided ("inferred" when it rests on the
+    program's own words); ``enforced_by`` names the mechanism behind each limit.
+    """
 
     args: tuple[str, ...]
     returncode: int
@@ -60,7 +79,7 @@ class Result:
     stdout: bytes
     stderr: bytes
     status: Status
-    evidence: str  # how the status was decided
+    evidence: str
     wall_time: float
     cpu_time: float
     max_rss: int
@@ -69,12 +88,19 @@ class Result:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     isolation: str = "namespaces"
+    cgroup: CgroupReport | None = None
 
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
 
+    @property
+    def memory_peak(self) -> int | None:
+        """Peak memory of the whole jail (cgroup memory.peak), where the kernel counted it."""
+        return self.cgroup.memory_peak if self.cgroup is not None else None
+
     def check(self) -> "Result":
+        """Return self when the status is ok, else raise ``RunError`` (``subprocess.run(check=True)``)."""
         if not self.ok:
             raise RunError(self)
         return self
@@ -88,28 +114,41 @@ class Result:
         data["stdout_bytes"] = len(self.stdout)
         data["stderr_bytes"] = len(self.stderr)
         data["enforced_by"] = dict(self.enforced_by)
+        if data["cgroup"] is not None:
+            data["cgroup"]["controllers"] = sorted(data["cgroup"]["controllers"])
         return data
 
 
-def enforcement(limits: Limits) -> dict[str, str]:
-    """Which mechanism enforces each limit that is set (rlimits here; cgroup v2 is not wired yet)."""
+def enforcement(limits: Limits, jail: RunningJail | None = None) -> dict[str, str]:
+    """Which mechanism enforces each limit that is set: "rlimit ...", "cgroup ..." or "event loop ..."."""
+    cg = jail.cgroup if jail is not None else None
+    controllers = cg.controllers if cg is not None else frozenset()
     out: dict[str, str] = {}
     if limits.wall_time is not None:
         out["wall_time"] = "event loop (SIGTERM, grace, SIGKILL)"
     if limits.cpu_time is not None:
         out["cpu_time"] = "rlimit RLIMIT_CPU (per process: SIGXCPU, then SIGKILL a second later)"
+        if cg is not None:
+            out["cpu_time"] += "; event loop on cgroup cpu.stat (the whole jail)"
     if limits.memory is not None:
-        out["memory"] = "rlimit RLIMIT_AS (allocations fail; per process address space)"
+        out["memory"] = ("cgroup memory.max (the whole jail; OOM kills counted in memory.events)"
+                         if "memory" in controllers else
+                         "rlimit RLIMIT_AS (allocations fail; per process address space)")
     if limits.processes is not None:
-        out["processes"] = "rlimit RLIMIT_NPROC (counted in the jail's own user namespace)"
+        out["processes"] = ("cgroup pids.max (the whole jail; refused forks counted in pids.events)"
+                            if "pids" in controllers else
+                            "rlimit RLIMIT_NPROC (counted in the jail's own user namespace)")
     if limits.file_size is not None:
         out["file_size"] = "rlimit RLIMIT_FSIZE (SIGXFSZ)"
     if limits.open_files is not None:
         out["open_files"] = "rlimit RLIMIT_NOFILE"
     if limits.output is not None:
         out["output"] = "event loop (reading stops and the jail is killed at the cap)"
-    if _kernel.cgroup2_root() is None:
-        out["cgroup"] = "none: no cgroup v2 hierarchy with memory, pids and cpu controllers on this host"
+    if cg is not None:
+        out["cgroup"] = f"cgroup v2 {cg.path} (controllers: {' '.join(sorted(controllers)) or 'none'})"
+    else:
+        reason = jail.cgroup_reason if jail is not None and jail.cgroup_reason else "not asked"
+        out["cgroup"] = f"none: {reason}"
     return out
 
 
@@ -124,18 +163,40 @@ _DISK_SIGNS = (b"No space left on device",)
 # EFBIG for programs that ignore SIGXFSZ (CPython does); the shell's words for a child SIGXFSZ killed.
 _FSIZE_SIGNS = (b"File too large", b"File size limit exceeded")
 _CPU_SIGNS = (b"CPU time limit exceeded",)  # the shell's words for a child SIGXCPU killed
+# How a C program usually dies when malloc returns NULL under RLIMIT_AS: it uses the NULL (SIGSEGV),
+# its runtime aborts (SIGABRT), or a touched mapping cannot be backed (SIGBUS).
+_MEMORY_DEATHS = (_signal.SIGSEGV, _signal.SIGABRT, _signal.SIGBUS)
+_RSS_NEAR_LIMIT = 0.8
+
+
+def _signame(sig: int) -> str:
+    try:
+        return _signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
 
 
 def _classify(limits: Limits, returncode: int, stderr: bytes, cpu_time: float, timed_out: bool,
-              output_capped: bool) -> tuple[Status, str]:
+              output_capped: bool, *, max_rss: int = 0, cgroup: CgroupReport | None = None,
+              jail_cpu_capped: bool = False) -> tuple[Status, str]:
+    """The status and the evidence for it: certain causes first (our own kills, the kernel's counters,
+    the rlimit signals), then inferences from the program's stderr and its last resident size."""
     sig = -returncode if returncode < 0 else None
     if timed_out:
         return Status.TIMED_OUT, f"wall time {limits.wall_time} s ran out; the event loop ended the jail"
     if output_capped:
         return Status.OUTPUT_LIMIT, f"more than {limits.output} bytes on one stream; the jail was killed"
+    if jail_cpu_capped:
+        return Status.CPU_LIMIT, (f"the jail's processes used {cpu_time:.2f} s of CPU together (cgroup "
+                                  f"cpu.stat), past cpu_time = {limits.cpu_time}; the event loop killed it")
+    if cgroup is not None and cgroup.oom_kills and returncode != 0:
+        return Status.MEMORY_LIMIT, (f"cgroup memory.events: {cgroup.oom_kills} process(es) killed at "
+                                     f"memory.max = {limits.memory}")
+    if cgroup is not None and cgroup.pids_max_hits and returncode != 0:
+        return Status.PROCESS_LIMIT, f"cgroup pids.events: {cgroup.pids_max_hits} fork(s) refused at pids.max"
     if sig == _signal.SIGXCPU or (sig == _signal.SIGKILL and limits.cpu_time is not None
                                   and cpu_time >= limits.cpu_time * 0.9):
-        return Status.CPU_LIMIT, f"killed by {_signal.Signals(sig).name} after {cpu_time:.2f} s of CPU"
+        return Status.CPU_LIMIT, f"killed by {_signame(sig)} after {cpu_time:.2f} s of CPU (RLIMIT_CPU)"
     if sig == _signal.SIGXFSZ:
         return Status.FILE_SIZE_LIMIT, "killed by SIGXFSZ: a file reached RLIMIT_FSIZE"
     if returncode != 0:
@@ -148,19 +209,130 @@ def _classify(limits: Limits, returncode: int, stderr: bytes, cpu_time: float, t
             hit = next((s for s in signs if s in stderr), None)
             if wanted is not None and hit is not None:
                 return status, f"inferred: exit {returncode} and stderr says {hit.decode()!r}"
+    if (sig in _MEMORY_DEATHS and limits.memory is not None and cgroup is None
+            and max_rss >= _RSS_NEAR_LIMIT * limits.memory):
+        return Status.MEMORY_LIMIT, (f"inferred: killed by {_signame(sig)} with max RSS {max_rss >> 20} MiB, "
+                                     f"{max_rss * 100 // limits.memory}% of the RLIMIT_AS limit")
     if sig is not None:
-        name = _signal.Signals(sig).name if sig in _signal.Signals._value2member_map_ else str(sig)
-        return Status.SIGNALLED, f"killed by {name}"
+        return Status.SIGNALLED, f"killed by {_signame(sig)}"
     if returncode != 0:
         return Status.NONZERO_EXIT, f"exit status {returncode}"
     return Status.OK, "exit status 0"
 
 
-def _kill_program(proc: JailedProcess) -> None:
+@dataclass
+class _Outcome:
+    """What the event loop did to the jail, for the report."""
+
+    timed_out: bool = False
+    jail_cpu_capped: bool = False
+    capped: dict[str, bool] = field(default_factory=lambda: {"stdout": False, "stderr": False})
+
+
+async def _wait_exit(jail: RunningJail) -> None:
+    """Until init is reaped: its pidfd turns readable when it exits, then wait4 takes it and the usage."""
+    while not jail.try_reap():
+        assert jail.pidfd is not None
+        await anyio.wait_readable(jail.pidfd)
+
+
+def _signal_quietly(jail: RunningJail, sig: int) -> None:
     try:
-        proc._jail.kill_program()
+        if sig == _signal.SIGKILL:
+            jail.kill_quietly()
+        elif sig == _signal.SIGRTMAX:
+            jail.kill_program()
+        else:
+            jail.send_signal(sig)
     except ProcessLookupError:
         pass
+
+
+async def _supervise(jail: RunningJail, limits: Limits, grace: float, outcome: _Outcome) -> None:
+    """Wait for the exit within the wall time; past it: SIGTERM, grace, SIGKILL of the program through
+    init (usage stays whole), grace, SIGKILL of init (the namespace goes with it).  Whatever ends this
+    early (cancellation, an error) kills and reaps the jail before it propagates."""
+    try:
+        with anyio.move_on_after(limits.wall_time if limits.wall_time is not None else math.inf):
+            await _wait_exit(jail)
+        if jail.try_reap():
+            return
+        outcome.timed_out = True
+        for sig, wait in ((_signal.SIGTERM, grace), (_signal.SIGRTMAX, grace), (_signal.SIGKILL, math.inf)):
+            _signal_quietly(jail, sig)
+            with anyio.move_on_after(wait):
+                await _wait_exit(jail)
+            if jail.try_reap():
+                return
+    finally:
+        if jail.returncode is None:
+            jail.kill_quietly()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_DRAIN_TIMEOUT):
+                await _wait_exit(jail)
+            jail.reap_blocking()  # returns at once when reaped above; bounded by SIGKILL otherwise
+
+
+async def _pump(fd: int, name: str, cap: int | None, buf: bytearray, jail: RunningJail,
+                outcome: _Outcome, scope: anyio.CancelScope) -> None:
+    """Read one stream to EOF.  Past the cap: keep the first ``cap`` bytes, kill the program (status
+    output-limit) and read on, discarding, so that nothing of the jail blocks on a full pipe while it
+    dies and our memory stays bounded."""
+    with scope:
+        while True:
+            try:
+                chunk = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+                continue
+            if not chunk:
+                return
+            if outcome.capped[name]:
+                continue
+            if cap is not None and len(buf) + len(chunk) > cap:
+                buf += chunk[:cap - len(buf)]
+                outcome.capped[name] = True
+                _signal_quietly(jail, _signal.SIGRTMAX)
+                continue
+            buf += chunk
+
+
+async def _feed(ours: list[int], data: bytes, scope: anyio.CancelScope) -> None:
+    """Write the input to ``ours[0]`` and close it (the program sees EOF); a program that stops reading
+    is not an error (as ``subprocess.run``)."""
+    fd = ours[0]
+    view = memoryview(data)
+    with scope:
+        try:
+            while view:
+                try:
+                    view = view[os.write(fd, view[:_READ_SIZE]):]
+                except BlockingIOError:
+                    await anyio.wait_writable(fd)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    ours[0] = -1
+    os.close(fd)
+
+
+async def _watch_cpu(jail: RunningJail, limit: float, outcome: _Outcome, scope: anyio.CancelScope) -> None:
+    """With a cgroup, the CPU time of all the jail's processes together: RLIMIT_CPU alone lets a program
+    that forks spend ``processes × cpu_time``."""
+    period = min(0.1, max(0.01, limit / 20))
+    with scope:
+        while jail.cgroup is not None:
+            used = jail.cgroup.cpu_time()
+            if used is not None and used >= limit:
+                outcome.jail_cpu_capped = True
+                _signal_quietly(jail, _signal.SIGRTMAX)
+                return
+            await anyio.sleep(period)
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+    fds.clear()
 
 
 async def run(
@@ -178,70 +350,82 @@ async def run(
     """Run ``argv`` in a jail to the end and report it; ``subprocess.run`` to ``spawn``'s ``Popen``.
 
     ``limits`` defaults to ``DEFAULT_LIMITS`` (so a bare run cannot exhaust the host).  Never raises for
-    what the program did; ``Result.check()`` turns a bad status into ``RunError``.  Cancelling ``run``
-    kills and reaps the jail before the cancellation propagates.
+    what the program did; ``Result.check()`` turns a bad status into ``RunError``.  Raises, before
+    anything starts, for bad arguments, and ``OSError`` subclasses naming the step when the jail cannot
+    be built.  Cancelling ``run`` kills and reaps the jail before the cancellation propagates.
     """
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
+        raise TypeError("argv must be a sequence of arguments (no shell here), not a string")
+    if not argv:
+        raise ValueError("argv is empty")
     if input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
         raise TypeError(f"input must be bytes, not {type(input).__name__}")
+    if isinstance(grace_period, bool) or not isinstance(grace_period, (int, float)) or not (
+            0 <= grace_period < math.inf):
+        raise ValueError(f"grace_period must be a finite number of seconds >= 0, not {grace_period!r}")
     limits = resolve_limits(limits)
-    proc = await spawn(profile, argv, stdin=_stdio.PIPE if input is not None else _stdio.DEVNULL,
-                       stdout=_stdio.PIPE, stderr=_stdio.PIPE, env=env, cwd=cwd, pass_fds=pass_fds,
-                       limits=limits, isolation=isolation, grace_period=grace_period)
+    spawn = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
+                            isolation=isolation)
+
+    ours: list[int] = []  # our ends: stdin (write) or -1, stdout, stderr
+    theirs: list[int] = []  # the jail's ends, closed as soon as the helper has them
+    try:
+        if input is not None:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            theirs.append(r)
+            ours.append(w)
+        else:
+            theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            ours.append(-1)
+        for _ in range(2):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            ours.append(r)
+            theirs.append(w)
+        for fd in ours:
+            if fd >= 0:
+                os.set_blocking(fd, False)
+        jail = await launch(spawn, stdio=list(theirs), wait_readable=anyio.wait_readable)
+    except BaseException:
+        _close(ours)
+        _close(theirs)
+        raise
+    _close(theirs)
+
+    outcome = _Outcome()
     outputs = {"stdout": bytearray(), "stderr": bytearray()}
-    capped = {"stdout": False, "stderr": False}
-    timed_out = False
-
-    async with proc:
-        async def pump(name: str, stream: anyio.abc.ByteReceiveStream) -> None:
-            buf = outputs[name]
-            cap = limits.output
-            while True:
-                try:
-                    chunk = await stream.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    return
-                if cap is not None and len(buf) + len(chunk) > cap:
-                    buf += chunk[:cap - len(buf)]
-                    capped[name] = True
-                    _kill_program(proc)  # stop reading: a program writing forever must not fill our memory
-                    return
-                buf += chunk
-
-        async def feed(data: bytes) -> None:
-            assert proc.stdin is not None
-            try:
-                await proc.stdin.send(data)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the program stopped reading: as subprocess.run, not an error
-            finally:
-                await proc.stdin.aclose()
-
+    pump_scopes = [anyio.CancelScope(), anyio.CancelScope()]
+    helper_scopes = [anyio.CancelScope(), anyio.CancelScope()]  # the feed and the CPU watch
+    try:
         async with anyio.create_task_group() as tg:
-            assert proc.stdout is not None and proc.stderr is not None
-            tg.start_soon(pump, "stdout", proc.stdout)
-            tg.start_soon(pump, "stderr", proc.stderr)
+            for fd, name, scope in zip(ours[1:], ("stdout", "stderr"), pump_scopes):
+                tg.start_soon(_pump, fd, name, limits.output, outputs[name], jail, outcome, scope)
             if input is not None:
-                tg.start_soon(feed, bytes(input))
-            with anyio.move_on_after(limits.wall_time if limits.wall_time is not None else float("inf")) as scope:
-                await proc.wait()
-            if scope.cancelled_caught:
-                timed_out = True
-                proc.terminate()
-                with anyio.move_on_after(grace_period):
-                    await proc.wait()
-                _kill_program(proc)
-                with anyio.move_on_after(grace_period):
-                    await proc.wait()
-                proc.kill()  # init itself did not answer: SIGKILL takes the whole namespace down
-                await proc.wait()
-            # The program is gone and init took its orphans with it, so the pumps reach EOF now.
+                tg.start_soon(_feed, ours, bytes(input), helper_scopes[0])
+            if jail.cgroup is not None and limits.cpu_time is not None:
+                tg.start_soon(_watch_cpu, jail, limits.cpu_time, outcome, helper_scopes[1])
+            await _supervise(jail, limits, float(grace_period), outcome)
+            # The jail is gone and init took its orphans with it: the pumps reach EOF once drained.
+            for scope in helper_scopes:
+                scope.cancel()
+            deadline = anyio.current_time() + _DRAIN_TIMEOUT
+            for scope in pump_scopes:
+                scope.deadline = deadline
+    finally:
+        if jail.returncode is None:  # a failure before _supervise took charge
+            jail.reap_blocking()
+        _close(ours)
 
-    returncode = proc.returncode
-    usage = proc.usage
+    returncode = jail.returncode
+    usage = jail.usage
     assert returncode is not None and usage is not None
+    report = jail.cgroup.report if jail.cgroup is not None else None
     stderr = bytes(outputs["stderr"])
-    status, evidence = _classify(limits, returncode, stderr, usage.cpu_time, timed_out,
-                                 capped["stdout"] or capped["stderr"])
+    # The cgroup counted every process of the jail, including orphans that init killed on its way out
+    # and never reaped (the rusage of init leaves those out).
+    cpu_time = report.cpu_time if report is not None and report.cpu_time is not None else usage.cpu_time
+    status, evidence = _classify(limits, returncode, stderr, cpu_time, outcome.timed_out,
+                                 outcome.capped["stdout"] or outcome.capped["stderr"], max_rss=usage.max_rss,
+                                 cgroup=report, jail_cpu_capped=outcome.jail_cpu_capped)
     return Result(
         args=tuple(os.fsdecode(a) for a in argv),
         returncode=returncode,
@@ -251,12 +435,12 @@ async def run(
         status=status,
         evidence=evidence,
         wall_time=usage.wall_time,
-        cpu_time=usage.cpu_time,
+        cpu_time=cpu_time,
         max_rss=usage.max_rss,
         limits=limits,
-        enforced_by=enforcement(limits),
-        stdout_truncated=capped["stdout"],
-        stderr_truncated=capped["stderr"],
-        isolation=proc.isolation,
+        enforced_by=enforcement(limits, jail),
+        stdout_truncated=outcome.capped["stdout"],
+        stderr_truncated=outcome.capped["stderr"],
+        isolation=jail.isolation,
+        cgroup=report,
     )
-

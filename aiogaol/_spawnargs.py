@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _fallback, _plan
 from ._limits import Limits, resolve_limits
 from ._profile import Profile
+
+if TYPE_CHECKING:
+    from ._cgroup import JailCgroup
 
 
 def check_popen_kwargs(kwds: dict[str, Any]) -> int:
@@ -110,7 +113,13 @@ class SpawnArgs:
     def isolation(self) -> str:
         return self.plan.isolation
 
-    def helper_argv(self, err_fd: int, lifeline_fd: int, seccomp_fd: int | None = None) -> list[bytes]:
+    def helper_argv(self, err_fd: int, lifeline_fd: int, seccomp_fd: int | None = None,
+                    cgroup: "JailCgroup | None" = None) -> list[bytes]:
+        """With ``cgroup`` the helper creates init inside it (``--cgroup-fd``); memory.max and pids.max,
+        where that cgroup has the controllers, replace RLIMIT_AS and RLIMIT_NPROC."""
+        extra = ("--cgroup-fd", str(cgroup.fd)) if cgroup is not None else ()
+        controllers = cgroup.controllers if cgroup is not None else frozenset()
+        rlimits = self.limits.rlimits(cgroup_memory="memory" in controllers, cgroup_pids="pids" in controllers)
         return _plan.helper_argv(self.plan, err_fd=err_fd, lifeline_fd=lifeline_fd, keep_fds=self.pass_fds,
-                                 cwd=self.cwd, rlimits=self.limits.rlimits(), seccomp_fd=seccomp_fd, extra=(),
+                                 cwd=self.cwd, rlimits=rlimits, seccomp_fd=seccomp_fd, extra=extra,
                                  argv=self.argv)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+from typing import Any
 
 import pytest
 
@@ -130,9 +132,13 @@ async def test_defaults_apply_to_a_bare_run(scratch_profile: aiogaol.Profile, py
     r = await run_py(scratch_profile, python, "import resource, json; print(json.dumps("
                      "[resource.getrlimit(resource.RLIMIT_NPROC)[0], resource.getrlimit(resource.RLIMIT_AS)[0],"
                      " resource.getrlimit(resource.RLIMIT_CORE)[0]]))")
-    import json
-
-    assert json.loads(r.stdout) == [aiogaol.DEFAULT_LIMITS.processes, aiogaol.DEFAULT_LIMITS.memory, 0]
+    nproc, address_space, core = json.loads(r.stdout)
+    assert core == 0
+    # Where a cgroup holds the jail, memory.max and pids.max replace these two rlimits.
+    if r.enforced_by["processes"].startswith("rlimit"):
+        assert nproc == aiogaol.DEFAULT_LIMITS.processes
+    if r.enforced_by["memory"].startswith("rlimit"):
+        assert address_space == aiogaol.DEFAULT_LIMITS.memory
     meta = r.meta()
     assert meta["status"] == "ok" and "memory" in meta["enforced_by"] and "stdout" not in meta
 
@@ -140,5 +146,147 @@ async def test_defaults_apply_to_a_bare_run(scratch_profile: aiogaol.Profile, py
 async def test_limits_are_validated() -> None:
     with pytest.raises(aiogaol.ProfileError):
         Limits(memory=-1)
+    with pytest.raises(aiogaol.ProfileError):
+        Limits(cgroup="relative/path")
     with pytest.raises(TypeError):
         Limits(processes=2.5)  # type: ignore[arg-type]
+
+
+async def test_a_c_program_out_of_address_space_is_memory_limit() -> None:
+    # tail keeps the last "line" of an endless stream without newlines: it grows until malloc fails.
+    r = await aiogaol.run(aiogaol.system_profile(), ["/usr/bin/tail", "-n1", "/dev/zero"],
+                          limits=Limits(memory=128 << 20, wall_time=30))
+    assert r.status is Status.MEMORY_LIMIT, r.evidence
+    assert b"memory exhausted" in r.stderr and r.evidence.startswith("inferred")
+    assert 64 << 20 <= r.max_rss <= 128 << 20  # it held most of its address space when it failed
+
+
+async def test_a_crash_near_the_memory_limit_is_attributed_to_it(scratch_profile: aiogaol.Profile,
+                                                                 python: str) -> None:
+    # How C programs die when malloc returns NULL: SIGSEGV (or SIGABRT) with the heap nearly full.
+    crash = "import os, signal\nb = bytearray({} << 20)\nos.kill(os.getpid(), signal.SIGSEGV)"
+    r = await run_py(scratch_profile, python, crash.format(220), Limits(memory=256 << 20))
+    assert (r.status, r.signal) == (Status.MEMORY_LIMIT, signal.SIGSEGV)
+    assert "max RSS" in r.evidence and r.evidence.startswith("inferred")
+    # The same crash far below the limit is only a crash: the report never claims more than it saw.
+    r = await run_py(scratch_profile, python, crash.format(8), Limits(memory=256 << 20))
+    assert (r.status, r.signal) == (Status.SIGNALLED, signal.SIGSEGV)
+
+
+async def test_bare_run_reports_why_there_is_no_cgroup_or_which_one(scratch_profile: aiogaol.Profile,
+                                                                    python: str) -> None:
+    r = await run_py(scratch_profile, python, "pass")
+    assert r.enforced_by["cgroup"].startswith(("none: ", "cgroup v2 "))
+    r = await run_py(scratch_profile, python, "pass", Limits(cgroup="none"))
+    assert r.enforced_by["cgroup"] == "none: cgroups not wanted (Limits.cgroup='none')" and r.cgroup is None
+    assert "RLIMIT_AS" in r.enforced_by["memory"]
+
+
+# cgroup v2, for real: this host mounts only cgroup v1 controllers, so the test mounts a cgroup2
+# hierarchy in a mount and cgroup namespace of its own (unshare -Cm) and runs jails with Limits(cgroup=
+# that mount).  What the kernel lends that hierarchy (here: no memory, pids or cpu controller, which are
+# bound to v1) decides which parts can be checked; the rest is skipped with the reason.
+_CGROUP_SCRIPT = r'''
+import json, os, sys
+import anyio, aiogaol
+from aiogaol import Limits
+
+mnt, backend = sys.argv[1], sys.argv[2]
+
+async def main():
+    profile, py = aiogaol.python_profile(), aiogaol.python_executable()
+    try:
+        parent = aiogaol._cgroup.parent_at(mnt, enable=True)
+    except OSError as e:
+        print(json.dumps({"skip": f"cannot create cgroups in a cgroup2 mount here: {e}"}))
+        return
+    out = {"controllers": sorted(parent.controllers)}
+    # Four spinners: RLIMIT_CPU would give each its own 1 s; the cgroup counts them together.
+    spin = "import os\nfor i in range(4):\n  if os.fork() == 0:\n    while True: pass\nos.wait()"
+    r = await aiogaol.run(profile, [py, "-c", spin], limits=Limits(cgroup=mnt, cpu_time=1.0, wall_time=30))
+    out["spin"] = r.meta()
+    if "memory" in parent.controllers:
+        hog = "b = bytearray(512 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1"
+        out["hog"] = (await aiogaol.run(profile, [py, "-c", hog], limits=Limits(cgroup=mnt, memory=128 << 20))).meta()
+    if "pids" in parent.controllers:
+        bomb = "import os, time\nwhile True:\n  try: os.fork()\n  except OSError: time.sleep(0.01); os._exit(3)"
+        out["bomb"] = (await aiogaol.run(profile, [py, "-c", bomb],
+                                         limits=Limits(cgroup=mnt, processes=16, wall_time=30))).meta()
+    out["left"] = sorted(d for d in os.listdir(mnt) if d.startswith("aiogaol-"))
+    print(json.dumps(out))
+
+anyio.run(main, backend=backend)
+'''
+
+
+@pytest.fixture(scope="module")
+def cgroup2_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The script's report per backend, run once for the module (each run mounts its own cgroup2)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path_factory.mktemp("cg") / "cgroup_script.py"
+    script.write_text(_CGROUP_SCRIPT)
+    reports: dict[str, object] = {}
+    for backend in ("asyncio", "trio"):
+        mnt = tmp_path_factory.mktemp("cgroup2")
+        # Root gets a mount and cgroup namespace; anyone else needs a user namespace too, and then owns
+        # nothing in the hierarchy (the script says so and the tests skip).
+        prefix = ["unshare", "-Cm"] if os.geteuid() == 0 else ["unshare", "-Ucm", "--map-root-user"]
+        cmd = [*prefix, "sh", "-c", 'mount -t cgroup2 none "$1" && exec "$2" "$3" "$1" "$4"', "sh",
+               str(mnt), sys.executable, str(script), backend]
+        proc = subprocess.run(cmd, capture_output=True, timeout=60, cwd=root,
+                              env={**os.environ, "PYTHONPATH": root})
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount cgroup2 in a namespace of our own: {proc.stderr.decode()[-300:]}")
+        reports[backend] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    return reports
+
+
+def _cgroup_report(runs: dict[str, object], backend: str) -> dict[str, Any]:
+    report = runs[backend]
+    assert isinstance(report, dict)
+    if "skip" in report:
+        print(report["skip"])
+        pytest.skip(str(report["skip"]))
+    return report
+
+
+async def test_cgroup2_holds_the_whole_jail_and_bounds_its_cpu(cgroup2_runs: dict[str, object],
+                                                               anyio_backend: str) -> None:
+    report = _cgroup_report(cgroup2_runs, anyio_backend)
+    spin = report["spin"]
+    # Every process of the jail was in the cgroup from its start: its cpu.stat saw all four spinners,
+    # and the event loop stopped them at 1 s together, where RLIMIT_CPU alone allows 4 s.
+    assert spin["status"] == "cpu-limit", spin["evidence"]
+    assert "cgroup cpu.stat" in spin["evidence"]
+    assert 0.9 <= spin["cgroup"]["cpu_time"] <= 2.0
+    assert spin["cpu_time"] == spin["cgroup"]["cpu_time"]
+    assert spin["enforced_by"]["cgroup"].startswith("cgroup v2 ")
+    assert report["left"] == []  # each jail's cgroup is removed after the reap
+
+
+async def test_cgroup2_memory_max_reports_the_oom_kill(cgroup2_runs: dict[str, object], anyio_backend: str) -> None:
+    report = _cgroup_report(cgroup2_runs, anyio_backend)
+    if "hog" not in report:
+        reason = f"the cgroup2 hierarchy here lends no memory controller (it has: {report['controllers']})"
+        print(reason)
+        pytest.skip(reason)
+    hog = report["hog"]
+    assert hog["status"] == "memory-limit" and hog["cgroup"]["oom_kills"] >= 1
+    assert hog["enforced_by"]["memory"].startswith("cgroup memory.max")
+    assert hog["cgroup"]["memory_peak"] is None or hog["cgroup"]["memory_peak"] <= (128 << 20) + (1 << 20)
+
+
+async def test_cgroup2_pids_max_stops_a_fork_bomb(cgroup2_runs: dict[str, object], anyio_backend: str) -> None:
+    report = _cgroup_report(cgroup2_runs, anyio_backend)
+    if "bomb" not in report:
+        reason = f"the cgroup2 hierarchy here lends no pids controller (it has: {report['controllers']})"
+        print(reason)
+        pytest.skip(reason)
+    bomb = report["bomb"]
+    assert bomb["status"] == "process-limit" and bomb["cgroup"]["pids_max_hits"] >= 1

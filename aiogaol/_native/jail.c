@@ -187,6 +187,7 @@ struct op {
 struct plan {
     int lifeline_fd;
     int seccomp_fd;
+    int cgroup_fd; /* O_DIRECTORY fd of a cgroup v2 directory that init is created in, or -1 */
     int keep[MAX_KEEP];
     int n_keep;
     long inside_uid, inside_gid;
@@ -240,6 +241,7 @@ static void parse_args(int argc, char **argv, char **envp)
     memset(&plan, 0, sizeof plan);
     plan.lifeline_fd = -1;
     plan.seccomp_fd = -1;
+    plan.cgroup_fd = -1;
     plan.inside_uid = -1;
     plan.inside_gid = -1;
     plan.cwd = "/";
@@ -278,6 +280,9 @@ static void parse_args(int argc, char **argv, char **envp)
         } else if (strcmp(o, "--seccomp-fd") == 0) {
             NEED(1);
             plan.seccomp_fd = (int)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--cgroup-fd") == 0) {
+            NEED(1);
+            plan.cgroup_fd = (int)parse_num(argv[++i], 10);
         } else if (strcmp(o, "--keep") == 0) {
             NEED(1);
             if (plan.n_keep >= MAX_KEEP)
@@ -1037,8 +1042,16 @@ static void __attribute__((noreturn)) run_init(void)
         if (done)
             break;
     }
-    /* Take the orphans down with the program, then report its exact status. */
+    /* Take the orphans down with the program, and reap them, so their CPU time counts in the rusage
+     * the server reads from init; then report the program's exact status. */
     kill_jail(child);
+    for (;;) {
+        /* In a PID namespace nothing survives kill(-1, SIGKILL), so blocking is bounded; in the
+         * fallback, a process forked during the kill could outlive it, so only what is dead is taken. */
+        errno = 0;
+        if (waitpid(-1, NULL, __WALL | (plan.no_namespaces ? WNOHANG : 0)) <= 0 && errno != EINTR)
+            break;
+    }
     if (plan.lifeline_fd >= 0) {
         struct aiogaol_record rec;
         memset(&rec, 0, sizeof rec);
@@ -1053,6 +1066,48 @@ static void __attribute__((noreturn)) run_init(void)
 
 /* ------------------------------------------------------------------------------------------------ */
 /* The helper: the intermediate process                                                              */
+
+/* cgroup v2 placement.  Init is created straight into the jail's cgroup (clone3 CLONE_INTO_CGROUP,
+ * Linux 5.7), so every process of the jail is in it from its first instruction, the helper never joins
+ * it (pids.max counts only the jail), and a CLONE_NEWCGROUP namespace is rooted there.  Where clone3 is
+ * missing (ENOSYS, or a seccomp policy that answers so) the helper moves itself in by cgroup.procs
+ * first and init inherits the cgroup; the helper exits at once and is not the jail's to count. */
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+struct aiogaol_clone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+        set_tid_size, cgroup;
+};
+
+static pid_t clone_into_cgroup(unsigned long flags)
+{
+    struct aiogaol_clone_args ca;
+    pid_t pid;
+    int procs;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = (uint64_t)flags | CLONE_INTO_CGROUP;
+    /* clone3 refuses an exit signal with CLONE_PARENT: init inherits the helper's, which is SIGCHLD
+     * (posix_spawn), as the legacy clone does. */
+    ca.exit_signal = (flags & CLONE_PARENT) ? 0 : SIGCHLD;
+    ca.cgroup = (uint64_t)plan.cgroup_fd;
+    pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
+    if (pid >= 0 || (errno != ENOSYS && errno != E2BIG)) {
+        if (pid < 0)
+            fail(AIOGAOL_STEP_CLONE_INIT, errno, "clone3 into the jail's cgroup");
+        return pid;
+    }
+    procs = openat(plan.cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (procs < 0)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "open cgroup.procs");
+    if (write(procs, "0\n", 2) != 2)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "write cgroup.procs");
+    close(procs);
+    return (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, NULL);
+}
 
 int aiogaol_helper_main(int argc, char **argv, char **envp)
 {
@@ -1071,6 +1126,8 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
         fail(AIOGAOL_STEP_ARGS, errno, "lifeline");
     if (plan.seccomp_fd >= 0 && fcntl(plan.seccomp_fd, F_SETFD, FD_CLOEXEC) < 0)
         fail(AIOGAOL_STEP_ARGS, errno, "seccomp fd");
+    if (plan.cgroup_fd >= 0 && fcntl(plan.cgroup_fd, F_SETFD, FD_CLOEXEC) < 0)
+        fail(AIOGAOL_STEP_ARGS, errno, "cgroup fd");
     for (i = 0; i < plan.n_keep; i++)
         keep[n++] = plan.keep[i];
     keep[n++] = err_fd;
@@ -1078,6 +1135,8 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
         keep[n++] = plan.lifeline_fd;
     if (plan.seccomp_fd >= 0)
         keep[n++] = plan.seccomp_fd;
+    if (plan.cgroup_fd >= 0)
+        keep[n++] = plan.cgroup_fd;
     if (close_all_except(keep, n) < 0)
         fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
     /* --uid/--gid name the host identity the program runs as, mapped to the same numbers inside.  By
@@ -1099,7 +1158,10 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
     /* Init is created straight into the new namespaces, and as the server's child (CLONE_PARENT).
      * The helper stays in the parent user namespace and writes init's id maps from there: that is
      * what lets a privileged caller map an identity other than its own (see --uid above). */
-    init = (pid_t)syscall(SYS_clone, CLONE_PARENT | flags | SIGCHLD, NULL, NULL, NULL, NULL);
+    if (plan.cgroup_fd >= 0)
+        init = clone_into_cgroup(CLONE_PARENT | flags);
+    else
+        init = (pid_t)syscall(SYS_clone, CLONE_PARENT | flags | SIGCHLD, NULL, NULL, NULL, NULL);
     if (init < 0)
         fail(AIOGAOL_STEP_UNSHARE, errno, "user+pid+mount+ipc+uts+cgroup namespaces");
     if (init == 0) {
@@ -1108,6 +1170,8 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
         if (read(sync_fds[0], &go, 1) != 1)
             _exit(127); /* the helper failed and said why */
         close(sync_fds[0]);
+        if (plan.cgroup_fd >= 0)
+            close(plan.cgroup_fd); /* placement is done; nothing in the jail needs a handle on it */
         run_init();
     }
     close(sync_fds[0]);
