@@ -65,18 +65,12 @@ CGROUP2_NEEDED = ("memory", "pids", "cpu")
 
 def cgroup2_root() -> str | None:
     """Mount point of a cgroup v2 hierarchy offering the controllers limits need, if any."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-")
-                if fields[sep + 1] == "cgroup2":
-                    root = fields[4]
-                    controllers = (_read_sysctl(os.path.join(root, "cgroup.controllers")) or "").split()
-                    if all(c in controllers for c in CGROUP2_NEEDED):
-                        return root
-    except (OSError, ValueError):
-        return None
+    from ._cgroup import _cgroup2_mounts  # one reader of mountinfo for both
+
+    for _root, mount in _cgroup2_mounts():
+        controllers = (_read_sysctl(os.path.join(mount, "cgroup.controllers")) or "").split()
+        if all(c in controllers for c in CGROUP2_NEEDED):
+            return mount
     return None
 
 
