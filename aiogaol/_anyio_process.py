@@ -16,7 +16,6 @@ it, shielded from cancellation, so no jail outlives the block that started it.  
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import warnings
@@ -31,7 +30,7 @@ from . import _stdio
 from ._jail import RunningJail, Usage, launch
 from ._limits import Limits
 from ._profile import Profile
-from ._spawnargs import SpawnArgs
+from ._spawnargs import SpawnArgs, check_argv, check_grace
 
 DEFAULT_GRACE_PERIOD = 2.0  # seconds between SIGTERM and SIGKILL when a block is left early
 _READ_SIZE = 65536
@@ -268,14 +267,6 @@ class JailedProcess(anyio.abc.Process):
                 stream._fd = -1
 
 
-def _check_grace(grace_period: object) -> float:
-    if isinstance(grace_period, bool) or not isinstance(grace_period, (int, float)):
-        raise TypeError(f"grace_period must be a number of seconds, not {type(grace_period).__name__}")
-    if not (grace_period >= 0 and math.isfinite(grace_period)):
-        raise ValueError(f"grace_period must be a finite number >= 0, not {grace_period}")
-    return float(grace_period)
-
-
 async def spawn(
     profile: Profile,
     argv: Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]],
@@ -298,11 +289,8 @@ async def spawn(
     as proc:`` so that the jail cannot outlive the block.  Raises before anything starts when an argument
     is wrong, and ``OSError`` subclasses naming the failed step when the jail cannot be built.
     """
-    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
-        raise TypeError("argv must be a sequence of arguments (no shell here), not a string")
-    if not argv:
-        raise ValueError("argv is empty")
-    grace = _check_grace(grace_period)
+    check_argv(argv)
+    grace = check_grace(grace_period)
     args = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
                            isolation=isolation)
     stdio = _stdio.prepare(stdin, stdout, stderr)

@@ -27,7 +27,7 @@ from ._cgroup import CgroupReport
 from ._jail import RunningJail, launch
 from ._limits import Limits, resolve_limits
 from ._profile import Profile
-from ._spawnargs import SpawnArgs
+from ._spawnargs import SpawnArgs, check_argv, check_grace
 
 DEFAULT_GRACE = 0.5  # seconds between SIGTERM and SIGKILL when the wall time runs out
 # After the jail is reaped every writer of our pipes is dead, so the pipes reach EOF as soon as their
@@ -354,15 +354,10 @@ async def run(
     anything starts, for bad arguments, and ``OSError`` subclasses naming the step when the jail cannot
     be built.  Cancelling ``run`` kills and reaps the jail before the cancellation propagates.
     """
-    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
-        raise TypeError("argv must be a sequence of arguments (no shell here), not a string")
-    if not argv:
-        raise ValueError("argv is empty")
+    check_argv(argv)
     if input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
         raise TypeError(f"input must be bytes, not {type(input).__name__}")
-    if isinstance(grace_period, bool) or not isinstance(grace_period, (int, float)) or not (
-            0 <= grace_period < math.inf):
-        raise ValueError(f"grace_period must be a finite number of seconds >= 0, not {grace_period!r}")
+    grace = check_grace(grace_period)
     limits = resolve_limits(limits)
     spawn = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
                             isolation=isolation)
@@ -403,7 +398,7 @@ async def run(
                 tg.start_soon(_feed, ours, bytes(input), helper_scopes[0])
             if jail.cgroup is not None and limits.cpu_time is not None:
                 tg.start_soon(_watch_cpu, jail, limits.cpu_time, outcome, helper_scopes[1])
-            await _supervise(jail, limits, float(grace_period), outcome)
+            await _supervise(jail, limits, grace, outcome)
             # The jail is gone and init took its orphans with it: the pumps reach EOF once drained.
             for scope in helper_scopes:
                 scope.cancel()
@@ -420,8 +415,8 @@ async def run(
     assert returncode is not None and usage is not None
     report = jail.cgroup.report if jail.cgroup is not None else None
     stderr = bytes(outputs["stderr"])
-    # The cgroup counted every process of the jail, including orphans that init killed on its way out
-    # and never reaped (the rusage of init leaves those out).
+    # The cgroup counts every process of the jail as it runs, so it also catches a tree that outlived the
+    # wall time and had to be killed with init, whose rusage then misses the children.
     cpu_time = report.cpu_time if report is not None and report.cpu_time is not None else usage.cpu_time
     status, evidence = _classify(limits, returncode, stderr, cpu_time, outcome.timed_out,
                                  outcome.capped["stdout"] or outcome.capped["stderr"], max_rss=usage.max_rss,

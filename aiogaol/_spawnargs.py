@@ -6,6 +6,7 @@ bundle that only needs the handshake fds to become the helper's argv.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,24 @@ def check_popen_kwargs(kwds: dict[str, Any]) -> int:
     if kwds:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwds))}")
     return pipesize
+
+
+def check_argv(argv: object) -> Sequence[object]:
+    """The anyio faces take argv as one sequence (no shell); refuse a string before it is split."""
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
+        raise TypeError("argv must be a sequence of arguments (no shell here), not a string")
+    if not argv:
+        raise ValueError("argv is empty")
+    return argv
+
+
+def check_grace(grace_period: object) -> float:
+    """Seconds between SIGTERM and SIGKILL: a finite number >= 0."""
+    if isinstance(grace_period, bool) or not isinstance(grace_period, (int, float)):
+        raise TypeError(f"grace_period must be a number of seconds, not {type(grace_period).__name__}")
+    if not (grace_period >= 0 and math.isfinite(grace_period)):
+        raise ValueError(f"grace_period must be a finite number >= 0, not {grace_period}")
+    return float(grace_period)
 
 
 def check_pass_fds(pass_fds: Sequence[int]) -> tuple[int, ...]:
