@@ -295,7 +295,8 @@ async def spawn(
                            isolation=isolation)
     stdio = _stdio.prepare(stdin, stdout, stderr)
     try:
-        jail = await launch(args, stdio=stdio.child, wait_readable=anyio.wait_readable)
+        jail = await launch(args, stdio=stdio.child, wait_readable=anyio.wait_readable,
+                            wait_writable=anyio.wait_writable)
     except BaseException:
         stdio.close_all()
         raise

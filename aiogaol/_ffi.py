@@ -28,7 +28,8 @@ def spawn_helper(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
     envblob = b"\0".join(envp) + b"\0" if envp else b"\0"
     flat = [fd for pair in fd_map for fd in pair]
     c_map = ffi.new("int[]", flat or [0])
-    rc = lib.aiogaol_spawn_helper(_HELPER_PATH_BYTES, argblob, len(argv), envblob, len(envp), c_map, len(fd_map))
+    rc = lib.aiogaol_spawn_helper(_HELPER_PATH_BYTES, argblob, len(argblob), len(argv), envblob, len(envblob),
+                                  len(envp), c_map, len(fd_map))
     if rc < 0:
         raise OSError(-rc, f"cannot start the jail helper {HELPER_PATH}: {os.strerror(-rc)} "
                       "(reinstall aiogaol: the helper is built with the package)", HELPER_PATH)

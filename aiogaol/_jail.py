@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
-from . import _cgroup, _ffi, _pacing
+from . import _cgroup, _ffi, _pacing, _spawner
 from ._errors import SandboxSetupError, UserNamespacesUnavailable, setup_error
 from ._kernel import userns_block_reason
 
@@ -190,9 +190,18 @@ def _low_fd_safe(fd: int, target: int) -> int:
     return fd
 
 
-async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readable: WaitReadable) -> RunningJail:
-    """Start the helper for a validated spawn, read the handshake, return the running jail (or raise
-    what failed).
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readable: WaitReadable,
+                 wait_writable: WaitReadable) -> RunningJail:
+    """Have the spawner (or, for what it does not take, a one-shot helper) start a jail for a validated
+    spawn, read the handshake, return the running jail (or raise what failed).
 
     Cancellation at any await kills and reaps whatever was started before re-raising.  The profile's
     seccomp filter (BPF bytes) travels in a pipe made for this spawn: the server keeps no filter fd
@@ -222,27 +231,36 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
     life_server, life_jail = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     copies: list[int] = []
     helper_pid = init_pid = 0
+    requested = False  # a request the spawner now owns: it answers on err_r
     cgroup: _cgroup.JailCgroup | None = None
     started = time.monotonic()
     try:
         cgroup, cgroup_reason = _cgroup.for_limits(spawn.limits.memory, spawn.limits.processes,
                                                    spawn.limits.cgroup)
-        fd_map: list[tuple[int, int]] = []
+        # (fd here, fd in init) pairs: the error pipe first (the spawner reports on it from the start),
+        # a pair (fd, fd) keeps an fd where it is.
+        fd_map: list[tuple[int, int]] = [(err_w, err_w), (life_jail.fileno(), life_jail.fileno())]
+        fd_map += [(fd, fd) for fd in pass_fds]
+        if seccomp_r >= 0:
+            fd_map.append((seccomp_r, seccomp_r))
+        stdio_map: list[tuple[int, int]] = []
         for target, fd in enumerate(stdio):
             if fd is None:
                 continue
             safe = _low_fd_safe(fd, target)
             if safe != fd:
                 copies.append(safe)
-            fd_map.append((safe, target))
-        fd_map += [(err_w, err_w), (life_jail.fileno(), life_jail.fileno())]
-        fd_map += [(fd, fd) for fd in pass_fds]
-        if seccomp_r >= 0:
-            fd_map.append((seccomp_r, seccomp_r))
-        if cgroup is not None:
-            fd_map.append((cgroup.fd, cgroup.fd))
+            stdio_map.append((safe, target))
         argv = spawn.helper_argv(err_w, life_jail.fileno(), seccomp_r if seccomp_r >= 0 else None, cgroup)
-        helper_pid = _ffi.spawn_helper(argv, envp, fd_map)
+        if cgroup is None:
+            # A stdio slot left to inheritance is sent too: a posix_spawned helper would inherit it.
+            inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _is_open(t)]
+            requested = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, wait_writable)
+        if not requested:
+            # posix_spawn applies the pairs in order: stdio first, as its dup2s must not clobber the rest.
+            if cgroup is not None:
+                fd_map.append((cgroup.fd, cgroup.fd))
+            helper_pid = _ffi.spawn_helper(argv, envp, stdio_map + fd_map)
         _pacing.charge(pacer, paced_from)
         os.close(err_w)
         err_w = -1
@@ -258,17 +276,20 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
                 break
             data += chunk
         records = _parse_records(data)
-        # The helper writes the PID and exits at once, but on a busy machine it may not have been
-        # scheduled to finish yet: wait on its pidfd rather than block the loop in waitpid.
-        reaped, helper_status = os.waitpid(helper_pid, os.WNOHANG)
-        if not reaped:
-            helper_fd = os.pidfd_open(helper_pid)
-            try:
-                await wait_readable(helper_fd)
-            finally:
-                os.close(helper_fd)
-            _, helper_status = os.waitpid(helper_pid, 0)
-        helper_pid = 0
+        ended = "the spawner ended before it answered (was it killed?)"
+        if helper_pid:
+            # The helper writes the PID and exits at once, but on a busy machine it may not have been
+            # scheduled to finish yet: wait on its pidfd rather than block the loop in waitpid.
+            reaped, helper_status = os.waitpid(helper_pid, os.WNOHANG)
+            if not reaped:
+                helper_fd = os.pidfd_open(helper_pid)
+                try:
+                    await wait_readable(helper_fd)
+                finally:
+                    os.close(helper_fd)
+                _, helper_status = os.waitpid(helper_pid, 0)
+            helper_pid = 0
+            ended = f"helper ended without a handshake (wait status {helper_status})"
         for rec in records:
             if rec.kind == RECORD_PID:
                 init_pid = rec.value
@@ -276,8 +297,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         if failure is not None:
             raise _failure_error(failure)
         if not init_pid:
-            raise SandboxSetupError("start helper", errno.EIO,
-                                    f"helper ended without a handshake (wait status {helper_status})")
+            raise SandboxSetupError("start helper", errno.EIO, ended)
         pidfd = os.pidfd_open(init_pid)
         jail = RunningJail(init_pid, pidfd, life_server, started)
         jail.isolation = isolation
@@ -289,10 +309,11 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         return jail
     except BaseException:
         life_server.close()  # a jail that got this far dies of the closed lifeline too
-        if helper_pid and not init_pid:
-            # Cancelled mid-handshake: init may exist already and is our child, so learn its PID
-            # before anything else.  The helper writes it right after the clone and never blocks, so
-            # this short blocking read is bounded.
+        if (helper_pid or requested) and not init_pid:
+            # Cancelled mid-handshake: init may exist already (or soon, for a request the spawner has
+            # queued) and is our child, so learn its PID before anything else.  The helper and the
+            # spawner write it right after the clone and never block, so this short blocking read is
+            # bounded (by the spawner's queue at worst).
             init_pid = _read_init_pid(err_r, data)
         if init_pid:
             _kill_and_reap(init_pid)

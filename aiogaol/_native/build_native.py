@@ -11,8 +11,8 @@ ffibuilder.cdef(
     """
     const char *aiogaol_step_name(int step);
     int aiogaol_record_size(void);
-    int aiogaol_spawn_helper(const char *path, const char *argblob, int argc, const char *envblob,
-                             int envc, const int *fd_map, int n_pairs);
+    int aiogaol_spawn_helper(const char *path, const char *argblob, size_t arglen, int argc,
+                             const char *envblob, size_t envlen, int envc, const int *fd_map, int n_pairs);
     int aiogaol_probe_userns(void);
     int aiogaol_landlock_abi(void);
     """

@@ -31,6 +31,7 @@
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <sched.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdint.h>
@@ -107,6 +108,9 @@ const char *aiogaol_step_name(int step)
 int aiogaol_record_size(void) { return (int)sizeof(struct aiogaol_record); }
 
 static int err_fd = -1;
+/* Set by the spawner while it handles one request: a failure then returns to its loop instead of
+ * ending it.  Cleared in every process it clones, where fail() ends the process as usual. */
+static jmp_buf *fail_escape;
 
 static size_t str_len(const char *s)
 {
@@ -162,6 +166,8 @@ static void __attribute__((noreturn)) fail(int step, int err, const char *detail
         detail += 8;
     if (err_fd >= 0)
         send_record(err_fd, AIOGAOL_RECORD_FAILURE, step, err, 0, detail);
+    if (fail_escape)
+        longjmp(*fail_escape, 1);
     _exit(127);
 }
 
@@ -185,6 +191,7 @@ struct op {
 #define MAX_LL_PORTS 64
 
 struct plan {
+    int err_fd; /* the error pipe, as numbered in init (--err) */
     int lifeline_fd;
     int seccomp_fd;
     int cgroup_fd; /* O_DIRECTORY fd of a cgroup v2 directory that init is created in, or -1 */
@@ -239,6 +246,7 @@ static void parse_args(int argc, char **argv, char **envp)
 {
     int i = 1;
     memset(&plan, 0, sizeof plan);
+    plan.err_fd = -1;
     plan.lifeline_fd = -1;
     plan.seccomp_fd = -1;
     plan.cgroup_fd = -1;
@@ -273,7 +281,9 @@ static void parse_args(int argc, char **argv, char **envp)
             break;
         } else if (strcmp(o, "--err") == 0) {
             NEED(1);
-            err_fd = (int)parse_num(argv[++i], 10);
+            plan.err_fd = (int)parse_num(argv[++i], 10);
+            if (!fail_escape)
+                err_fd = plan.err_fd; /* the one-shot helper: later argument errors are reported */
         } else if (strcmp(o, "--lifeline") == 0) {
             NEED(1);
             plan.lifeline_fd = (int)parse_num(argv[++i], 10);
@@ -1109,16 +1119,58 @@ static pid_t clone_into_cgroup(unsigned long flags)
     return (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, NULL);
 }
 
-int aiogaol_helper_main(int argc, char **argv, char **envp)
-{
-    int keep[MAX_KEEP + 3], n = 0, i, flags, sync_fds[2];
-    uid_t uid = getuid();
-    gid_t gid = getgid();
-    pid_t init;
+/* The fds init is handed.  The one-shot helper gets them from posix_spawn at their final numbers; the
+ * spawner receives them over its socket at whatever numbers are free, with the numbers init wants
+ * (req_to, numbered as in the helper's arguments), and init moves them there first thing. */
+#define MAX_REQ_FDS 253 /* SCM_MAX_FD: the most one message can carry */
+static int req_from[MAX_REQ_FDS], req_to[MAX_REQ_FDS], req_n;
+static int sync_fds[2] = {-1, -1};
 
-    parse_args(argc, argv, envp);
-    if (err_fd < 0)
-        _exit(127);
+static void place_fds(void)
+{
+    int base = 3, i, t, moved[MAX_REQ_FDS], sync_moved;
+    for (i = 0; i < req_n; i++) {
+        if (req_from[i] >= base)
+            base = req_from[i] + 1;
+        if (req_to[i] >= base)
+            base = req_to[i] + 1;
+    }
+    if (sync_fds[0] >= base)
+        base = sync_fds[0] + 1;
+    /* Out of the way of every target first, so no dup2 below clobbers an fd still to be placed. */
+    for (i = 0; i < req_n; i++) {
+        moved[i] = fcntl(req_from[i], F_DUPFD_CLOEXEC, base);
+        if (moved[i] < 0)
+            fail(AIOGAOL_STEP_CLOSE_FDS, errno, "place fds");
+    }
+    sync_moved = fcntl(sync_fds[0], F_DUPFD_CLOEXEC, base);
+    if (sync_moved < 0)
+        fail(AIOGAOL_STEP_CLOSE_FDS, errno, "place fds");
+    sync_fds[0] = sync_moved;
+    for (i = 0; i < req_n; i++)
+        if (dup2(moved[i], req_to[i]) < 0)
+            fail(AIOGAOL_STEP_CLOSE_FDS, errno, "place fds");
+    /* A stdio slot the server did not send was closed in the server: closed in the jail too. */
+    for (t = 0; t < 3; t++) {
+        for (i = 0; i < req_n && req_to[i] != t; i++)
+            ;
+        if (i == req_n)
+            close(t);
+    }
+    err_fd = plan.err_fd;
+}
+
+/* Init's first steps, in both modes: its fds in place, the rest closed, then wait for the id maps. */
+static void __attribute__((noreturn)) init_child(void)
+{
+    int keep[MAX_KEEP + 5], n = 0, i;
+    char go;
+    fail_escape = NULL;
+    close(sync_fds[1]);
+    if (req_n > 0) {
+        place_fds();
+        signal(SIGPIPE, SIG_DFL); /* the spawner ignores it; init starts from the defaults */
+    }
     /* The error pipe must not survive the program's exec: EOF is the success signal. */
     if (fcntl(err_fd, F_SETFD, FD_CLOEXEC) < 0)
         fail(AIOGAOL_STEP_ARGS, errno, "error pipe");
@@ -1126,19 +1178,34 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
         fail(AIOGAOL_STEP_ARGS, errno, "lifeline");
     if (plan.seccomp_fd >= 0 && fcntl(plan.seccomp_fd, F_SETFD, FD_CLOEXEC) < 0)
         fail(AIOGAOL_STEP_ARGS, errno, "seccomp fd");
-    if (plan.cgroup_fd >= 0 && fcntl(plan.cgroup_fd, F_SETFD, FD_CLOEXEC) < 0)
-        fail(AIOGAOL_STEP_ARGS, errno, "cgroup fd");
+    if (plan.cgroup_fd >= 0)
+        close(plan.cgroup_fd); /* placement is done; nothing in the jail needs a handle on it */
     for (i = 0; i < plan.n_keep; i++)
         keep[n++] = plan.keep[i];
     keep[n++] = err_fd;
+    keep[n++] = sync_fds[0];
     if (plan.lifeline_fd >= 0)
         keep[n++] = plan.lifeline_fd;
     if (plan.seccomp_fd >= 0)
         keep[n++] = plan.seccomp_fd;
-    if (plan.cgroup_fd >= 0)
-        keep[n++] = plan.cgroup_fd;
     if (close_all_except(keep, n) < 0)
         fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
+    if (read(sync_fds[0], &go, 1) != 1)
+        fail(AIOGAOL_STEP_CLONE_INIT, EIO, "the process that created init ended before the id maps");
+    close(sync_fds[0]);
+    run_init();
+}
+
+/* Create init (the server's child, in the new namespaces), report its PID, write its id maps, and let
+ * it go.  The PID goes first: once init exists, the server must learn of it whatever fails next, since
+ * only the server can reap it. */
+static void start_jail(void)
+{
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    int flags;
+    pid_t init;
+
     /* --uid/--gid name the host identity the program runs as, mapped to the same numbers inside.  By
      * default it is the caller's own (mapped to itself); a root caller passes nobody's, so the program
      * never holds root's files as their owner nor root's supplementary groups. */
@@ -1164,17 +1231,11 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
         init = (pid_t)syscall(SYS_clone, CLONE_PARENT | flags | SIGCHLD, NULL, NULL, NULL, NULL);
     if (init < 0)
         fail(AIOGAOL_STEP_UNSHARE, errno, "user+pid+mount+ipc+uts+cgroup namespaces");
-    if (init == 0) {
-        char go;
-        close(sync_fds[1]);
-        if (read(sync_fds[0], &go, 1) != 1)
-            _exit(127); /* the helper failed and said why */
-        close(sync_fds[0]);
-        if (plan.cgroup_fd >= 0)
-            close(plan.cgroup_fd); /* placement is done; nothing in the jail needs a handle on it */
-        run_init();
-    }
+    if (init == 0)
+        init_child();
     close(sync_fds[0]);
+    sync_fds[0] = -1;
+    send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)init, "");
     if (!plan.no_namespaces) {
         char path[64], *p;
         /* An unprivileged caller may map only its own ids, and only once setgroups is denied.  A
@@ -1196,27 +1257,168 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
     if (write(sync_fds[1], "g", 1) != 1)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
     close(sync_fds[1]);
-    send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)init, "");
+    sync_fds[1] = -1;
+}
+
+/* Split a blob of NUL-terminated strings into a NULL-terminated vector; the end of the blob, or NULL
+ * when it holds fewer than count strings. */
+static const char *split_blob(const char *blob, const char *end, int count, char **vec)
+{
+    int i;
+    for (i = 0; i < count; i++) {
+        const char *nul = memchr(blob, '\0', (size_t)(end - blob));
+        if (!nul)
+            return NULL;
+        vec[i] = (char *)blob;
+        blob = nul + 1;
+    }
+    vec[count] = NULL;
+    return blob;
+}
+
+int aiogaol_helper_main(int argc, char **argv, char **envp)
+{
+    if (argc == 3 && strcmp(argv[1], "--serve") == 0)
+        return aiogaol_serve((int)parse_num(argv[2], 10));
+    parse_args(argc, argv, envp);
+    if (err_fd < 0)
+        _exit(127);
+    start_jail();
     _exit(0);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* The spawner: the helper kept running, one jail per request                                       */
+
+/* A request is one SOCK_SEQPACKET message: int32 argc, envc, nfds; int32 target[nfds]; argc strings
+ * (the helper's arguments, argv[0] included) and envc strings (the program's environment), each
+ * NUL-terminated; and nfds fds as SCM_RIGHTS, the error pipe first.  There is no reply on the socket:
+ * the PID record, failures and EOF on exec travel on the request's own error pipe, as for the one-shot
+ * helper, so the server reads every spawn the same way. */
+static void handle_request(const char *buf, size_t len)
+{
+    static char **vec;
+    static size_t vec_cap;
+    int32_t head[3];
+    const char *p, *end = buf + len;
+    size_t need;
+    int i;
+
+    if (len < sizeof head)
+        fail(AIOGAOL_STEP_ARGS, EINVAL, "short request");
+    memcpy(head, buf, sizeof head);
+    if (head[0] < 1 || head[1] < 0 || head[0] > 1 << 20 || head[1] > 1 << 20 || head[2] != req_n ||
+        len < sizeof head + (size_t)req_n * sizeof(int32_t))
+        fail(AIOGAOL_STEP_ARGS, EINVAL, "malformed request");
+    for (i = 0; i < req_n; i++) {
+        int32_t t;
+        memcpy(&t, buf + sizeof head + (size_t)i * sizeof t, sizeof t);
+        if (t < 0)
+            fail(AIOGAOL_STEP_ARGS, EBADF, "fd target");
+        req_to[i] = t;
+    }
+    need = (size_t)head[0] + (size_t)head[1] + 2;
+    if (need > vec_cap) {
+        char **grown = realloc(vec, need * sizeof *vec);
+        if (!grown)
+            fail(AIOGAOL_STEP_ARGS, ENOMEM, "request");
+        vec = grown;
+        vec_cap = need;
+    }
+    p = buf + sizeof head + (size_t)req_n * sizeof(int32_t);
+    p = split_blob(p, end, head[0], vec);
+    if (p)
+        p = split_blob(p, end, head[1], vec + head[0] + 1);
+    if (!p)
+        fail(AIOGAOL_STEP_ARGS, EINVAL, "truncated request");
+    parse_args(head[0], vec, vec + head[0] + 1);
+    if (req_n < 1 || plan.err_fd != req_to[0])
+        fail(AIOGAOL_STEP_ARGS, EINVAL, "the error pipe must be the request's first fd");
+    if (plan.cgroup_fd >= 0)
+        /* Where clone3 lacks CLONE_INTO_CGROUP the helper moves itself into the cgroup first: a
+         * one-shot helper may, the spawner may not. */
+        fail(AIOGAOL_STEP_ARGS, EINVAL, "cgroup placement goes through the one-shot helper");
+    start_jail();
+}
+
+int aiogaol_serve(int sock)
+{
+    static char cbuf[CMSG_SPACE(sizeof(int) * MAX_REQ_FDS)];
+    char *buf = NULL;
+    size_t cap = 0;
+    int i;
+
+    /* A server that gave up on a spawn closes its end of the error pipe: a write there must fail,
+     * not kill the spawner. */
+    signal(SIGPIPE, SIG_IGN);
+    if (chdir("/") < 0)
+        return 1;
+    for (;;) {
+        jmp_buf escape;
+        struct msghdr msg;
+        struct iovec iov;
+        struct cmsghdr *c;
+        ssize_t len = recv(sock, NULL, 0, MSG_PEEK | MSG_TRUNC);
+        if (len < 0 && errno == EINTR)
+            continue;
+        if (len <= 0)
+            break; /* EOF: the server closed its end, or is gone */
+        if ((size_t)len + 1 > cap) {
+            char *grown = realloc(buf, (size_t)len + 1);
+            if (!grown)
+                break;
+            buf = grown;
+            cap = (size_t)len + 1;
+        }
+        memset(&msg, 0, sizeof msg);
+        iov.iov_base = buf;
+        iov.iov_len = cap;
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf;
+        msg.msg_controllen = sizeof cbuf;
+        len = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+        if (len < 0 && errno == EINTR)
+            continue;
+        if (len <= 0)
+            break;
+        req_n = 0;
+        for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            int k, count;
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                continue;
+            count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (k = 0; k < count && req_n < MAX_REQ_FDS; k++)
+                memcpy(&req_from[req_n++], CMSG_DATA(c) + (size_t)k * sizeof(int), sizeof(int));
+        }
+        err_fd = req_n > 0 ? req_from[0] : -1;
+        if (setjmp(escape) == 0) {
+            fail_escape = &escape;
+            if (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC))
+                fail(AIOGAOL_STEP_ARGS, E2BIG, "request");
+            handle_request(buf, (size_t)len);
+        }
+        /* Done or failed, the spawner keeps nothing of the request: init holds its own copies. */
+        fail_escape = NULL;
+        for (i = 0; i < 2; i++) {
+            if (sync_fds[i] >= 0)
+                close(sync_fds[i]);
+            sync_fds[i] = -1;
+        }
+        for (i = 0; i < req_n; i++)
+            close(req_from[i]);
+        req_n = 0;
+        err_fd = -1;
+    }
+    free(buf);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Server side                                                                                       */
 
-/* Split a blob of NUL-terminated strings into a NULL-terminated vector.  The server passes argv and
- * envp this way: one buffer from Python instead of one cffi allocation per string. */
-static void split_blob(const char *blob, int count, char **vec)
-{
-    int i;
-    for (i = 0; i < count; i++) {
-        vec[i] = (char *)blob;
-        blob += str_len(blob) + 1;
-    }
-    vec[count] = NULL;
-}
-
-int aiogaol_spawn_helper(const char *path, const char *argblob, int argc, const char *envblob, int envc,
-                         const int *fd_map, int n_pairs)
+int aiogaol_spawn_helper(const char *path, const char *argblob, size_t arglen, int argc,
+                         const char *envblob, size_t envlen, int envc, const int *fd_map, int n_pairs)
 {
     char **argv, **envp;
     posix_spawn_file_actions_t fa;
@@ -1231,8 +1433,11 @@ int aiogaol_spawn_helper(const char *path, const char *argblob, int argc, const 
     if (!argv)
         return -ENOMEM;
     envp = argv + argc + 1;
-    split_blob(argblob, argc, argv);
-    split_blob(envblob, envc, envp);
+    if (!split_blob(argblob, argblob + arglen, argc, argv) ||
+        !split_blob(envblob, envblob + envlen, envc, envp)) {
+        free(argv);
+        return -EINVAL;
+    }
     if ((rc = posix_spawn_file_actions_init(&fa)) != 0) {
         free(argv);
         return -rc;

@@ -9,6 +9,7 @@
 #ifndef AIOGAOL_JAIL_H
 #define AIOGAOL_JAIL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* The numbered steps of a spawn, in the order they run.  Python reads the names through the cffi
@@ -78,14 +79,16 @@ struct aiogaol_record {
 const char *aiogaol_step_name(int step);
 int aiogaol_record_size(void);
 
-/* Entry point of the helper executable. */
+/* Entry point of the helper executable: one jail from its arguments, or with "--serve FD" the
+ * spawner, which starts one jail per request read from the socket FD until EOF (see jail.c). */
 int aiogaol_helper_main(int argc, char **argv, char **envp);
+int aiogaol_serve(int sock);
 
 /* Server side: start the helper with the given stdio and kept fds, signals reset, via posix_spawn.
  * argv and envp come as blobs of argc/envc NUL-terminated strings.  fd_map holds pairs (from, to); a
  * pair with from == to only clears FD_CLOEXEC.  Returns the helper's PID, or -errno. */
-int aiogaol_spawn_helper(const char *path, const char *argblob, int argc, const char *envblob, int envc,
-                         const int *fd_map, int n_pairs);
+int aiogaol_spawn_helper(const char *path, const char *argblob, size_t arglen, int argc,
+                         const char *envblob, size_t envlen, int envc, const int *fd_map, int n_pairs);
 
 /* Probes: 0 or the errno of unshare(CLONE_NEWUSER); the Landlock ABI or -errno. */
 int aiogaol_probe_userns(void);
