@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from . import _stdio
+from . import _pacing, _stdio
 from ._jail import RunningJail, Usage, launch
 from ._limits import Limits
 from ._profile import Profile
@@ -291,12 +291,13 @@ async def spawn(
     """
     check_argv(argv)
     grace = check_grace(grace_period)
+    ticket = await _pacing.admit()
     args = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
                            isolation=isolation)
     stdio = _stdio.prepare(stdin, stdout, stderr)
     try:
         jail = await launch(args, stdio=stdio.child, wait_readable=anyio.wait_readable,
-                            wait_writable=anyio.wait_writable)
+                            wait_writable=anyio.wait_writable, ticket=ticket)
     except BaseException:
         stdio.close_all()
         raise

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import _stdio
+from . import _pacing, _stdio
 from ._jail import RunningJail, Usage, launch
 from ._profile import Profile
 from ._spawnargs import SpawnArgs, check_popen_kwargs
@@ -221,6 +221,7 @@ async def create_sandboxed_subprocess(
     ``asyncio.create_subprocess_exec`` (``cwd`` is a path inside the jail, ``env`` is the whole
     environment apart from a minimal PATH).  ``isolation="landlock"`` opts into the weaker fallback for
     hosts that forbid user namespaces (see docs/security.md); ``"auto"`` uses it only there."""
+    ticket = await _pacing.admit()
     pipesize = check_popen_kwargs(kwds)
     spawn = SpawnArgs.build(profile, program, args, env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
                             isolation=isolation)
@@ -228,7 +229,7 @@ async def create_sandboxed_subprocess(
     stdio = _stdio.prepare(stdin, stdout, stderr, pipesize)
     try:
         jail = await launch(spawn, stdio=stdio.child, wait_readable=_wait_readable,
-                            wait_writable=_wait_writable)
+                            wait_writable=_wait_writable, ticket=ticket)
     except BaseException:
         stdio.close_all()
         raise

@@ -199,16 +199,15 @@ def _is_open(fd: int) -> bool:
 
 
 async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readable: WaitReadable,
-                 wait_writable: WaitReadable) -> RunningJail:
+                 wait_writable: WaitReadable, ticket: _pacing.Ticket) -> RunningJail:
     """Have the spawner (or, for what it does not take, a one-shot helper) start a jail for a validated
     spawn, read the handshake, return the running jail (or raise what failed).
 
     Cancellation at any await kills and reaps whatever was started before re-raising.  The profile's
     seccomp filter (BPF bytes) travels in a pipe made for this spawn: the server keeps no filter fd
-    between spawns, and no face can start a jail without its filter.
+    between spawns, and no face can start a jail without its filter.  ``ticket`` is the face's admission
+    (see ``_pacing``), taken before it built ``spawn``: launch charges it once the request is sent.
     """
-    pacer = await _pacing.admit()
-    paced_from = time.perf_counter()
     seccomp_filter = spawn.seccomp_filter
     isolation = spawn.isolation
     envp = spawn.envp
@@ -261,7 +260,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             if cgroup is not None:
                 fd_map.append((cgroup.fd, cgroup.fd))
             helper_pid = _ffi.spawn_helper(argv, envp, stdio_map + fd_map)
-        _pacing.charge(pacer, paced_from)
+        _pacing.charge(ticket)
         os.close(err_w)
         err_w = -1
         life_jail.close()
@@ -275,6 +274,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             if not chunk:
                 break
             data += chunk
+        ticket = await _pacing.admit()  # the answer's half of the synchronous work (see _pacing)
         records = _parse_records(data)
         ended = "the spawner ended before it answered (was it killed?)"
         if helper_pid:
@@ -306,6 +306,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         jail.cgroup, jail.cgroup_reason = cgroup, cgroup_reason
         cgroup = None
         init_pid = 0
+        _pacing.charge(ticket)
         return jail
     except BaseException:
         life_server.close()  # a jail that got this far dies of the closed lifeline too

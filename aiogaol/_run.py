@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 
+from . import _pacing
 from ._cgroup import CgroupReport
 from ._jail import RunningJail, launch
 from ._limits import Limits, resolve_limits
@@ -359,6 +360,7 @@ async def run(
         raise TypeError(f"input must be bytes, not {type(input).__name__}")
     grace = check_grace(grace_period)
     limits = resolve_limits(limits)
+    ticket = await _pacing.admit()
     spawn = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
                             isolation=isolation)
 
@@ -380,7 +382,7 @@ async def run(
             if fd >= 0:
                 os.set_blocking(fd, False)
         jail = await launch(spawn, stdio=list(theirs), wait_readable=anyio.wait_readable,
-                         wait_writable=anyio.wait_writable)
+                         wait_writable=anyio.wait_writable, ticket=ticket)
     except BaseException:
         _close(ours)
         _close(theirs)

@@ -86,22 +86,26 @@ def _reap_retired() -> None:
             _retired.remove(old)
 
 
+def _drop(spawner: _Spawner) -> None:
+    """Close our end; if the spawner is our child, keep it to be reaped once it has exited.  A spawner
+    inherited across a fork is our parent's child: closing our copy of its socket is all there is to do."""
+    spawner.retire()
+    if spawner.identity[0] == os.getpid() and spawner not in _retired:
+        _retired.append(spawner)
+
+
 def _get() -> _Spawner:
     global _current
     cur = _current
     if cur is not None and cur.sock is not None and cur.identity == _identity():
+        if _retired:
+            with _lock:
+                _reap_retired()
         return cur
     with _lock:
         cur = _current
-        ident = _identity()
-        if cur is not None and (cur.sock is None or cur.identity != ident):
-            if cur.identity[0] == ident[0]:
-                cur.retire()
-                _retired.append(cur)
-            else:
-                # Inherited across a fork: the spawner is our parent's child, not ours.  Closing our copy
-                # of the socket is all there is to do.
-                cur.retire()
+        if cur is not None and (cur.sock is None or cur.identity != _identity()):
+            _drop(cur)
             cur = _current = None
         _reap_retired()
         if cur is None:
@@ -147,9 +151,7 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
                 raise
             restarted = True
             with _lock:
-                if _current is spawner:
-                    spawner.retire()
-                    _retired.append(spawner)
+                spawner.retire()  # _get replaces it and keeps it to be reaped
 
 
 def owned_fds() -> set[int]:
@@ -166,9 +168,7 @@ def shutdown() -> None:
         cur = _current
         _current = None
         if cur is not None:
-            cur.retire()
-            if cur.identity[0] == os.getpid():
-                _retired.append(cur)
+            _drop(cur)
         _reap_retired()
 
 

@@ -32,7 +32,10 @@ def py_profile() -> aiogaol.Profile:
 
 
 def open_fds() -> set[int]:
-    return {int(n) for n in os.listdir("/proc/self/fd")}
+    """Our open fds, less the spawner's socket, which stays open on purpose (see aiogaol/_spawner.py)."""
+    from aiogaol import _spawner
+
+    return {int(n) for n in os.listdir("/proc/self/fd")} - _spawner.owned_fds()
 
 
 def zombie_children() -> list[int]:

@@ -1351,7 +1351,8 @@ int aiogaol_serve(int sock)
     /* A server that gave up on a spawn closes its end of the error pipe: a write there must fail,
      * not kill the spawner. */
     signal(SIGPIPE, SIG_IGN);
-    if (chdir("/") < 0)
+    /* Whatever the server had open without O_CLOEXEC is not the spawner's to keep open. */
+    if (close_all_except(&sock, 1) < 0 || chdir("/") < 0)
         return 1;
     for (;;) {
         jmp_buf escape;

@@ -1,0 +1,260 @@
+"""The spawner: one long-lived helper per server process that starts every jail on request.
+
+What it must never do to its server: hold a jail's fds, outlive the server, serve a forked child or a
+server whose identity changed, or leave a zombie behind.  Each test checks one of those on the real
+kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+
+import pytest
+
+import aiogaol
+from aiogaol import _spawner
+
+from .conftest import zombie_children
+
+TRUE_PROFILE = aiogaol.system_profile()
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _gone(pid: int) -> bool:
+    """True once pid is no process at all (not even a zombie)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting: {what}")
+        time.sleep(0.01)
+
+
+async def _true() -> aiogaol.SandboxedProcess:
+    proc = await aiogaol.create_sandboxed_subprocess(TRUE_PROFILE, "true", stdin=aiogaol.DEVNULL,
+                                                     stdout=aiogaol.DEVNULL, stderr=aiogaol.DEVNULL)
+    return proc
+
+
+@pytest.mark.asyncio
+async def test_one_spawner_serves_every_jail_and_init_is_still_our_child() -> None:
+    first = await _true()
+    spawner = _spawner.spawner_pid()
+    assert spawner is not None and _ppid(spawner) == os.getpid()
+    assert _ppid(first.pid) == os.getpid()  # CLONE_PARENT from the spawner: init is the server's child
+    assert await first.wait() == 0
+    second = await _true()
+    assert _spawner.spawner_pid() == spawner
+    assert await second.wait() == 0
+
+
+@pytest.mark.asyncio
+async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Profile, python: str) -> None:
+    proc = await aiogaol.create_sandboxed_subprocess(py_profile, python, "-c", "import time; time.sleep(30)",
+                                                     stdin=aiogaol.PIPE, stdout=aiogaol.PIPE, stderr=aiogaol.PIPE)
+    try:
+        spawner = _spawner.spawner_pid()
+        assert spawner is not None
+        targets = {int(fd): os.readlink(f"/proc/{spawner}/fd/{fd}") for fd in os.listdir(f"/proc/{spawner}/fd")}
+        # /dev/null as stdio and its end of the socket: no pipe, pidfd or lifeline of the jail.
+        assert {targets[0], targets[1], targets[2]} == {"/dev/null"}
+        rest = [t for fd, t in targets.items() if fd > 2]
+        assert len(rest) == 1 and rest[0].startswith("socket:"), targets
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+@pytest.mark.asyncio
+async def test_a_killed_spawner_is_replaced_and_reaped() -> None:
+    assert await (await _true()).wait() == 0
+    old = _spawner.spawner_pid()
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    _wait_until(lambda: _exited(old), "the killed spawner to be a zombie")
+    proc = await _true()  # the send fails with EPIPE: a new spawner takes the request
+    assert await proc.wait() == 0
+    new = _spawner.spawner_pid()
+    assert new is not None and new != old
+    assert await (await _true()).wait() == 0  # the next spawn reaps the retired one
+    assert _gone(old) and zombie_children() == []
+
+
+@pytest.mark.asyncio
+async def test_shutdown_lets_it_go_and_the_next_spawn_starts_another() -> None:
+    assert await (await _true()).wait() == 0
+    old = _spawner.spawner_pid()
+    _spawner.shutdown()
+    assert _spawner.spawner_pid() is None
+    assert old is not None
+    _wait_until(lambda: _exited(old), "the spawner to exit at EOF")
+    assert await (await _true()).wait() == 0
+    assert _spawner.spawner_pid() not in (None, old)
+    assert _gone(old) and zombie_children() == []
+
+
+@pytest.mark.asyncio
+async def test_a_malformed_request_fails_alone_and_the_spawner_serves_on() -> None:
+    """A request the spawner cannot parse is answered on its error pipe; the spawner does not die."""
+    assert await (await _true()).wait() == 0
+    pid = _spawner.spawner_pid()
+    assert pid is not None
+    sock = _spawner._get().sock
+    assert sock is not None
+    r, w = os.pipe()
+    try:
+        import array
+        import socket
+
+        bad = _spawner._message([b"aiogaol-jail", b"--no-such-option"], [], [w])
+        sock.sendmsg([bad], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))])
+        os.close(w)
+        w = -1
+        data = b""
+        while chunk := os.read(r, 4096):
+            data += chunk
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    records = aiogaol._jail._parse_records(data)
+    assert [(aiogaol._ffi.step_name(rec.step), rec.detail) for rec in records] == \
+        [("parse helper arguments", "--no-such-option")]
+    assert _spawner.spawner_pid() == pid and not _gone(pid)
+    assert await (await _true()).wait() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_request_too_large_for_one_message_takes_the_one_shot_helper(
+        py_profile: aiogaol.Profile, python: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers: list[bool] = []
+    real = _spawner.submit
+
+    async def spy(*args: object, **kwargs: object) -> bool:
+        answers.append(await real(*args, **kwargs))  # type: ignore[arg-type]
+        return answers[-1]
+
+    monkeypatch.setattr(_spawner, "submit", spy)
+    big = "x" * (_spawner.MAX_MESSAGE + 1000)
+    proc = await aiogaol.create_sandboxed_subprocess(py_profile, python, "-c", "import sys; print(len(sys.argv[1]))",
+                                                     big, stdout=aiogaol.PIPE)
+    out, _ = await proc.communicate()
+    assert (proc.returncode, out) == (0, f"{len(big)}\n".encode())
+    assert answers == [False]
+    assert zombie_children() == []
+
+
+def _run_server(code: str) -> subprocess.CompletedProcess[str]:
+    """A separate server process, so that its stdio, fork and exit are its own and not pytest's."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_spawner_exits_with_its_server() -> None:
+    done = _run_server("""
+        import asyncio, aiogaol
+        from aiogaol import _spawner
+        async def main():
+            p = await aiogaol.create_sandboxed_subprocess(aiogaol.system_profile(), "true")
+            await p.wait()
+            print(_spawner.spawner_pid())
+        asyncio.run(main())
+    """)
+    assert done.returncode == 0, done.stderr
+    spawner = int(done.stdout)
+    # Its socket reached EOF when the server exited; reparented, it is reaped by whoever adopted it.
+    _wait_until(lambda: _exited(spawner), "the orphaned spawner to exit")
+
+
+def test_inherited_stdio_reaches_the_jail_through_the_spawner(tmp_path: "os.PathLike[str]") -> None:
+    out = os.path.join(os.fspath(tmp_path), "out.txt")
+    done = _run_server(f"""
+        import asyncio, os, aiogaol
+        fd = os.open({out!r}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        async def main():
+            p = await aiogaol.create_sandboxed_subprocess(aiogaol.system_profile(), "echo", "inherited")
+            assert await p.wait() == 0
+        asyncio.run(main())
+    """)
+    assert done.returncode == 0, done.stderr
+    with open(out, encoding="utf-8") as f:
+        assert f.read() == "inherited\n"
+
+
+def test_a_forked_child_gets_a_spawner_of_its_own() -> None:
+    done = _run_server("""
+        import asyncio, os, aiogaol
+        from aiogaol import _spawner
+        def ppid(pid):
+            with open(f"/proc/{pid}/stat") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[1])
+        async def one():
+            p = await aiogaol.create_sandboxed_subprocess(aiogaol.system_profile(), "true")
+            parent = ppid(p.pid)
+            assert await p.wait() == 0
+            return parent
+        assert asyncio.run(one()) == os.getpid()
+        parent_spawner = _spawner.spawner_pid()
+        child = os.fork()
+        if child == 0:
+            ok = _spawner.spawner_pid() is None  # the inherited one is not ours
+            ok = ok and asyncio.run(one()) == os.getpid()  # init is the child's own child
+            mine = _spawner.spawner_pid()
+            ok = ok and mine not in (None, parent_spawner) and ppid(mine) == os.getpid()
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _spawner.spawner_pid() == parent_spawner and asyncio.run(one()) == os.getpid()
+        print("ok")
+    """)
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
+
+
+def test_a_server_that_changes_identity_gets_a_new_spawner() -> None:
+    """Init must carry the server's current ids: after setresgid the spawner is replaced."""
+    if os.geteuid() != 0:
+        # The premise cannot arise unprivileged: an ordinary server cannot change its ids at all.
+        with pytest.raises(PermissionError):
+            os.setresgid(4242, 4242, 4242)
+        return
+    done = _run_server("""
+        import asyncio, os, aiogaol
+        from aiogaol import _spawner
+        async def gid_map():
+            p = await aiogaol.create_sandboxed_subprocess(aiogaol.system_profile(), "cat", "/proc/self/gid_map",
+                                                          stdout=aiogaol.PIPE)
+            out, _ = await p.communicate()
+            return [x.decode() for x in out.split()[:3]]
+        before = asyncio.run(gid_map())
+        first = _spawner.spawner_pid()
+        os.setresgid(4242, 4242, 4242)
+        after = asyncio.run(gid_map())
+        print(*before, *after, first != _spawner.spawner_pid())
+    """)
+    assert done.returncode == 0, done.stderr
+    # The first line maps the server's own gid (as 0, beside nobody for the program): 0, then 4242.
+    assert done.stdout.split() == ["0", "0", "1", "0", "4242", "1", "True"]
