@@ -206,7 +206,11 @@ class JailedProcess(anyio.abc.Process):
         ``-N`` when signal N killed it.  Cancelling ``wait`` leaves the program running.
         """
         async with self._wait_lock:
-            while not self._poll():
+            while True:
+                # Reaping is paced like spawning (see _pacing).
+                async with _pacing.paced():
+                    if self._poll():
+                        break
                 pidfd = self._jail.pidfd
                 assert pidfd is not None
                 try:

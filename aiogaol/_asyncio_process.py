@@ -57,7 +57,9 @@ class SandboxedProcess:
     def __init__(self, jail: RunningJail, loop: asyncio.AbstractEventLoop, args: SpawnArgs) -> None:
         self._jail = jail
         self._loop = loop
-        self._exit: asyncio.Future[int] | None = None
+        # Resolved when init's pidfd turns readable (while it is pending, a reader watches the pidfd).
+        self._exit: asyncio.Future[None] | None = None
+        self._watched: int | None = None
         self._transports: list[asyncio.BaseTransport] = []
         self.stdin: asyncio.StreamWriter | None = None
         self.stdout: asyncio.StreamReader | None = None
@@ -74,8 +76,8 @@ class SandboxedProcess:
 
     @property
     def returncode(self) -> int | None:
-        if self._jail.returncode is None:
-            self._jail.try_reap()
+        if self._jail.returncode is None and self._jail.try_reap():
+            self._stop_watching()
         return self._jail.returncode
 
     @property
@@ -90,25 +92,37 @@ class SandboxedProcess:
 
     async def wait(self) -> int:
         """Wait for the program to exit and return its returncode (``-N`` if killed by signal N)."""
-        if self._jail.returncode is not None:
-            return self._jail.returncode
-        if self._exit is None:
-            self._exit = self._loop.create_future()
-            assert self._jail.pidfd is not None
-            self._loop.add_reader(self._jail.pidfd, self._on_pidfd)
-            self._on_pidfd()
-        # Shielded: cancelling one waiter must not cancel the shared exit future (asyncio semantics:
-        # a cancelled wait() leaves the process running).
-        return await asyncio.shield(self._exit)
+        while self._jail.returncode is None:
+            # Reaping is paced like spawning: sixty-four jails that exit together are reaped over a few
+            # loop iterations, not in one (see _pacing).
+            async with _pacing.paced():
+                if self._jail.try_reap():
+                    self._stop_watching()
+                    break
+            if self._exit is None or self._exit.done():
+                self._exit = self._loop.create_future()
+                assert self._jail.pidfd is not None
+                self._watched = self._jail.pidfd
+                self._loop.add_reader(self._watched, self._on_pidfd)
+            # Shielded: cancelling one waiter must not cancel the shared exit future (asyncio semantics:
+            # a cancelled wait() leaves the process running).
+            await asyncio.shield(self._exit)
+        returncode = self._jail.returncode
+        assert returncode is not None
+        return returncode
 
     def _on_pidfd(self) -> None:
-        pidfd = self._jail.pidfd
-        if self._jail.try_reap():
-            if pidfd is not None:
-                self._loop.remove_reader(pidfd)
-            if self._exit is not None and not self._exit.done():
-                assert self._jail.returncode is not None
-                self._exit.set_result(self._jail.returncode)
+        """Init has exited: wake the waiters, who reap it."""
+        self._stop_watching()
+
+    def _stop_watching(self) -> None:
+        # By fd number: a reap elsewhere (``returncode``) may have closed the pidfd already, and the
+        # selector must forget it before the number is reused.
+        if self._watched is not None:
+            self._loop.remove_reader(self._watched)
+            self._watched = None
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result(None)
 
     def send_signal(self, sig: int) -> None:
         self._jail.send_signal(sig)

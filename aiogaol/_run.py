@@ -232,7 +232,10 @@ class _Outcome:
 
 async def _wait_exit(jail: RunningJail) -> None:
     """Until init is reaped: its pidfd turns readable when it exits, then wait4 takes it and the usage."""
-    while not jail.try_reap():
+    while True:
+        async with _pacing.paced():  # reaping is paced like spawning (see _pacing)
+            if jail.try_reap():
+                return
         assert jail.pidfd is not None
         await anyio.wait_readable(jail.pidfd)
 
