@@ -3,12 +3,16 @@
  *
  * Process shape (gaol's, minus its traps):
  *
- *   server ──posix_spawn──▶ helper (host PID namespace)
- *                            unshare(user, pid, mount, ipc, uts, cgroup[, net]); write id maps
- *                            clone(CLONE_PARENT) ──▶ init: PID 1 of the new namespace, the server's child
- *                            write init's host PID on the error pipe; _exit
- *                                                     init: build the jail, fork the program, supervise
+ *   server ──posix_spawn, once──▶ spawner: aiogaol-jail --serve FD (host namespaces, kept)
+ *           ──one request per jail (args + fds over FD)──▶ spawner
+ *                            clone(CLONE_PARENT | user, pid, mount, ipc, uts, cgroup[, net])
+ *                            write init's host PID on the error pipe; write its id maps; let it go
+ *                                                     init: PID 1 of the new namespaces, the server's child;
+ *                                                           build the jail, fork the program, supervise
  *                                                     program (PID 2): drop everything, exec
+ *
+ * Without --serve the same executable is a one-shot helper: one jail from its argv, then _exit (the
+ * server uses it for what the spawner does not take: cgroup placement, oversized requests).
  *
  * CLONE_PARENT makes init the server's own child, so the server reaps it through a pidfd without ever
  * being a subreaper or calling waitpid(-1).  Init reaps the orphans of the jail, forwards signals to the
@@ -17,7 +21,8 @@
  * ties the jail to the server's life without PR_SET_PDEATHSIG, which fires when a *thread* exits.
  *
  * Every step is one numbered entry of AIOGAOL_STEPS; any failure goes through fail(), which writes one
- * record (step, errno, detail) on the error pipe and exits.  EOF on that pipe means exec succeeded.
+ * record (step, errno, detail) on the error pipe and exits (in the spawner, returns to its request loop).
+ * EOF on that pipe means exec succeeded.
  */
 #define _GNU_SOURCE
 #include "jail.h"
@@ -1075,13 +1080,14 @@ static void __attribute__((noreturn)) run_init(void)
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* The helper: the intermediate process                                                              */
+/* The intermediate process: the spawner, or the one-shot helper                                     */
 
 /* cgroup v2 placement.  Init is created straight into the jail's cgroup (clone3 CLONE_INTO_CGROUP,
  * Linux 5.7), so every process of the jail is in it from its first instruction, the helper never joins
  * it (pids.max counts only the jail), and a CLONE_NEWCGROUP namespace is rooted there.  Where clone3 is
  * missing (ENOSYS, or a seccomp policy that answers so) the helper moves itself in by cgroup.procs
- * first and init inherits the cgroup; the helper exits at once and is not the jail's to count. */
+ * first and init inherits the cgroup; the helper exits at once and is not the jail's to count.  Only the
+ * one-shot helper places jails in cgroups: the spawner must never move itself. */
 #ifndef CLONE_INTO_CGROUP
 #define CLONE_INTO_CGROUP 0x200000000ULL
 #endif

@@ -3,7 +3,8 @@
  *
  * Python plans (what to mount, which namespaces, which limits); this code only carries the plan out,
  * in a small helper executable that the server starts with posix_spawn (vfork-class, so the cost does
- * not grow with the server's memory).  Every failure is written as one fixed-size record on the error
+ * not grow with the server's memory): once, as the spawner that serves every jail of the server, or
+ * per jail, as a one-shot helper.  Every failure is written as one fixed-size record on the error
  * pipe, naming the step, the errno and the path, in the manner of CPython's _posixsubprocess.
  */
 #ifndef AIOGAOL_JAIL_H
