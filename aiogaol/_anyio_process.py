@@ -27,7 +27,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from . import _pacing, _stdio
-from ._jail import RunningJail, Usage, launch
+from ._jail import JailFacts, RunningJail, launch
 from ._limits import Limits
 from ._profile import Profile
 from ._spawnargs import SpawnArgs, check_argv, check_grace
@@ -126,7 +126,7 @@ def _close_fd(fd: int) -> None:
     os.close(fd)
 
 
-class JailedProcess(anyio.abc.Process):
+class JailedProcess(JailFacts, anyio.abc.Process):
     """A program running in a jail, as an ``anyio.abc.Process``, plus ``usage`` and ``isolation``."""
 
     def __init__(self, jail: RunningJail, args: SpawnArgs, stdin: PipeSendStream | None,
@@ -144,25 +144,10 @@ class JailedProcess(anyio.abc.Process):
         return f"<JailedProcess {self.pid} returncode={self._jail.returncode}>"
 
     @property
-    def pid(self) -> int:
-        """The host PID of the jail's init (the caller's own child)."""
-        return self._jail.pid
-
-    @property
     def returncode(self) -> int | None:
         """Fresh on every read (as in trio): the exit status if the program has exited, else None."""
         self._poll()
         return self._jail.returncode
-
-    @property
-    def isolation(self) -> str:
-        """"namespaces" (the full jail) or "landlock" (the fallback, with weaker guarantees)."""
-        return self._jail.isolation
-
-    @property
-    def usage(self) -> Usage | None:
-        """CPU, memory and wall time of the whole jail, once it has exited."""
-        return self._jail.usage
 
     @property
     def stdin(self) -> PipeSendStream | None:

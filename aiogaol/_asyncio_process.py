@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _pacing, _stdio
-from ._jail import RunningJail, Usage, launch
+from ._jail import JailFacts, RunningJail, launch
 from ._profile import Profile
 from ._spawnargs import SpawnArgs, check_popen_kwargs
 
@@ -51,7 +51,7 @@ async def _wait_writable(fd: int) -> None:
     await _wait_fd(fd, True)
 
 
-class SandboxedProcess:
+class SandboxedProcess(JailFacts):
     """A jailed program, with ``asyncio.subprocess.Process``'s members plus ``usage`` and ``async with``."""
 
     def __init__(self, jail: RunningJail, loop: asyncio.AbstractEventLoop, args: SpawnArgs) -> None:
@@ -70,25 +70,10 @@ class SandboxedProcess:
         return f"<SandboxedProcess {self.pid}>"
 
     @property
-    def pid(self) -> int:
-        """The host PID of the jail's init (the server's own child)."""
-        return self._jail.pid
-
-    @property
     def returncode(self) -> int | None:
         if self._jail.returncode is None and self._jail.try_reap():
             self._stop_watching()
         return self._jail.returncode
-
-    @property
-    def isolation(self) -> str:
-        """"namespaces" (the full jail) or "landlock" (the fallback, with weaker guarantees)."""
-        return self._jail.isolation
-
-    @property
-    def usage(self) -> Usage | None:
-        """CPU, memory and wall time of the whole jail, once it has exited."""
-        return self._jail.usage
 
     async def wait(self) -> int:
         """Wait for the program to exit and return its returncode (``-N`` if killed by signal N)."""

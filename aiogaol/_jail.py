@@ -26,7 +26,13 @@ if TYPE_CHECKING:
     from ._spawnargs import SpawnArgs
 
 RECORD = struct.Struct("iiii")
-RECORD_PID, RECORD_FAILURE, RECORD_EXIT = 1, 2, 3
+RECORD_PID, RECORD_FAILURE, RECORD_EXIT, RECORD_TIME = 1, 2, 3, 4
+_NS = struct.Struct("Q")
+
+# A diagnostic: with AIOGAOL_STEP_TIMINGS=1 in the environment (or this set to True), every jail reports
+# when each set-up step was reached, and the process faces show it as ``step_timings``.  Off by default:
+# it costs a few writes per spawn.
+STEP_TIMINGS = os.environ.get("AIOGAOL_STEP_TIMINGS") == "1"
 
 WaitReadable = Callable[[int], Awaitable[None]]
 
@@ -49,6 +55,7 @@ class _Record:
     err: int
     value: int
     detail: str
+    ns: int = 0  # a TIME record's CLOCK_MONOTONIC nanoseconds
 
 
 def _parse_records(data: bytes) -> list[_Record]:
@@ -56,6 +63,9 @@ def _parse_records(data: bytes) -> list[_Record]:
     out = []
     for i in range(0, len(data) - size + 1, size):
         kind, step, err, value = RECORD.unpack_from(data, i)
+        if kind == RECORD_TIME:
+            out.append(_Record(kind, step, err, value, "", _NS.unpack_from(data, i + RECORD.size)[0]))
+            continue
         detail = data[i + RECORD.size:i + size].split(b"\0", 1)[0].decode(errors="replace")
         out.append(_Record(kind, step, err, value, detail))
     return out
@@ -74,6 +84,9 @@ class RunningJail:
         # "namespaces" (the jail) or "landlock" (the weaker fallback): what the faces report as
         # ``proc.isolation``.
         self.isolation = "namespaces"
+        # With STEP_TIMINGS: step name -> CLOCK_MONOTONIC ns, from the C core's TIME records and the
+        # server's own marks ("sent", "answered", "reaped").
+        self.timings: dict[str, int] | None = None
         # The jail's own cgroup v2 (None where none could be made, and cgroup_reason says why); its
         # counters are read and it is removed when init is reaped.
         self.cgroup: _cgroup.JailCgroup | None = None
@@ -126,6 +139,8 @@ class RunningJail:
         return os.waitstatus_to_exitcode(init_status)
 
     def _finish(self, returncode: int, ru: resource.struct_rusage | None) -> None:
+        if self.timings is not None:
+            self.timings["reaped"] = time.monotonic_ns()
         self.returncode = returncode
         wall = time.monotonic() - self._started
         if ru is not None:
@@ -165,6 +180,37 @@ class RunningJail:
         if self._lifeline is not None:
             self._lifeline.close()
             self._lifeline = None
+
+
+class JailFacts:
+    """What both process faces report from their RunningJail, defined once for the two."""
+
+    _jail: RunningJail
+
+    @property
+    def pid(self) -> int:
+        """The host PID of the jail's init (the server's own child)."""
+        return self._jail.pid
+
+    @property
+    def isolation(self) -> str:
+        """"namespaces" (the full jail) or "landlock" (the fallback, with weaker guarantees)."""
+        return self._jail.isolation
+
+    @property
+    def usage(self) -> Usage | None:
+        """CPU, memory and wall time of the whole jail, once it has exited."""
+        return self._jail.usage
+
+    @property
+    def step_timings(self) -> dict[str, float] | None:
+        """A diagnostic, with ``AIOGAOL_STEP_TIMINGS=1``: seconds from the request being sent to each step
+        of the set-up reached (named as in error messages), then "answered" (the exec was seen) and
+        "reaped", in order; None otherwise."""
+        t = self._jail.timings
+        if t is None:
+            return None
+        return {name: (ns - t["sent"]) / 1e9 for name, ns in sorted(t.items(), key=lambda kv: kv[1])}
 
 
 def _kill_and_reap(pid: int) -> None:
@@ -251,6 +297,10 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
                 copies.append(safe)
             stdio_map.append((safe, target))
         argv = spawn.helper_argv(err_w, life_jail.fileno(), seccomp_r if seccomp_r >= 0 else None, cgroup)
+        timings: dict[str, int] | None = None
+        if STEP_TIMINGS:
+            argv.insert(1, b"--timings")
+            timings = {"sent": time.monotonic_ns()}
         if cgroup is None:
             # A stdio slot left to inheritance is sent too: a posix_spawned helper would inherit it.
             inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _is_open(t)]
@@ -274,6 +324,8 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             if not chunk:
                 break
             data += chunk
+        if timings is not None:
+            timings["answered"] = time.monotonic_ns()
         ticket = await _pacing.admit()  # the answer's half of the synchronous work (see _pacing)
         records = _parse_records(data)
         ended = "the spawner ended before it answered (was it killed?)"
@@ -301,6 +353,11 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         pidfd = os.pidfd_open(init_pid)
         jail = RunningJail(init_pid, pidfd, life_server, started)
         jail.isolation = isolation
+        if timings is not None:
+            for rec in records:
+                if rec.kind == RECORD_TIME:
+                    timings[_ffi.step_name(rec.step)] = rec.ns
+            jail.timings = timings
         if cgroup is not None:
             cgroup.close_fd()  # init is in it now; the directory's path is all we need from here on
         jail.cgroup, jail.cgroup_reason = cgroup, cgroup_reason

@@ -49,6 +49,40 @@ async def test_personality_allows_the_safe_values_only(py_profile: aiogaol.Profi
                       "bit31_trick": 1, "high_half": 1}
 
 
+FAMILIES = textwrap.dedent("""
+    import ctypes, json
+    libc = ctypes.CDLL(None, use_errno=True)
+    SYS_socket, SYS_socketpair = 41, 53
+    def errno_of(nr, family, kind):
+        pair = (ctypes.c_int * 2)()
+        args = (ctypes.c_long(family), ctypes.c_long(kind), ctypes.c_long(0))
+        r = libc.syscall(ctypes.c_long(nr), *args, *( (pair,) if nr == SYS_socketpair else ()))
+        return 0 if r >= 0 else ctypes.get_errno()
+    out = {}
+    for name, nr in (("socket", SYS_socket), ("socketpair", SYS_socketpair)):
+        # every family below 64, and the same with garbage in the upper half of the argument
+        out[name] = [errno_of(nr, f, 1) for f in range(64)]
+        out[name + "_high"] = [errno_of(nr, (1 << 32) | f, 1) for f in range(64)]
+    out["tcp_kinds"] = [errno_of(SYS_socket, 2, k) for k in range(16)]
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.asyncio
+async def test_every_socket_family_but_the_profiles_is_refused(py_profile: aiogaol.Profile, python: str) -> None:
+    """The rules cover families by aligned blocks: check each family below 64 on the real filter."""
+    eperm = 1
+    plain = await python_json(py_profile, python, FAMILIES)
+    for name in ("socket", "socketpair", "socket_high", "socketpair_high"):
+        refused = [f for f, e in enumerate(plain[name]) if e == eperm]
+        assert refused == [f for f in range(64) if f != _seccomp.AF_UNIX], name
+    tcp = await python_json(py_profile + [aiogaol.NetworkOutbound(aiogaol.Tcp(80))], python, FAMILIES)
+    allowed = {_seccomp.AF_UNIX, _seccomp.AF_INET, _seccomp.AF_INET6}
+    assert [f for f, e in enumerate(tcp["socket"]) if e == eperm] == [f for f in range(64) if f not in allowed]
+    # TCP only: SOCK_STREAM (1) is the one AF_INET kind left (the network namespace is the host's here)
+    assert [k for k, e in enumerate(tcp["tcp_kinds"]) if e != eperm] == [1]
+
+
 @pytest.mark.asyncio
 async def test_ordinary_processes_and_threads_still_work(py_profile: aiogaol.Profile, python: str) -> None:
     code = textwrap.dedent("""

@@ -51,6 +51,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <dirent.h>
 #include <unistd.h>
 
@@ -176,6 +177,18 @@ static void __attribute__((noreturn)) fail(int step, int err, const char *detail
     _exit(127);
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* With --timings, when a step was reached: the server lines these up with its own clock (the same
+ * CLOCK_MONOTONIC; no time namespace is made) to say where a spawn's time goes. */
+static void mark_at(int step, uint64_t ns);
+static void mark(int step) { mark_at(step, now_ns()); }
+
 /* ------------------------------------------------------------------------------------------------ */
 /* The plan, as parsed from the helper's arguments                                                  */
 
@@ -197,6 +210,7 @@ struct op {
 
 struct plan {
     int err_fd; /* the error pipe, as numbered in init (--err) */
+    int timings; /* --timings: a TIME record at each step boundary (a diagnostic) */
     int lifeline_fd;
     int seccomp_fd;
     int cgroup_fd; /* O_DIRECTORY fd of a cgroup v2 directory that init is created in, or -1 */
@@ -233,6 +247,18 @@ struct plan {
 
 static struct plan plan;
 static int switch_identity;
+
+static void mark_at(int step, uint64_t ns)
+{
+    struct aiogaol_record rec;
+    if (!plan.timings || err_fd < 0)
+        return;
+    memset(&rec, 0, sizeof rec);
+    rec.kind = AIOGAOL_RECORD_TIME;
+    rec.step = step;
+    memcpy(rec.detail, &ns, sizeof ns);
+    write_all(err_fd, &rec, sizeof rec);
+}
 
 static unsigned long long parse_num(const char *s, int base)
 {
@@ -309,6 +335,8 @@ static void parse_args(int argc, char **argv, char **envp)
         } else if (strcmp(o, "--gid") == 0) {
             NEED(1);
             plan.inside_gid = (long)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--timings") == 0) {
+            plan.timings = 1;
         } else if (strcmp(o, "--no-namespaces") == 0) {
             plan.no_namespaces = 1;
         } else if (strcmp(o, "--unshare-net") == 0) {
@@ -860,6 +888,7 @@ static void __attribute__((noreturn)) run_program(void)
 {
     struct sock_fprog prog;
     int keep[MAX_KEEP + 1], n = 0, i, sig;
+    mark(AIOGAOL_STEP_FORK_PROGRAM);
     sigset_t none;
 
     /* Without a PID namespace nothing takes the program down with init: a SIGKILL of init (proc.kill())
@@ -901,10 +930,14 @@ static void __attribute__((noreturn)) run_program(void)
         fail(AIOGAOL_STEP_NO_NEW_PRIVS, errno, "prctl");
     drop_capabilities();
     apply_landlock();
-    /* seccomp last, with TSYNC, so no thread and no later step escapes it. */
+    mark(AIOGAOL_STEP_LANDLOCK);
+    /* seccomp last, with TSYNC, so no thread and no later step escapes it.  (The TIME records after it
+     * are plain writes to the error pipe, which the filter allows.) */
     if (prog.len > 0 &&
         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
         fail(AIOGAOL_STEP_SECCOMP, errno, "seccomp");
+    mark(AIOGAOL_STEP_SECCOMP);
+    mark(AIOGAOL_STEP_EXEC);
     exec_program();
     _exit(127);
 }
@@ -996,6 +1029,7 @@ static void __attribute__((noreturn)) run_init(void)
             fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "PR_SET_CHILD_SUBREAPER");
     } else {
         build_jail();
+        mark(AIOGAOL_STEP_HOSTNAME);
     }
 
     sigfillset(&all);
@@ -1210,6 +1244,7 @@ static void __attribute__((noreturn)) init_child(void)
     if (read(sync_fds[0], &go, 1) != 1)
         fail(AIOGAOL_STEP_CLONE_INIT, EIO, "the process that created init ended before the id maps");
     close(sync_fds[0]);
+    mark(AIOGAOL_STEP_MAKE_PRIVATE);
     run_init();
 }
 
@@ -1253,6 +1288,7 @@ static void start_jail(void)
     close(sync_fds[0]);
     sync_fds[0] = -1;
     send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)init, "");
+    mark(AIOGAOL_STEP_UNSHARE);
     if (!plan.no_namespaces) {
         char path[64], *p;
         /* An unprivileged caller may map only its own ids, and only once setgroups is denied.  A
@@ -1275,6 +1311,7 @@ static void start_jail(void)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
     close(sync_fds[1]);
     sync_fds[1] = -1;
+    mark(AIOGAOL_STEP_UID_MAP);
 }
 
 /* Split a blob of NUL-terminated strings into a NULL-terminated vector; the end of the blob, or NULL
@@ -1300,6 +1337,7 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
     parse_args(argc, argv, envp);
     if (err_fd < 0)
         _exit(127);
+    mark(AIOGAOL_STEP_ARGS);
     start_jail();
     _exit(0);
 }
@@ -1312,7 +1350,7 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
  * NUL-terminated; and nfds fds as SCM_RIGHTS, the error pipe first.  There is no reply on the socket:
  * the PID record, failures and EOF on exec travel on the request's own error pipe, as for the one-shot
  * helper, so the server reads every spawn the same way. */
-static void handle_request(const char *buf, size_t len)
+static void handle_request(const char *buf, size_t len, uint64_t received)
 {
     static char **vec;
     static size_t vec_cap;
@@ -1349,6 +1387,7 @@ static void handle_request(const char *buf, size_t len)
     if (!p)
         fail(AIOGAOL_STEP_ARGS, EINVAL, "truncated request");
     parse_args(head[0], vec, vec + head[0] + 1);
+    mark_at(AIOGAOL_STEP_ARGS, received);
     if (req_n < 1 || plan.err_fd != req_to[0])
         fail(AIOGAOL_STEP_ARGS, EINVAL, "the error pipe must be the request's first fd");
     if (plan.cgroup_fd >= 0)
@@ -1373,6 +1412,7 @@ int aiogaol_serve(int sock)
         return 1;
     for (;;) {
         jmp_buf escape;
+        uint64_t received;
         struct msghdr msg;
         struct iovec iov;
         struct cmsghdr *c;
@@ -1400,6 +1440,7 @@ int aiogaol_serve(int sock)
             continue;
         if (len <= 0)
             break;
+        received = now_ns();
         req_n = 0;
         for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
             int k, count;
@@ -1414,7 +1455,7 @@ int aiogaol_serve(int sock)
             fail_escape = &escape;
             if (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC))
                 fail(AIOGAOL_STEP_ARGS, E2BIG, "request");
-            handle_request(buf, (size_t)len);
+            handle_request(buf, (size_t)len, received);
         }
         /* Done or failed, the spawner keeps nothing of the request: init holds its own copies. */
         fail_escape = NULL;

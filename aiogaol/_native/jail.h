@@ -64,6 +64,7 @@ enum aiogaol_record_kind {
     AIOGAOL_RECORD_PID = 1,     /* value: host PID of the jail's init */
     AIOGAOL_RECORD_FAILURE = 2, /* step, err, detail: a setup step failed */
     AIOGAOL_RECORD_EXIT = 3,    /* value: wait status of the program (from init) */
+    AIOGAOL_RECORD_TIME = 4,    /* step reached; detail: its CLOCK_MONOTONIC time, uint64 ns (--timings) */
 };
 
 #define AIOGAOL_DETAIL_MAX 496
