@@ -276,7 +276,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
     life_server, life_jail = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     copies: list[int] = []
     helper_pid = init_pid = 0
-    requested = False  # a request the spawner now owns: it answers on err_r
+    spawner: _spawner._Spawner | None = None  # the spawner that owns the request: it answers on err_r
     cgroup: _cgroup.JailCgroup | None = None
     started = time.monotonic()
     try:
@@ -304,8 +304,8 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         if cgroup is None:
             # A stdio slot left to inheritance is sent too: a posix_spawned helper would inherit it.
             inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _is_open(t)]
-            requested = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, wait_writable)
-        if not requested:
+            spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, wait_writable)
+        if spawner is None:
             # posix_spawn applies the pairs in order: stdio first, as its dup2s must not clobber the rest.
             if cgroup is not None:
                 fd_map.append((cgroup.fd, cgroup.fd))
@@ -345,6 +345,10 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         for rec in records:
             if rec.kind == RECORD_PID:
                 init_pid = rec.value
+        if init_pid and spawner is not None and not spawner.claim(init_pid):
+            init_pid = 0  # an init made ahead of time, killed and reaped when its spawner was retired
+            raise SandboxSetupError("start helper", errno.ECANCELED,
+                                    "the spawner was shut down while this jail was starting")
         failure = next((r for r in records if r.kind == RECORD_FAILURE), None)
         if failure is not None:
             raise _failure_error(failure)
@@ -367,12 +371,14 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         return jail
     except BaseException:
         life_server.close()  # a jail that got this far dies of the closed lifeline too
-        if (helper_pid or requested) and not init_pid:
+        if (helper_pid or spawner is not None) and not init_pid:
             # Cancelled mid-handshake: init may exist already (or soon, for a request the spawner has
             # queued) and is our child, so learn its PID before anything else.  The helper and the
             # spawner write it right after the clone and never block, so this short blocking read is
             # bounded (by the spawner's queue at worst).
             init_pid = _read_init_pid(err_r, data)
+            if init_pid and spawner is not None and not spawner.claim(init_pid):
+                init_pid = 0
         if init_pid:
             _kill_and_reap(init_pid)
         if helper_pid:

@@ -8,6 +8,14 @@ init is still the server's own child; the PID record, failures and EOF-on-exec s
 spawn's own error pipe, so ``_jail.launch`` reads both paths the same way.  Sending is a non-blocking
 ``sendmsg``: nothing on the loop's thread waits for another process.
 
+After each request the spawner also makes the next default jail's init ahead of time (a *waiting init*,
+see jail.c), which takes the clone into seven namespaces off the next spawn's path.  A waiting init is the
+server's child too, so the spawner reports each one on the socket, and this module keeps the books: a
+waiting init is handed to a request (and its PID then arrives on that request's error pipe, to be
+``claim``-ed), dropped by the spawner (reported, then killed and reaped here), or still waiting when the
+spawner is retired (killed and reaped here; a launch that later reads its PID raises instead of touching
+it).
+
 What a long-lived child must not do to its server, it does not:
 
 * it holds no fd of a jail beyond the request it is handling, and its own stdio is /dev/null, so no pipe
@@ -15,7 +23,8 @@ What a long-lived child must not do to its server, it does not:
 * it exits when its socket reaches EOF, that is when the server exits or ``shutdown()`` is called;
 * it belongs to one process and one identity: after a fork, or after the server changed its uid or gid,
   the next spawn starts a fresh spawner (init must be the caller's child, with the caller's ids);
-* it is reaped by the server like any child, never by ``waitpid(-1)``.
+* it, and every init it made ahead of time, is reaped by the server like any child, never by
+  ``waitpid(-1)``.
 
 Two kinds of spawn still go through the one-shot helper: jails placed in a cgroup (where clone3 lacks
 CLONE_INTO_CGROUP the helper moves itself into the cgroup first, which the spawner must never do), and
@@ -26,21 +35,43 @@ from __future__ import annotations
 
 import array
 import os
+import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from . import _ffi
 
 MAX_MESSAGE = 64 * 1024  # bytes of header, arguments and environment in one request
 MAX_FDS = 253  # SCM_MAX_FD: the most fds one message can carry
+RETIRE_TIMEOUT = 5.0  # seconds a retired spawner gets to finish what is queued and exit
+
+REPORT = struct.Struct("ii")  # kind, pid: the spawner's messages to the server
+REPORT_WAITING, REPORT_DISCARDED = 1, 2
 
 WaitWritable = Callable[[int], Awaitable[None]]
 
 
 def _identity() -> tuple[int, tuple[int, int, int], tuple[int, int, int]]:
     return os.getpid(), os.getresuid(), os.getresgid()
+
+
+def _kill_and_reap(pid: int) -> None:
+    """For an init of ours that no launch owns: it cannot be a reused PID, since it is unreaped."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
 
 
 class _Spawner:
@@ -59,52 +90,128 @@ class _Spawner:
             theirs.close()
         ours.setblocking(False)
         self.sock: socket.socket | None = ours
+        self.waiting: set[int] = set()  # reported waiting, neither dropped nor claimed yet
+        self.killed: set[int] = set()  # waiting inits killed at retirement: a late PID record is refused
+        self.reaped = False
+        self.dead = False  # a send found it gone
 
     def fds(self) -> set[int]:
         return {self.sock.fileno()} if self.sock is not None else set()
 
-    def retire(self) -> None:
-        """Close our end; the spawner exits once it has handled what is queued.  Reaped by ``_reap``."""
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+    def drain(self) -> None:
+        """Take in what the spawner reported, without blocking."""
+        while self.sock is not None:
+            try:
+                data = self.sock.recv(64, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(data) < REPORT.size:
+                return  # EOF
+            self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        kind, pid = REPORT.unpack_from(data)
+        if kind == REPORT_WAITING:
+            self.waiting.add(pid)
+        elif kind == REPORT_DISCARDED and pid in self.waiting:
+            # Dropped before any request reached it (it exits at EOF on its socket): ours to reap.
+            self.waiting.discard(pid)
+            _kill_and_reap(pid)
+
+    def claim(self, pid: int) -> bool:
+        """A PID record from this spawner's request: True if the launch owns the init now; False if it
+        was a waiting init killed when the spawner was retired (already reaped: not to be touched)."""
+        with _lock:
+            self.drain()
+            self.waiting.discard(pid)
+            return pid not in self.killed
+
+    def retire(self, *, ours: bool) -> None:
+        """Let it go.  ``ours`` is False for a spawner inherited across a fork: it and its inits are our
+        parent's children, and closing our copy of the socket is all there is to do."""
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        if not ours:
+            sock.close()
+            return
+        # EOF to the spawner: it handles what is queued, then exits and its socket reaches EOF here. Only
+        # then is the list of inits it made complete, and none of them can be handed to a request any more.
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        deadline = time.monotonic() + RETIRE_TIMEOUT
+        finished = False
+        sock.setblocking(True)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(64)
+            except socket.timeout:
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                finished = True
+                break
+            if len(data) < REPORT.size:
+                finished = True
+                break
+            self._take(data)
+        sock.close()
+        if not finished:
+            # A stopped or wedged spawner: its inits may still be handed out, so none is touched, and it
+            # is reaped later if it ever exits.
+            return
+        for pid in sorted(self.waiting):
+            _kill_and_reap(pid)
+            self.killed.add(pid)
+        self.waiting.clear()
+        self.reap(block=True)
+
+    def reap(self, *, block: bool) -> bool:
+        if self.reaped:
+            return True
+        try:
+            pid, _ = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            pid = self.pid  # someone else reaped it (SIGCHLD ignored, or a waitpid(-1) elsewhere)
+        self.reaped = pid != 0
+        return self.reaped
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _current: _Spawner | None = None
-_retired: list[_Spawner] = []
+_retired: list[_Spawner] = []  # retired but not yet reaped (a spawner that did not exit in time)
 
 
 def _reap_retired() -> None:
-    """Reap spawners that were told to go (never blocks: one still draining its queue waits its turn)."""
     for old in list(_retired):
-        try:
-            pid, _ = os.waitpid(old.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid = old.pid  # someone else reaped it (SIGCHLD ignored, or a waitpid(-1) elsewhere)
-        if pid:
+        if old.reap(block=False):
             _retired.remove(old)
 
 
 def _drop(spawner: _Spawner) -> None:
-    """Close our end; if the spawner is our child, keep it to be reaped once it has exited.  A spawner
-    inherited across a fork is our parent's child: closing our copy of its socket is all there is to do."""
-    spawner.retire()
-    if spawner.identity[0] == os.getpid() and spawner not in _retired:
+    ours = spawner.identity[0] == os.getpid()
+    spawner.retire(ours=ours)
+    if ours and not spawner.reaped and spawner not in _retired:
         _retired.append(spawner)
 
 
 def _get() -> _Spawner:
     global _current
     cur = _current
-    if cur is not None and cur.sock is not None and cur.identity == _identity():
+    if cur is not None and cur.sock is not None and not cur.dead and cur.identity == _identity():
         if _retired:
             with _lock:
                 _reap_retired()
         return cur
     with _lock:
         cur = _current
-        if cur is not None and (cur.sock is None or cur.identity != _identity()):
+        if cur is not None and (cur.sock is None or cur.dead or cur.identity != _identity()):
             _drop(cur)
             cur = _current = None
         _reap_retired()
@@ -120,18 +227,19 @@ def _message(argv: Sequence[bytes], envp: Sequence[bytes], targets: Sequence[int
 
 
 async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[tuple[int, int]],
-                 wait_writable: WaitWritable) -> bool:
-    """Hand one jail to the spawner; False when the request must take the one-shot helper instead.
+                 wait_writable: WaitWritable) -> _Spawner | None:
+    """Hand one jail to the spawner, and return it (to ``claim`` the PID it answers with); None when the
+    request must take the one-shot helper instead.
 
-    ``fd_map`` holds (fd here, fd in init) pairs, the error pipe first.  Once this returns True the request
-    is the spawner's: its answer comes on the error pipe, and an error pipe that reaches EOF without a
-    PID record means the spawner died first.
+    ``fd_map`` holds (fd here, fd in init) pairs, the error pipe first.  Once this returns a spawner the
+    request is the spawner's: its answer comes on the error pipe, and an error pipe that reaches EOF
+    without a PID record means the spawner died first.
     """
     if len(fd_map) > MAX_FDS:
-        return False
+        return None
     data = _message(argv, envp, [to for _, to in fd_map])
     if len(data) > MAX_MESSAGE:
-        return False
+        return None
     fds = array.array("i", [fd for fd, _ in fd_map])
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
     restarted = False
@@ -139,9 +247,10 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
         spawner = _get()
         sock = spawner.sock
         assert sock is not None
+        spawner.drain()
         try:
             sock.sendmsg([data], ancillary, socket.MSG_NOSIGNAL)
-            return True
+            return spawner
         except BlockingIOError:
             # The spawner is behind by a socket buffer's worth of requests: wait, without blocking the loop.
             await wait_writable(sock.fileno())
@@ -150,8 +259,7 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
             if restarted:
                 raise
             restarted = True
-            with _lock:
-                spawner.retire()  # _get replaces it and keeps it to be reaped
+            spawner.dead = True  # _get retires it (its inits are killed and reaped) and starts another
 
 
 def owned_fds() -> set[int]:
@@ -161,8 +269,8 @@ def owned_fds() -> set[int]:
 
 
 def shutdown() -> None:
-    """Let this process's spawner go; the next spawn starts a new one.  Never blocks: the spawner exits
-    once it has started what was already sent, and is reaped by a later spawn or ``shutdown``."""
+    """Let this process's spawner go (and kill and reap the inits it made ahead of time); the next spawn
+    starts a new one.  Blocks for as long as the spawner takes to finish what was already sent."""
     global _current
     with _lock:
         cur = _current
@@ -175,4 +283,15 @@ def shutdown() -> None:
 def spawner_pid() -> int | None:
     """The PID of this process's spawner, if one runs (for tests and diagnostics)."""
     cur = _current
-    return cur.pid if cur is not None and cur.sock is not None and cur.identity[0] == os.getpid() else None
+    alive = cur is not None and cur.sock is not None and not cur.dead
+    return cur.pid if alive and cur is not None and cur.identity[0] == os.getpid() else None
+
+
+def waiting_pids() -> set[int]:
+    """The inits this process's spawner made ahead of time, as far as reported (for tests)."""
+    cur = _current
+    if cur is None or cur.identity[0] != os.getpid():
+        return set()
+    with _lock:
+        cur.drain()
+        return set(cur.waiting)

@@ -176,6 +176,51 @@ class Aiogaol(Tool):
         return rc
 
 
+# Where an aiogaol jail's time goes: (label, from, to), marks named as in aiogaol's step_timings, plus
+# "call" and "returned" taken here around the spawn and the wait.
+BREAKDOWN = (
+    ("Python: call to request sent", "call", "sent"),
+    ("request waits in the spawner", "sent", "parse helper arguments"),
+    ("clone into the new namespaces", "parse helper arguments", "unshare namespaces"),
+    ("id maps written, init let go", "unshare namespaces", "write uid_map"),
+    ("init wakes", "write uid_map", "make mounts private"),
+    ("jail built: mounts, pivot_root", "make mounts private", "sethostname"),
+    ("program started (vfork-class)", "sethostname", "fork program"),
+    ("program: fds, rlimits, caps, Landlock", "fork program", "landlock"),
+    ("program: seccomp filter loaded", "landlock", "load seccomp filter"),
+    ("exec, seen by the server", "load seccomp filter", "answered"),
+    ("program runs; init reports, exits; reaped", "answered", "reaped"),
+    ("Python: reaped to wait() returning", "reaped", "returned"),
+)
+
+
+async def breakdown(tool: "Aiogaol", n: int) -> dict[str, Any]:
+    """Sequential /bin/true jails with aiogaol's per-step timers on (AIOGAOL_STEP_TIMINGS): the median
+    of each segment.  The timers add a few writes per spawn, so this runs apart from the other figures."""
+    m = tool.m
+    m._jail.STEP_TIMINGS = True
+    try:
+        segments: dict[str, list[float]] = {label: [] for label, _, _ in BREAKDOWN}
+        totals: list[float] = []
+        for i in range(n + 20):
+            call = time.monotonic_ns()
+            proc = await m.create_sandboxed_subprocess(tool.profiles[False], "/bin/true", stdin=DEVNULL,
+                                                       stdout=DEVNULL, stderr=DEVNULL)
+            await proc.wait()
+            returned = time.monotonic_ns()
+            if i < 20:
+                continue  # warm-up
+            marks = dict(proc._jail.timings)  # CLOCK_MONOTONIC ns, as time.monotonic_ns() here
+            marks["call"], marks["returned"] = call, returned
+            for label, a, b in BREAKDOWN:
+                segments[label].append((marks[b] - marks[a]) / 1e9)
+            totals.append((returned - call) / 1e9)
+    finally:
+        m._jail.STEP_TIMINGS = False
+    return {"n": n, "median_ms": {label: statistics.median(v) * 1e3 for label, v in segments.items()},
+            "total_median_ms": statistics.median(totals) * 1e3}
+
+
 async def timed(tool: Tool, wl: Workload) -> float:
     t0 = now()
     rc = await tool.run(wl)
@@ -557,6 +602,15 @@ def render(r: dict[str, Any], targets: list[Target]) -> str:
         t.row("median", {k: v["median_ms"] for k, v in lat.items()}, ms)
         t.row("p99", {k: v["p99_ms"] for k, v in lat.items()}, ms)
 
+    bd = r.get("breakdown")
+    if bd:
+        t.lines += ["", f"where an aiogaol /bin/true jail's time goes (per-step timers, n={bd['n']}, medians)"]
+        total = bd["total_median_ms"]
+        for label, value in bd["median_ms"].items():
+            t.lines.append(f"  {label:<46}{ms(value):>10}{value / total:>8.0%}")
+        t.lines.append(f"  {'sum of the medians':<46}{ms(sum(bd['median_ms'].values())):>10}")
+        t.lines.append(f"  {'median spawn-to-exit with the timers on':<46}{ms(total):>10}")
+
     t.header("/bin/true throughput (spawns/s)")
     for c, by_tool in r["throughput"].items():
         t.row(f"concurrency {c}", {k: v["spawns_per_s"] for k, v in by_tool.items()}, lambda x: f"{x:.0f}")
@@ -779,6 +833,10 @@ async def bench(args: argparse.Namespace, cfg: Settings) -> int:
     r["latency"] = {true.name: await sequential_latency(tools, true, cfg.latency_true_n)}
     await phase("latency: python -c pass")
     r["latency"][py.name] = await sequential_latency(tools, py, cfg.latency_python_n)
+    ag_tool = next((t for t in tools if isinstance(t, Aiogaol)), None)
+    if ag_tool is not None:
+        await phase("where a jail's time goes (aiogaol's per-step timers)")
+        r["breakdown"] = await breakdown(ag_tool, cfg.latency_true_n // 3)
     await phase("throughput at concurrency " + ", ".join(map(str, cfg.concurrencies)))
     r["throughput"] = await throughput(tools, true, cfg)
     await phase("event loop stall")

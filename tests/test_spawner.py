@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,11 +79,21 @@ async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Pro
     try:
         spawner = _spawner.spawner_pid()
         assert spawner is not None
-        targets = {int(fd): os.readlink(f"/proc/{spawner}/fd/{fd}") for fd in os.listdir(f"/proc/{spawner}/fd")}
-        # /dev/null as stdio and its end of the socket: no pipe, pidfd or lifeline of the jail.
-        assert {targets[0], targets[1], targets[2]} == {"/dev/null"}
-        rest = [t for fd, t in targets.items() if fd > 2]
-        assert len(rest) == 1 and rest[0].startswith("socket:"), targets
+        # /dev/null as stdio, its end of the server's socket, the host's mount table (watched for
+        # changes) and the socket of the init it made ahead of time: no pipe, pidfd or lifeline of a jail.
+        # (It may be making that init when we look, with a sync pipe of its own: look again then.)
+        idle = ["/dev/null"] * 3 + ["/proc/%d/mountinfo" % spawner, "socket:", "socket:"]
+
+        def held() -> list[str]:
+            fds = os.listdir(f"/proc/{spawner}/fd")
+            return sorted(os.readlink(f"/proc/{spawner}/fd/{fd}").split("[")[0] for fd in fds)
+
+        _wait_until(lambda: held() == idle, f"the spawner to hold only {idle}, not {held()}")
+        for waiting in _spawner.waiting_pids():
+            # The waiting init holds the spawner's /dev/null as stdio and its socket to the spawner, nothing
+            # else of anyone's.
+            held = {int(fd): os.readlink(f"/proc/{waiting}/fd/{fd}") for fd in os.listdir(f"/proc/{waiting}/fd")}
+            assert sorted(t.split("[")[0] for t in held.values()) == ["/dev/null"] * 3 + ["socket:"], held
     finally:
         proc.kill()
         await proc.wait()
@@ -150,10 +161,10 @@ async def test_a_malformed_request_fails_alone_and_the_spawner_serves_on() -> No
 @pytest.mark.asyncio
 async def test_a_request_too_large_for_one_message_takes_the_one_shot_helper(
         py_profile: aiogaol.Profile, python: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    answers: list[bool] = []
+    answers: list[object] = []
     real = _spawner.submit
 
-    async def spy(*args: object, **kwargs: object) -> bool:
+    async def spy(*args: object, **kwargs: object) -> object:
         answers.append(await real(*args, **kwargs))  # type: ignore[arg-type]
         return answers[-1]
 
@@ -163,7 +174,7 @@ async def test_a_request_too_large_for_one_message_takes_the_one_shot_helper(
                                                      big, stdout=aiogaol.PIPE)
     out, _ = await proc.communicate()
     assert (proc.returncode, out) == (0, f"{len(big)}\n".encode())
-    assert answers == [False]
+    assert answers == [None]  # no spawner took it
     assert zombie_children() == []
 
 
@@ -258,3 +269,89 @@ def test_a_server_that_changes_identity_gets_a_new_spawner() -> None:
     assert done.returncode == 0, done.stderr
     # The first line maps the server's own gid (as 0, beside nobody for the program): 0, then 4242.
     assert done.stdout.split() == ["0", "0", "1", "0", "4242", "1", "True"]
+
+
+async def _waiting() -> set[int]:
+    """The inits the spawner made ahead of time, once it has made one (it waits for a quiet moment)."""
+    deadline = time.monotonic() + 20
+    while not (found := _spawner.waiting_pids()):
+        assert time.monotonic() < deadline, "the spawner made no init ahead of time"
+        await asyncio.sleep(0.005)
+    return found
+
+
+@pytest.mark.asyncio
+async def test_an_init_made_ahead_of_time_serves_the_next_jail() -> None:
+    assert await (await _true()).wait() == 0
+    waiting = await _waiting()
+    (pid,) = waiting
+    assert _ppid(pid) == os.getpid()  # the server's child from birth, like any init
+    proc = await aiogaol.create_sandboxed_subprocess(TRUE_PROFILE, "echo", "warm", stdout=aiogaol.PIPE)
+    out, _ = await proc.communicate()
+    assert (proc.pid, proc.returncode, out) == (pid, 0, b"warm\n")
+    assert pid not in _spawner.waiting_pids()
+
+
+@pytest.mark.asyncio
+async def test_a_jail_on_the_host_network_does_not_take_the_waiting_init() -> None:
+    assert await (await _true()).wait() == 0
+    (pid,) = await _waiting()
+    net = TRUE_PROFILE + [aiogaol.NetworkOutbound(aiogaol.AllAddresses())]
+    proc = await aiogaol.create_sandboxed_subprocess(net, "true")
+    assert proc.pid != pid and await proc.wait() == 0
+    assert pid in _spawner.waiting_pids()
+
+
+@pytest.mark.asyncio
+async def test_shutdown_kills_and_reaps_the_waiting_init() -> None:
+    assert await (await _true()).wait() == 0
+    (pid,) = await _waiting()
+    _spawner.shutdown()
+    assert _gone(pid) and zombie_children() == []
+
+
+@pytest.mark.asyncio
+async def test_a_killed_spawners_waiting_init_is_reaped() -> None:
+    assert await (await _true()).wait() == 0
+    (pid,) = await _waiting()
+    old = _spawner.spawner_pid()
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    _wait_until(lambda: _exited(old), "the killed spawner to exit")
+    assert await (await _true()).wait() == 0
+    assert _gone(pid) and _gone(old) and zombie_children() == []
+
+
+def test_a_mount_made_after_the_waiting_init_is_seen_by_the_jail(tmp_path: "os.PathLike[str]") -> None:
+    """The waiting init's mount namespace is a copy taken when it was made; the spawner drops it when the
+    host's mount table changes, so a jail never binds from a stale view.  Run in a user and mount
+    namespace of its own, where mounting a tmpfs needs no privilege."""
+    if shutil.which("unshare") is None:
+        pytest.fail("util-linux's unshare is needed (Debian: apt-get install util-linux)")
+    base = os.path.join(os.fspath(tmp_path), "m")
+    os.mkdir(base)
+    os.chmod(tmp_path, 0o755)
+    code = textwrap.dedent(f"""
+        import asyncio, os, subprocess, time, aiogaol
+        from aiogaol import _spawner
+        profile = aiogaol.system_profile() + [aiogaol.FileReadAll(aiogaol.Subpath({base!r}))]
+        async def cat():
+            p = await aiogaol.create_sandboxed_subprocess(profile, "cat", {base!r} + "/f", stdout=aiogaol.PIPE,
+                                                          stderr=aiogaol.PIPE)
+            out, err = await p.communicate()
+            return p.pid, out.decode() + err.decode()
+        async def main():
+            await cat()
+            while not _spawner.waiting_pids():
+                await asyncio.sleep(0.005)
+            (waiting,) = _spawner.waiting_pids()
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", {base!r}], check=True)
+            with open({base!r} + "/f", "w") as f:
+                f.write("fresh mount")
+            pid, text = await cat()
+            print(pid != waiting, text)
+        asyncio.run(main())
+    """)
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "True fresh mount\n"), done.stderr

@@ -1187,17 +1187,19 @@ static void place_fds(void)
             base = req_to[i] + 1;
     }
     if (sync_fds[0] >= base)
-        base = sync_fds[0] + 1;
+        base = sync_fds[0] + 1; /* -1 in a waiting init, which has no sync pipe any more */
     /* Out of the way of every target first, so no dup2 below clobbers an fd still to be placed. */
     for (i = 0; i < req_n; i++) {
         moved[i] = fcntl(req_from[i], F_DUPFD_CLOEXEC, base);
         if (moved[i] < 0)
             fail(AIOGAOL_STEP_CLOSE_FDS, errno, "place fds");
     }
-    sync_moved = fcntl(sync_fds[0], F_DUPFD_CLOEXEC, base);
-    if (sync_moved < 0)
-        fail(AIOGAOL_STEP_CLOSE_FDS, errno, "place fds");
-    sync_fds[0] = sync_moved;
+    if (sync_fds[0] >= 0) {
+        sync_moved = fcntl(sync_fds[0], F_DUPFD_CLOEXEC, base);
+        if (sync_moved < 0)
+            fail(AIOGAOL_STEP_CLOSE_FDS, errno, "place fds");
+        sync_fds[0] = sync_moved;
+    }
     for (i = 0; i < req_n; i++)
         if (dup2(moved[i], req_to[i]) < 0)
             fail(AIOGAOL_STEP_CLOSE_FDS, errno, "place fds");
@@ -1211,18 +1213,11 @@ static void place_fds(void)
     err_fd = plan.err_fd;
 }
 
-/* Init's first steps, in both modes: its fds in place, the rest closed, then wait for the id maps. */
-static void __attribute__((noreturn)) init_child(void)
+/* Init's fds once they are at their numbers: the plan's own made CLOEXEC (nothing of the set-up survives
+ * the program's exec; EOF on the error pipe is the success signal), every other fd closed but `also`. */
+static void init_fds(int also)
 {
     int keep[MAX_KEEP + 5], n = 0, i;
-    char go;
-    fail_escape = NULL;
-    close(sync_fds[1]);
-    if (req_n > 0) {
-        place_fds();
-        signal(SIGPIPE, SIG_DFL); /* the spawner ignores it; init starts from the defaults */
-    }
-    /* The error pipe must not survive the program's exec: EOF is the success signal. */
     if (fcntl(err_fd, F_SETFD, FD_CLOEXEC) < 0)
         fail(AIOGAOL_STEP_ARGS, errno, "error pipe");
     if (plan.lifeline_fd >= 0 && fcntl(plan.lifeline_fd, F_SETFD, FD_CLOEXEC) < 0)
@@ -1234,13 +1229,27 @@ static void __attribute__((noreturn)) init_child(void)
     for (i = 0; i < plan.n_keep; i++)
         keep[n++] = plan.keep[i];
     keep[n++] = err_fd;
-    keep[n++] = sync_fds[0];
+    if (also >= 0)
+        keep[n++] = also;
     if (plan.lifeline_fd >= 0)
         keep[n++] = plan.lifeline_fd;
     if (plan.seccomp_fd >= 0)
         keep[n++] = plan.seccomp_fd;
     if (close_all_except(keep, n) < 0)
         fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
+}
+
+/* Init's first steps, in both modes: its fds in place, the rest closed, then wait for the id maps. */
+static void __attribute__((noreturn)) init_child(void)
+{
+    char go;
+    fail_escape = NULL;
+    close(sync_fds[1]);
+    if (req_n > 0) {
+        place_fds();
+        signal(SIGPIPE, SIG_DFL); /* the spawner ignores it; init starts from the defaults */
+    }
+    init_fds(sync_fds[0]);
     if (read(sync_fds[0], &go, 1) != 1)
         fail(AIOGAOL_STEP_CLONE_INIT, EIO, "the process that created init ended before the id maps");
     close(sync_fds[0]);
@@ -1251,6 +1260,40 @@ static void __attribute__((noreturn)) init_child(void)
 /* Create init (the server's child, in the new namespaces), report its PID, write its id maps, and let
  * it go.  The PID goes first: once init exists, the server must learn of it whatever fails next, since
  * only the server can reap it. */
+/* --uid/--gid name the host identity the program runs as, mapped to the same numbers inside.  By default
+ * it is the caller's own (mapped to itself); a root caller passes nobody's, so the program never holds
+ * root's files as their owner nor root's supplementary groups. */
+static void resolve_identity(uid_t uid, gid_t gid)
+{
+    if (plan.inside_uid < 0)
+        plan.inside_uid = (long)uid;
+    if (plan.inside_gid < 0)
+        plan.inside_gid = (long)gid;
+    switch_identity = plan.inside_uid != (long)uid || plan.inside_gid != (long)gid;
+}
+
+#define JAIL_NAMESPACES (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP)
+
+/* Init's id maps, from the parent user namespace: an unprivileged caller may map only its own ids, and
+ * only once setgroups is denied.  A caller with CAP_SETUID/CAP_SETGID maps nobody and keeps setgroups,
+ * so that the program can shed the caller's supplementary groups before it runs.  The caller's own id
+ * stays mapped (as 0 when another identity is added), so that init, which builds the jail, can still
+ * reach the host paths the caller can reach. */
+static void write_maps(pid_t init, uid_t uid, gid_t gid)
+{
+    char path[64], *p;
+    memcpy(path, "/proc/", 6);
+    p = fmt_ulong(path + 6, (unsigned long)init);
+    if (!switch_identity) {
+        memcpy(p, "/setgroups", 11);
+        write_file(AIOGAOL_STEP_SETGROUPS, path, "deny");
+    }
+    memcpy(p, "/gid_map", 9);
+    write_id_map(AIOGAOL_STEP_GID_MAP, path, (unsigned long)gid, (unsigned long)plan.inside_gid);
+    memcpy(p, "/uid_map", 9);
+    write_id_map(AIOGAOL_STEP_UID_MAP, path, (unsigned long)uid, (unsigned long)plan.inside_uid);
+}
+
 static void start_jail(void)
 {
     uid_t uid = getuid();
@@ -1258,16 +1301,8 @@ static void start_jail(void)
     int flags;
     pid_t init;
 
-    /* --uid/--gid name the host identity the program runs as, mapped to the same numbers inside.  By
-     * default it is the caller's own (mapped to itself); a root caller passes nobody's, so the program
-     * never holds root's files as their owner nor root's supplementary groups. */
-    if (plan.inside_uid < 0)
-        plan.inside_uid = (long)uid;
-    if (plan.inside_gid < 0)
-        plan.inside_gid = (long)gid;
-    switch_identity = plan.inside_uid != (long)uid || plan.inside_gid != (long)gid;
-
-    flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
+    resolve_identity(uid, gid);
+    flags = JAIL_NAMESPACES;
     if (plan.unshare_net)
         flags |= CLONE_NEWNET;
     if (plan.no_namespaces)
@@ -1289,24 +1324,8 @@ static void start_jail(void)
     sync_fds[0] = -1;
     send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)init, "");
     mark(AIOGAOL_STEP_UNSHARE);
-    if (!plan.no_namespaces) {
-        char path[64], *p;
-        /* An unprivileged caller may map only its own ids, and only once setgroups is denied.  A
-         * caller with CAP_SETUID/CAP_SETGID maps nobody and keeps setgroups, so that the program can
-         * shed the caller's supplementary groups before it runs. */
-        memcpy(path, "/proc/", 6);
-        p = fmt_ulong(path + 6, (unsigned long)init);
-        if (!switch_identity) {
-            memcpy(p, "/setgroups", 11);
-            write_file(AIOGAOL_STEP_SETGROUPS, path, "deny");
-        }
-        /* The caller's own id stays mapped (as 0 when another identity is added), so that init,
-         * which builds the jail, can still reach the host paths the caller can reach. */
-        memcpy(p, "/gid_map", 9);
-        write_id_map(AIOGAOL_STEP_GID_MAP, path, (unsigned long)gid, (unsigned long)plan.inside_gid);
-        memcpy(p, "/uid_map", 9);
-        write_id_map(AIOGAOL_STEP_UID_MAP, path, (unsigned long)uid, (unsigned long)plan.inside_uid);
-    }
+    if (!plan.no_namespaces)
+        write_maps(init, uid, gid);
     if (write(sync_fds[1], "g", 1) != 1)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
     close(sync_fds[1]);
@@ -1347,10 +1366,66 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
 
 /* A request is one SOCK_SEQPACKET message: int32 argc, envc, nfds; int32 target[nfds]; argc strings
  * (the helper's arguments, argv[0] included) and envc strings (the program's environment), each
- * NUL-terminated; and nfds fds as SCM_RIGHTS, the error pipe first.  There is no reply on the socket:
- * the PID record, failures and EOF on exec travel on the request's own error pipe, as for the one-shot
- * helper, so the server reads every spawn the same way. */
-static void handle_request(const char *buf, size_t len, uint64_t received)
+ * NUL-terminated; and nfds fds as SCM_RIGHTS, the error pipe first.  The PID record, failures and EOF on
+ * exec travel on the request's own error pipe, as for the one-shot helper, so the server reads every
+ * spawn the same way.
+ *
+ * The spawner's own messages to the server, on the same socket, say which of the server's children it
+ * created ahead of time (see "Waiting inits" below): int32 kind, int32 pid. */
+enum { REPORT_WAITING = 1, REPORT_DISCARDED = 2 };
+
+/* Read one message and its fds into req_from/req_n; 1, or 0 at EOF (or on an error that ends the
+ * reader).  *truncated says the message or its fds did not fit. */
+static int recv_request(int sock, char **buf, size_t *cap, size_t *len, int *truncated)
+{
+    static char cbuf[CMSG_SPACE(sizeof(int) * MAX_REQ_FDS)];
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *c;
+    ssize_t n;
+    for (;;) {
+        n = recv(sock, NULL, 0, MSG_PEEK | MSG_TRUNC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        if ((size_t)n + 1 > *cap) {
+            char *grown = realloc(*buf, (size_t)n + 1);
+            if (!grown)
+                return 0;
+            *buf = grown;
+            *cap = (size_t)n + 1;
+        }
+        memset(&msg, 0, sizeof msg);
+        iov.iov_base = *buf;
+        iov.iov_len = *cap;
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf;
+        msg.msg_controllen = sizeof cbuf;
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        break;
+    }
+    req_n = 0;
+    for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        int k, count;
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (k = 0; k < count && req_n < MAX_REQ_FDS; k++)
+            memcpy(&req_from[req_n++], CMSG_DATA(c) + (size_t)k * sizeof(int), sizeof(int));
+    }
+    *len = (size_t)n;
+    *truncated = (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) != 0;
+    return 1;
+}
+
+/* The request's fd targets, argv and environment, then the plan from its arguments. */
+static void parse_request(const char *buf, size_t len)
 {
     static char **vec;
     static size_t vec_cap;
@@ -1387,22 +1462,219 @@ static void handle_request(const char *buf, size_t len, uint64_t received)
     if (!p)
         fail(AIOGAOL_STEP_ARGS, EINVAL, "truncated request");
     parse_args(head[0], vec, vec + head[0] + 1);
-    mark_at(AIOGAOL_STEP_ARGS, received);
     if (req_n < 1 || plan.err_fd != req_to[0])
         fail(AIOGAOL_STEP_ARGS, EINVAL, "the error pipe must be the request's first fd");
+}
+
+/* Waiting inits.  Most of a jail's set-up before its mounts is the clone into fresh namespaces (the
+ * network namespace above all) and the id maps: about a millisecond.  So after each request the
+ * spawner creates the next default jail's init ahead of time: cloned into all seven namespaces, maps
+ * written, waiting on a socket of its own for a request.  A request that fits it (a network namespace of
+ * its own, no cgroup, the same ids) is handed over; any other takes the usual path.
+ *
+ * A waiting init is the server's child like any init (CLONE_PARENT), so the server must know of it even
+ * if it is never used: the spawner reports it (REPORT_WAITING) before letting it go, and reports it
+ * again (REPORT_DISCARDED) if it drops it.  When the server retires the spawner it kills and reaps the
+ * inits reported waiting and never handed a request; a handed one reaches the server through that
+ * request's PID record, as any init does.
+ *
+ * Its mount namespace is a copy of the host's taken when it was created: the spawner watches the host's
+ * mount table (poll on /proc/self/mountinfo) and drops a waiting init made before a change, so a jail
+ * never binds from a stale view. */
+static pid_t waiting_pid;
+static int waiting_chan = -1;
+static long waiting_uid = -1, waiting_gid = -1; /* the ids it was mapped for */
+static int waiting_off;                         /* creating one failed: the usual path only */
+static int mounts_fd = -1;
+#ifndef WAITING_IDLE_MS
+#define WAITING_IDLE_MS 1
+#endif
+
+static void report(int sock, int kind, pid_t pid)
+{
+    int32_t msg[2];
+    msg[0] = kind;
+    msg[1] = (int32_t)pid;
+    /* Blocking: the server drains these at every spawn, and there are at most two per request. */
+    while (send(sock, msg, sizeof msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
+        ;
+}
+
+static int mounts_changed(void)
+{
+    struct pollfd p;
+    if (mounts_fd < 0)
+        return 1;
+    p.fd = mounts_fd;
+    p.events = POLLPRI;
+    p.revents = 0;
+    return poll(&p, 1, 0) != 0; /* POLLPRI|POLLERR once per change since the last poll */
+}
+
+static void drop_waiting(int sock)
+{
+    if (!waiting_pid)
+        return;
+    close(waiting_chan); /* it exits at EOF */
+    waiting_chan = -1;
+    report(sock, REPORT_DISCARDED, waiting_pid);
+    waiting_pid = 0;
+}
+
+/* The waiting init: no fd but its socket until a request comes, then what init_child does. */
+static void __attribute__((noreturn)) waiting_child(int chan, uid_t uid, gid_t gid)
+{
+    char *buf = NULL;
+    size_t cap = 0, len;
+    int truncated, keep[2];
+    uint64_t got;
+    char go;
+    fail_escape = NULL;
+    err_fd = -1;
+    close(sync_fds[1]);
+    keep[0] = chan;
+    keep[1] = sync_fds[0];
+    if (close_all_except(keep, 2) < 0)
+        _exit(127);
+    signal(SIGPIPE, SIG_DFL);
+    if (read(sync_fds[0], &go, 1) != 1)
+        _exit(127);
+    close(sync_fds[0]);
+    sync_fds[0] = -1;
+    if (!recv_request(chan, &buf, &cap, &len, &truncated))
+        _exit(0); /* dropped, or the spawner is gone: never used */
+    got = now_ns();
+    close(chan);
+    err_fd = req_n > 0 ? req_from[0] : -1;
+    if (truncated)
+        fail(AIOGAOL_STEP_ARGS, E2BIG, "request");
+    parse_request(buf, len);
+    resolve_identity(uid, gid); /* the spawner checked that the request wants the ids mapped here */
+    place_fds();
+    init_fds(-1);
+    mark_at(AIOGAOL_STEP_MAKE_PRIVATE, got);
+    run_init();
+}
+
+static void make_waiting(int sock)
+{
+    static jmp_buf escape;
+    int chan[2] = {-1, -1};
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    pid_t pid = 0;
+    if (waiting_pid || waiting_off || waiting_uid < 0)
+        return;
+    (void)mounts_changed(); /* what changed before this clone is in its copy */
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, chan) < 0 || pipe2(sync_fds, O_CLOEXEC) < 0) {
+        waiting_off = 1;
+        goto out;
+    }
+    plan.inside_uid = waiting_uid;
+    plan.inside_gid = waiting_gid;
+    resolve_identity(uid, gid);
+    pid = (pid_t)syscall(SYS_clone, CLONE_PARENT | JAIL_NAMESPACES | CLONE_NEWNET | SIGCHLD, NULL, NULL, NULL,
+                         NULL);
+    if (pid == 0) {
+        close(chan[0]);
+        waiting_child(chan[1], uid, gid);
+    }
+    if (pid < 0) {
+        waiting_off = 1; /* the request that needs it will report why, on the usual path */
+        goto out;
+    }
+    close(sync_fds[0]);
+    sync_fds[0] = -1;
+    report(sock, REPORT_WAITING, pid);
+    err_fd = -1;
+    if (setjmp(escape) == 0) {
+        fail_escape = &escape;
+        write_maps(pid, uid, gid);
+        if (write(sync_fds[1], "g", 1) != 1)
+            fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
+        waiting_pid = pid;
+        waiting_chan = chan[0];
+        chan[0] = -1;
+    } else {
+        waiting_off = 1;
+        report(sock, REPORT_DISCARDED, pid); /* it exits when the sync pipe closes below */
+    }
+    fail_escape = NULL;
+out:
+    if (chan[0] >= 0)
+        close(chan[0]);
+    if (chan[1] >= 0)
+        close(chan[1]);
+    if (sync_fds[0] >= 0)
+        close(sync_fds[0]);
+    if (sync_fds[1] >= 0)
+        close(sync_fds[1]);
+    sync_fds[0] = sync_fds[1] = -1;
+}
+
+/* Hand the request to the waiting init: its PID first (as for a fresh one), then the request itself. */
+static void hand_over(const char *buf, size_t len)
+{
+    static char cbuf[CMSG_SPACE(sizeof(int) * MAX_REQ_FDS)];
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *c;
+    pid_t pid = waiting_pid;
+    int chan = waiting_chan;
+    ssize_t n;
+    waiting_pid = 0;
+    waiting_chan = -1;
+    send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)pid, "");
+    mark(AIOGAOL_STEP_UNSHARE);
+    memset(&msg, 0, sizeof msg);
+    iov.iov_base = (void *)buf;
+    iov.iov_len = len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)req_n);
+    c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)req_n);
+    memcpy(CMSG_DATA(c), req_from, sizeof(int) * (size_t)req_n);
+    while ((n = sendmsg(chan, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    close(chan); /* the request is queued; EOF after it */
+    if (n < 0)
+        /* The server has the PID: it kills and reaps the init, which exits anyway at EOF. */
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "hand the request to the waiting init");
+    mark(AIOGAOL_STEP_UID_MAP);
+}
+
+static void handle_request(int sock, const char *buf, size_t len, uint64_t received)
+{
+    parse_request(buf, len);
+    mark_at(AIOGAOL_STEP_ARGS, received);
     if (plan.cgroup_fd >= 0)
         /* Where clone3 lacks CLONE_INTO_CGROUP the helper moves itself into the cgroup first: a
          * one-shot helper may, the spawner may not. */
         fail(AIOGAOL_STEP_ARGS, EINVAL, "cgroup placement goes through the one-shot helper");
+    if (plan.unshare_net && !plan.no_namespaces) {
+        long want_uid = plan.inside_uid < 0 ? (long)getuid() : plan.inside_uid;
+        long want_gid = plan.inside_gid < 0 ? (long)getgid() : plan.inside_gid;
+        if (waiting_pid && (mounts_changed() || want_uid != waiting_uid || want_gid != waiting_gid))
+            drop_waiting(sock);
+        waiting_uid = want_uid; /* the next waiting init is made for the ids the last jail used */
+        waiting_gid = want_gid;
+        if (waiting_pid) {
+            hand_over(buf, len);
+            return;
+        }
+    }
     start_jail();
 }
 
 int aiogaol_serve(int sock)
 {
-    static char cbuf[CMSG_SPACE(sizeof(int) * MAX_REQ_FDS)];
     char *buf = NULL;
-    size_t cap = 0;
-    int i;
+    size_t cap = 0, len;
+    int i, truncated;
 
     /* A server that gave up on a spawn closes its end of the error pipe: a write there must fail,
      * not kill the spawner. */
@@ -1410,52 +1682,29 @@ int aiogaol_serve(int sock)
     /* Whatever the server had open without O_CLOEXEC is not the spawner's to keep open. */
     if (close_all_except(&sock, 1) < 0 || chdir("/") < 0)
         return 1;
+    mounts_fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
     for (;;) {
         jmp_buf escape;
         uint64_t received;
-        struct msghdr msg;
-        struct iovec iov;
-        struct cmsghdr *c;
-        ssize_t len = recv(sock, NULL, 0, MSG_PEEK | MSG_TRUNC);
-        if (len < 0 && errno == EINTR)
-            continue;
-        if (len <= 0)
+        if (!waiting_pid && !waiting_off && waiting_uid >= 0) {
+            /* Made when no request is pending for a moment, not at once: a clone into fresh namespaces
+             * contends with the jail just handed over, which is building its mounts (both take the
+             * kernel's namespace and mount locks), and would slow it by as much as it saves the next. */
+            struct pollfd p;
+            p.fd = sock;
+            p.events = POLLIN;
+            if (poll(&p, 1, WAITING_IDLE_MS) == 0)
+                make_waiting(sock);
+        }
+        if (!recv_request(sock, &buf, &cap, &len, &truncated))
             break; /* EOF: the server closed its end, or is gone */
-        if ((size_t)len + 1 > cap) {
-            char *grown = realloc(buf, (size_t)len + 1);
-            if (!grown)
-                break;
-            buf = grown;
-            cap = (size_t)len + 1;
-        }
-        memset(&msg, 0, sizeof msg);
-        iov.iov_base = buf;
-        iov.iov_len = cap;
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf;
-        msg.msg_controllen = sizeof cbuf;
-        len = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-        if (len < 0 && errno == EINTR)
-            continue;
-        if (len <= 0)
-            break;
         received = now_ns();
-        req_n = 0;
-        for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            int k, count;
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                continue;
-            count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            for (k = 0; k < count && req_n < MAX_REQ_FDS; k++)
-                memcpy(&req_from[req_n++], CMSG_DATA(c) + (size_t)k * sizeof(int), sizeof(int));
-        }
         err_fd = req_n > 0 ? req_from[0] : -1;
         if (setjmp(escape) == 0) {
             fail_escape = &escape;
-            if (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC))
+            if (truncated)
                 fail(AIOGAOL_STEP_ARGS, E2BIG, "request");
-            handle_request(buf, (size_t)len, received);
+            handle_request(sock, buf, len, received);
         }
         /* Done or failed, the spawner keeps nothing of the request: init holds its own copies. */
         fail_escape = NULL;
@@ -1469,6 +1718,8 @@ int aiogaol_serve(int sock)
         req_n = 0;
         err_fd = -1;
     }
+    /* The waiting init exits at EOF on its socket, which closes with the spawner; the server, which
+     * was told of it, reaps it. */
     free(buf);
     return 0;
 }
