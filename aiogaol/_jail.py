@@ -128,14 +128,22 @@ class RunningJail:
 
     def _program_status(self, init_status: int) -> int:
         """The program's returncode: init reports it exactly, since PID 1 cannot die of its own signal."""
-        if self._lifeline is not None:
+        status = None
+        while self._lifeline is not None:
+            # With STEP_TIMINGS, init's own TIME records come first; then EXIT.
             try:
                 data = self._lifeline.recv(_ffi.RECORD_SIZE, socket.MSG_DONTWAIT)
             except (BlockingIOError, OSError):
-                data = b""
+                break
+            if not data:
+                break
             for rec in _parse_records(data):
                 if rec.kind == RECORD_EXIT:
-                    return os.waitstatus_to_exitcode(rec.value)
+                    status = os.waitstatus_to_exitcode(rec.value)
+                elif rec.kind == RECORD_TIME and self.timings is not None:
+                    self.timings[_ffi.step_name(rec.step)] = rec.ns
+            if status is not None:
+                return status
         return os.waitstatus_to_exitcode(init_status)
 
     def _finish(self, returncode: int, ru: resource.struct_rusage | None) -> None:

@@ -260,6 +260,20 @@ static void mark_at(int step, uint64_t ns)
     write_all(err_fd, &rec, sizeof rec);
 }
 
+/* Init's marks after the program's exec, when the error pipe is gone: on the lifeline, before EXIT. */
+static void mark_lifeline(int step)
+{
+    struct aiogaol_record rec;
+    uint64_t ns = now_ns();
+    if (!plan.timings || plan.lifeline_fd < 0)
+        return;
+    memset(&rec, 0, sizeof rec);
+    rec.kind = AIOGAOL_RECORD_TIME;
+    rec.step = step;
+    memcpy(rec.detail, &ns, sizeof ns);
+    send(plan.lifeline_fd, &rec, sizeof rec, MSG_NOSIGNAL);
+}
+
 static unsigned long long parse_num(const char *s, int base)
 {
     char *end = NULL;
@@ -1088,6 +1102,7 @@ static void __attribute__((noreturn)) run_init(void)
                     if (p == child) {
                         status = st;
                         done = 1;
+                        mark_lifeline(AIOGAOL_STEP_REAP_PROGRAM);
                     }
                 }
             } else if (!done && (int)si.ssi_signo == SIGRTMAX) {
@@ -1112,6 +1127,7 @@ static void __attribute__((noreturn)) run_init(void)
         if (waitpid(-1, NULL, __WALL | (plan.no_namespaces ? WNOHANG : 0)) <= 0 && errno != EINTR)
             break;
     }
+    mark_lifeline(AIOGAOL_STEP_REPORT_EXIT);
     if (plan.lifeline_fd >= 0) {
         struct aiogaol_record rec;
         memset(&rec, 0, sizeof rec);
@@ -1294,7 +1310,7 @@ static void write_maps(pid_t init, uid_t uid, gid_t gid)
     write_id_map(AIOGAOL_STEP_UID_MAP, path, (unsigned long)uid, (unsigned long)plan.inside_uid);
 }
 
-static void start_jail(void)
+static pid_t start_jail(void)
 {
     uid_t uid = getuid();
     gid_t gid = getgid();
@@ -1331,6 +1347,7 @@ static void start_jail(void)
     close(sync_fds[1]);
     sync_fds[1] = -1;
     mark(AIOGAOL_STEP_UID_MAP);
+    return init;
 }
 
 /* Split a blob of NUL-terminated strings into a NULL-terminated vector; the end of the blob, or NULL
@@ -1486,9 +1503,24 @@ static int waiting_chan = -1;
 static long waiting_uid = -1, waiting_gid = -1; /* the ids it was mapped for */
 static int waiting_off;                         /* creating one failed: the usual path only */
 static int mounts_fd = -1;
-#ifndef WAITING_IDLE_MS
-#define WAITING_IDLE_MS 1
-#endif
+#define WAITING_IDLE_MS 2    /* quiet time before making one, when no jail is known to be starting */
+#define WAITING_AFTER_MS 10  /* longest wait for the last jail's init to exit first */
+static int last_init = -1;   /* pidfd of the init last started, until it exits */
+
+static void forget_last_init(void)
+{
+    if (last_init >= 0)
+        close(last_init);
+    last_init = -1;
+}
+
+static void watch_init(pid_t pid)
+{
+    forget_last_init();
+    last_init = (int)syscall(SYS_pidfd_open, pid, 0); /* -1 where pidfds are missing: the idle delay */
+    if (last_init >= 0)
+        fcntl(last_init, F_SETFD, FD_CLOEXEC);
+}
 
 static void report(int sock, int kind, pid_t pid)
 {
@@ -1663,11 +1695,13 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
         waiting_uid = want_uid; /* the next waiting init is made for the ids the last jail used */
         waiting_gid = want_gid;
         if (waiting_pid) {
+            pid_t pid = waiting_pid;
             hand_over(buf, len);
+            watch_init(pid);
             return;
         }
     }
-    start_jail();
+    watch_init(start_jail());
 }
 
 int aiogaol_serve(int sock)
@@ -1687,14 +1721,26 @@ int aiogaol_serve(int sock)
         jmp_buf escape;
         uint64_t received;
         if (!waiting_pid && !waiting_off && waiting_uid >= 0) {
-            /* Made when no request is pending for a moment, not at once: a clone into fresh namespaces
-             * contends with the jail just handed over, which is building its mounts (both take the
-             * kernel's namespace and mount locks), and would slow it by as much as it saves the next. */
-            struct pollfd p;
-            p.fd = sock;
-            p.events = POLLIN;
-            if (poll(&p, 1, WAITING_IDLE_MS) == 0)
+            /* Made once the last jail's init has exited (or has run for a while), and only while no
+             * request is pending: a clone into fresh namespaces made at once would run beside the jail
+             * just started, on the same CPUs and the same kernel locks (mounts, network namespaces),
+             * and slow it by about as much as it saves the next one. */
+            struct pollfd p[2];
+            int n = 1, r;
+            p[0].fd = sock;
+            p[0].events = POLLIN;
+            p[0].revents = 0;
+            if (last_init >= 0) {
+                p[1].fd = last_init;
+                p[1].events = POLLIN;
+                p[1].revents = 0;
+                n = 2;
+            }
+            r = poll(p, (nfds_t)n, n == 2 ? WAITING_AFTER_MS : WAITING_IDLE_MS);
+            if (r == 0 || (r > 0 && !(p[0].revents & (POLLIN | POLLHUP)))) {
+                forget_last_init();
                 make_waiting(sock);
+            }
         }
         if (!recv_request(sock, &buf, &cap, &len, &truncated))
             break; /* EOF: the server closed its end, or is gone */

@@ -50,7 +50,9 @@
     X(LANDLOCK, "landlock")                                \
     X(SECCOMP, "load seccomp filter")                      \
     X(EXEC, "exec")                                        \
-    X(INTERPRETER, "exec (program found, its ELF interpreter or script interpreter is not in the jail)")
+    X(INTERPRETER, "exec (program found, its ELF interpreter or script interpreter is not in the jail)") \
+    X(REAP_PROGRAM, "reap the program")                    \
+    X(REPORT_EXIT, "report the exit status")
 
 enum aiogaol_step {
 #define AIOGAOL_STEP_ENUM(name, text) AIOGAOL_STEP_##name,
