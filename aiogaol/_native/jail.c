@@ -1657,7 +1657,6 @@ static void hand_over(const char *buf, size_t len)
     waiting_pid = 0;
     waiting_chan = -1;
     send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)pid, "");
-    mark(AIOGAOL_STEP_UNSHARE);
     memset(&msg, 0, sizeof msg);
     iov.iov_base = (void *)buf;
     iov.iov_len = len;
@@ -1675,8 +1674,8 @@ static void hand_over(const char *buf, size_t len)
     close(chan); /* the request is queued; EOF after it */
     if (n < 0)
         /* The server has the PID: it kills and reaps the init, which exits anyway at EOF. */
-        fail(AIOGAOL_STEP_CLONE_INIT, errno, "hand the request to the waiting init");
-    mark(AIOGAOL_STEP_UID_MAP);
+        fail(AIOGAOL_STEP_HAND_OVER, errno, "the waiting init's socket");
+    mark(AIOGAOL_STEP_HAND_OVER);
 }
 
 static void handle_request(int sock, const char *buf, size_t len, uint64_t received)

@@ -51,6 +51,7 @@
     X(SECCOMP, "load seccomp filter")                      \
     X(EXEC, "exec")                                        \
     X(INTERPRETER, "exec (program found, its ELF interpreter or script interpreter is not in the jail)") \
+    X(HAND_OVER, "hand the request to a waiting init")    \
     X(REAP_PROGRAM, "reap the program")                    \
     X(REPORT_EXIT, "report the exit status")
 
