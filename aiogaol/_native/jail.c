@@ -11,6 +11,9 @@
  *                                                           build the jail, fork the program, supervise
  *                                                     program (PID 2): drop everything, exec
  *
+ * After a request, once the last jail's init has exited, the spawner also makes the next default jail's
+ * init ahead of time ("waiting init", below) and hands it the next request that fits.
+ *
  * Without --serve the same executable is a one-shot helper: one jail from its argv, then _exit (the
  * server uses it for what the spawner does not take: cgroup placement, oversized requests).
  *
