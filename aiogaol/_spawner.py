@@ -247,7 +247,8 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
         spawner = _get()
         sock = spawner.sock
         assert sock is not None
-        spawner.drain()
+        with _lock:  # the books on waiting inits are kept under the lock (several loops may share them)
+            spawner.drain()
         try:
             sock.sendmsg([data], ancillary, socket.MSG_NOSIGNAL)
             return spawner

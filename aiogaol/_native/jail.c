@@ -1719,6 +1719,8 @@ int aiogaol_serve(int sock)
     if (close_all_except(&sock, 1) < 0 || chdir("/") < 0)
         return 1;
     mounts_fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (mounts_fd < 0)
+        waiting_off = 1; /* no way to tell a stale mount view: no init made ahead of time */
     for (;;) {
         jmp_buf escape;
         uint64_t received;
