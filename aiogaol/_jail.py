@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 from . import _cgroup, _ffi, _pacing, _spawner
+from ._spawner import kill_and_reap
 from ._errors import SandboxSetupError, UserNamespacesUnavailable, setup_error
 from ._kernel import userns_block_reason
 
@@ -221,22 +222,6 @@ class JailFacts:
         return {name: (ns - t["sent"]) / 1e9 for name, ns in sorted(t.items(), key=lambda kv: kv[1])}
 
 
-def _kill_and_reap(pid: int) -> None:
-    """For our own unreaped children only (helper or init before a pidfd exists)."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    while True:
-        try:
-            os.waitpid(pid, 0)
-            return
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return
-
-
 def _low_fd_safe(fd: int, target: int) -> int:
     """A copy of fd above 2 when it would be clobbered by the dup2 of another stdio slot."""
     if fd < 3 and fd != target:
@@ -388,9 +373,9 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             if init_pid and spawner is not None and not spawner.claim(init_pid):
                 init_pid = 0
         if init_pid:
-            _kill_and_reap(init_pid)
+            kill_and_reap(init_pid)
         if helper_pid:
-            _kill_and_reap(helper_pid)
+            kill_and_reap(helper_pid)
         if cgroup is not None:
             cgroup.remove()
         raise

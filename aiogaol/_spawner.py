@@ -58,8 +58,9 @@ def _identity() -> tuple[int, tuple[int, int, int], tuple[int, int, int]]:
     return os.getpid(), os.getresuid(), os.getresgid()
 
 
-def _kill_and_reap(pid: int) -> None:
-    """For an init of ours that no launch owns: it cannot be a reused PID, since it is unreaped."""
+def kill_and_reap(pid: int) -> None:
+    """For our own unreaped children only (a helper, an init before a pidfd exists, an init made ahead of
+    time that no launch owns): an unreaped child's PID cannot have been reused."""
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -118,7 +119,7 @@ class _Spawner:
         elif kind == REPORT_DISCARDED and pid in self.waiting:
             # Dropped before any request reached it (it exits at EOF on its socket): ours to reap.
             self.waiting.discard(pid)
-            _kill_and_reap(pid)
+            kill_and_reap(pid)
 
     def claim(self, pid: int) -> bool:
         """A PID record from this spawner's request: True if the launch owns the init now; False if it
@@ -167,7 +168,7 @@ class _Spawner:
             # is reaped later if it ever exits.
             return
         for pid in sorted(self.waiting):
-            _kill_and_reap(pid)
+            kill_and_reap(pid)
             self.killed.add(pid)
         self.waiting.clear()
         self.reap(block=True)
