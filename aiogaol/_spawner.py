@@ -34,6 +34,7 @@ requests too large for one message (more than ``MAX_MESSAGE`` bytes of arguments
 from __future__ import annotations
 
 import array
+import atexit
 import os
 import signal
 import socket
@@ -186,6 +187,16 @@ class _Spawner:
 
 _lock = threading.RLock()
 _current: _Spawner | None = None
+_at_exit_registered = False
+
+
+def _close_at_exit() -> None:
+    """At interpreter exit: close our end (the spawner and its waiting init exit at EOF; the process that
+    reaps them is the one exiting), rather than leave the socket to the garbage collector's warning."""
+    cur = _current
+    if cur is not None and cur.sock is not None:
+        cur.sock.close()
+        cur.sock = None
 _retired: list[_Spawner] = []  # retired but not yet reaped (a spawner that did not exit in time)
 
 
@@ -203,7 +214,7 @@ def _drop(spawner: _Spawner) -> None:
 
 
 def _get() -> _Spawner:
-    global _current
+    global _current, _at_exit_registered
     cur = _current
     if cur is not None and cur.sock is not None and not cur.dead and cur.identity == _identity():
         if _retired:
@@ -218,6 +229,9 @@ def _get() -> _Spawner:
         _reap_retired()
         if cur is None:
             cur = _current = _Spawner()
+            if not _at_exit_registered:
+                atexit.register(_close_at_exit)
+                _at_exit_registered = True
         return cur
 
 
