@@ -355,3 +355,14 @@ def test_a_mount_made_after_the_waiting_init_is_seen_by_the_jail(tmp_path: "os.P
     done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (0, "True fresh mount\n"), done.stderr
+
+
+@pytest.mark.asyncio
+async def test_a_dead_waiting_init_is_passed_over_and_reaped() -> None:
+    assert await (await _true()).wait() == 0
+    (pid,) = await _waiting()
+    os.kill(pid, signal.SIGKILL)
+    _wait_until(lambda: _exited(pid), "the waiting init to die")
+    proc = await _true()  # the hand-over fails; the usual path serves the request
+    assert proc.pid != pid and await proc.wait() == 0
+    assert _gone(pid) and zombie_children() == []

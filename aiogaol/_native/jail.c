@@ -1647,8 +1647,11 @@ out:
     sync_fds[0] = sync_fds[1] = -1;
 }
 
-/* Hand the request to the waiting init: its PID first (as for a fresh one), then the request itself. */
-static void hand_over(const char *buf, size_t len)
+/* Hand the request to the waiting init, then write its PID on the request's error pipe; 0 if it could not
+ * take the request (it died: reported, for the server to reap), and the request takes the usual path.
+ * The request goes first so that a failed hand-over leaves no PID record behind; should the spawner die
+ * between the two, the init is one the server was told of (REPORT_WAITING) and reaps at retirement. */
+static int hand_over(int sock, const char *buf, size_t len)
 {
     static char cbuf[CMSG_SPACE(sizeof(int) * MAX_REQ_FDS)];
     struct msghdr msg;
@@ -1659,7 +1662,6 @@ static void hand_over(const char *buf, size_t len)
     ssize_t n;
     waiting_pid = 0;
     waiting_chan = -1;
-    send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)pid, "");
     memset(&msg, 0, sizeof msg);
     iov.iov_base = (void *)buf;
     iov.iov_len = len;
@@ -1675,10 +1677,13 @@ static void hand_over(const char *buf, size_t len)
     while ((n = sendmsg(chan, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
         ;
     close(chan); /* the request is queued; EOF after it */
-    if (n < 0)
-        /* The server has the PID: it kills and reaps the init, which exits anyway at EOF. */
-        fail(AIOGAOL_STEP_HAND_OVER, errno, "the waiting init's socket");
+    if (n < 0) {
+        report(sock, REPORT_DISCARDED, pid);
+        return 0;
+    }
+    send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)pid, "");
     mark(AIOGAOL_STEP_HAND_OVER);
+    return 1;
 }
 
 static void handle_request(int sock, const char *buf, size_t len, uint64_t received)
@@ -1698,9 +1703,10 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
         waiting_gid = want_gid;
         if (waiting_pid) {
             pid_t pid = waiting_pid;
-            hand_over(buf, len);
-            watch_init(pid);
-            return;
+            if (hand_over(sock, buf, len)) {
+                watch_init(pid);
+                return;
+            }
         }
     }
     watch_init(start_jail());
