@@ -91,9 +91,14 @@ async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Pro
         _wait_until(lambda: held() == idle, f"the spawner to hold only {idle}, not {held()}")
         for waiting in _spawner.waiting_pids():
             # The waiting init holds the spawner's /dev/null as stdio and its socket to the spawner, nothing
-            # else of anyone's.
-            held = {int(fd): os.readlink(f"/proc/{waiting}/fd/{fd}") for fd in os.listdir(f"/proc/{waiting}/fd")}
-            assert sorted(t.split("[")[0] for t in held.values()) == ["/dev/null"] * 3 + ["socket:"], held
+            # else of anyone's (once it has closed what it inherited, its first step).
+            expected = ["/dev/null"] * 3 + ["socket:"]
+
+            def kept(pid: int = waiting) -> list[str]:
+                fds = os.listdir(f"/proc/{pid}/fd")
+                return sorted(os.readlink(f"/proc/{pid}/fd/{fd}").split("[")[0] for fd in fds)
+
+            _wait_until(lambda: kept() == expected, f"the waiting init to hold only {expected}, not {kept()}")
     finally:
         proc.kill()
         await proc.wait()

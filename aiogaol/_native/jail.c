@@ -686,10 +686,14 @@ static void run_op(const struct op *op)
     }
 }
 
-static void build_jail(void)
+/* The part of every jail that no request changes: a private mount tree, the staging tmpfs and the
+ * jail's root tmpfs of root_size bytes, pivoted into, then /proc and /dev (every namespaced plan starts
+ * with those two steps).  An init made ahead of time does this before its request comes. */
+static int prebuilt; /* this much of the plan's ops is done already (0, or 2: /proc and /dev) */
+
+static void build_prefix(unsigned long long root_size)
 {
     char opts[64], *p;
-    int i;
 
     /* Nothing we mount may propagate back to the host. */
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
@@ -705,7 +709,7 @@ static void build_jail(void)
         fail(AIOGAOL_STEP_STAGING, errno, "/tmp/newroot");
     p = opts;
     memcpy(p, "mode=0755,size=", 15);
-    p = fmt_ulong(p + 15, (unsigned long)plan.root_size);
+    p = fmt_ulong(p + 15, (unsigned long)root_size);
     *p = '\0';
     if (mount("tmpfs", "newroot", "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
         fail(AIOGAOL_STEP_STAGING, errno, "jail root");
@@ -713,8 +717,37 @@ static void build_jail(void)
         fail(AIOGAOL_STEP_PIVOT_STAGING, errno, "/tmp");
     if (chdir("/") < 0)
         fail(AIOGAOL_STEP_PIVOT_STAGING, errno, "/");
+}
 
-    for (i = 0; i < plan.n_ops; i++)
+/* Whether a plan starts the way a prebuilt jail did (see build_prefix). */
+static int plan_starts_standard(void)
+{
+    return plan.n_ops >= 2 && plan.ops[0].kind == OP_PROC && strcmp(plan.ops[0].b, "/proc") == 0 &&
+           plan.ops[1].kind == OP_DEV && strcmp(plan.ops[1].b, "/dev") == 0;
+}
+
+static void build_standard(unsigned long long root_size)
+{
+    struct op proc, dev;
+    memset(&proc, 0, sizeof proc);
+    memset(&dev, 0, sizeof dev);
+    proc.kind = OP_PROC;
+    proc.b = "/proc";
+    dev.kind = OP_DEV;
+    dev.b = "/dev";
+    build_prefix(root_size);
+    run_op(&proc);
+    run_op(&dev);
+    prebuilt = 2;
+}
+
+static void build_jail(void)
+{
+    int i;
+
+    if (!prebuilt)
+        build_prefix(plan.root_size);
+    for (i = prebuilt; i < plan.n_ops; i++)
         run_op(&plan.ops[i]);
 
     /* Nothing of the host's root stays reachable: detach it, then pivot into the jail and detach
@@ -1504,6 +1537,7 @@ static void parse_request(const char *buf, size_t len)
 static pid_t waiting_pid;
 static int waiting_chan = -1;
 static long waiting_uid = -1, waiting_gid = -1; /* the ids it was mapped for */
+static unsigned long long waiting_root_size;     /* the size of the jail root it prebuilt */
 static int waiting_off;                         /* creating one failed: the usual path only */
 static int mounts_fd = -1;
 #define WAITING_IDLE_MS 2    /* quiet time before making one, when no jail is known to be starting */
@@ -1557,7 +1591,7 @@ static void drop_waiting(int sock)
 }
 
 /* The waiting init: no fd but its socket until a request comes, then what init_child does. */
-static void __attribute__((noreturn)) waiting_child(int chan, uid_t uid, gid_t gid)
+static void __attribute__((noreturn)) waiting_child(int chan, uid_t uid, gid_t gid, unsigned long long root_size)
 {
     char *buf = NULL;
     size_t cap = 0, len;
@@ -1576,6 +1610,10 @@ static void __attribute__((noreturn)) waiting_child(int chan, uid_t uid, gid_t g
         _exit(127);
     close(sync_fds[0]);
     sync_fds[0] = -1;
+    /* What every default jail has, done while nobody waits.  A failure here ends this init unseen (no
+     * request, no error pipe): the hand-over then fails and the request takes the usual path, where the
+     * same step fails again and is reported. */
+    build_standard(root_size);
     if (!recv_request(chan, &buf, &cap, &len, &truncated))
         _exit(0); /* dropped, or the spawner is gone: never used */
     got = now_ns();
@@ -1612,7 +1650,7 @@ static void make_waiting(int sock)
                          NULL);
     if (pid == 0) {
         close(chan[0]);
-        waiting_child(chan[1], uid, gid);
+        waiting_child(chan[1], uid, gid, waiting_root_size);
     }
     if (pid < 0) {
         waiting_off = 1; /* the request that needs it will report why, on the usual path */
@@ -1697,10 +1735,17 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
     if (plan.unshare_net && !plan.no_namespaces) {
         long want_uid = plan.inside_uid < 0 ? (long)getuid() : plan.inside_uid;
         long want_gid = plan.inside_gid < 0 ? (long)getgid() : plan.inside_gid;
-        if (waiting_pid && (mounts_changed() || want_uid != waiting_uid || want_gid != waiting_gid))
+        if (!plan_starts_standard()) {
+            watch_init(start_jail()); /* a plan no prebuilt jail fits (not one of aiogaol's own) */
+            return;
+        }
+        if (waiting_pid && (mounts_changed() || want_uid != waiting_uid || want_gid != waiting_gid ||
+                            plan.root_size != waiting_root_size))
             drop_waiting(sock);
-        waiting_uid = want_uid; /* the next waiting init is made for the ids the last jail used */
+        /* The next waiting init is made for the ids and root size the last jail used. */
+        waiting_uid = want_uid;
         waiting_gid = want_gid;
+        waiting_root_size = plan.root_size;
         if (waiting_pid) {
             pid_t pid = waiting_pid;
             if (hand_over(sock, buf, len)) {
