@@ -190,6 +190,16 @@ _current: _Spawner | None = None
 _at_exit_registered = False
 
 
+def _after_fork_in_child() -> None:
+    """A fresh lock in a forked child: another thread of the parent may have held it at the fork, and
+    would never release it here (what CPython's own modules do for their locks)."""
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _close_at_exit() -> None:
     """At interpreter exit: close our end (the spawner and its waiting init exit at EOF; the process that
     reaps them is the one exiting), rather than leave the socket to the garbage collector's warning."""

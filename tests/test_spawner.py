@@ -371,3 +371,30 @@ async def test_a_dead_waiting_init_is_passed_over_and_reaped() -> None:
     proc = await _true()  # the hand-over fails; the usual path serves the request
     assert proc.pid != pid and await proc.wait() == 0
     assert _gone(pid) and zombie_children() == []
+
+
+def test_a_fork_while_another_thread_holds_the_spawner_lock_does_not_deadlock_the_child() -> None:
+    done = _run_server("""
+        import asyncio, os, threading, aiogaol
+        from aiogaol import _spawner
+        async def one():
+            p = await aiogaol.create_sandboxed_subprocess(aiogaol.system_profile(), "true")
+            return await p.wait()
+        assert asyncio.run(one()) == 0
+        held, release = threading.Event(), threading.Event()
+        def hold():
+            with _spawner._lock:
+                held.set()
+                release.wait()
+        t = threading.Thread(target=hold)
+        t.start()
+        held.wait()
+        child = os.fork()
+        if child == 0:
+            os._exit(asyncio.run(one()))  # the lock was held at the fork: the child has a fresh one
+        _, status = os.waitpid(child, 0)
+        release.set()
+        t.join()
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    assert (done.returncode, done.stdout) == (0, "0\n"), done.stderr
