@@ -1797,6 +1797,23 @@ int aiogaol_serve(int sock)
                 make_waiting(sock);
             }
         }
+        if (waiting_pid) {
+            /* While a waiting init holds its copy of the host's mount tree, a change on the host drops
+             * it at once: an unmounted filesystem must not stay busy in an idle copy. */
+            struct pollfd p[2];
+            p[0].fd = sock;
+            p[0].events = POLLIN;
+            p[0].revents = 0;
+            p[1].fd = mounts_fd;
+            p[1].events = POLLPRI;
+            p[1].revents = 0;
+            if (poll(p, 2, -1) > 0 && (p[1].revents & (POLLPRI | POLLERR))) {
+                /* Dropped even with a request pending: this poll took the change, so a check at the
+                 * hand-over would not see it again. */
+                drop_waiting(sock);
+                continue;
+            }
+        }
         if (!recv_request(sock, &buf, &cap, &len, &truncated))
             break; /* EOF: the server closed its end, or is gone */
         received = now_ns();
