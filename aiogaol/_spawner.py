@@ -96,9 +96,10 @@ class _Spawner:
         self.killed: set[int] = set()  # waiting inits killed at retirement: a late PID record is refused
         self.reaped = False
         self.dead = False  # a send found it gone
+        self.retiring: socket.socket | None = None  # our end, after EOF was sent, until its reports end
 
     def fds(self) -> set[int]:
-        return {self.sock.fileno()} if self.sock is not None else set()
+        return {s.fileno() for s in (self.sock, self.retiring) if s is not None}
 
     def drain(self) -> None:
         """Take in what the spawner reported, without blocking."""
@@ -145,14 +146,25 @@ class _Spawner:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        deadline = time.monotonic() + RETIRE_TIMEOUT
+        self.retiring = sock
+        self.finish_retiring(RETIRE_TIMEOUT)
+
+    def finish_retiring(self, wait: float) -> bool:
+        """Read the retired spawner's reports to the end, waiting at most ``wait`` seconds; then kill and
+        reap the inits it made that no launch has claimed, and reap it.  True once done.  A stopped or
+        wedged spawner may still hand its inits out, so none is touched before the end: the rest is done by
+        a later call (``_reap_retired``, at the next spawn), without blocking."""
+        sock = self.retiring
+        if sock is None:
+            return True
+        deadline = time.monotonic() + wait
         finished = False
-        sock.setblocking(True)
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
+        while True:
+            left = deadline - time.monotonic()
+            sock.settimeout(max(left, 0.0))
             try:
                 data = sock.recv(64)
-            except socket.timeout:
+            except (socket.timeout, BlockingIOError):
                 break
             except InterruptedError:
                 continue
@@ -163,16 +175,16 @@ class _Spawner:
                 finished = True
                 break
             self._take(data)
-        sock.close()
         if not finished:
-            # A stopped or wedged spawner: its inits may still be handed out, so none is touched, and it
-            # is reaped later if it ever exits.
-            return
+            return False
+        sock.close()
+        self.retiring = None
         for pid in sorted(self.waiting):
             kill_and_reap(pid)
             self.killed.add(pid)
         self.waiting.clear()
         self.reap(block=True)
+        return True
 
     def reap(self, *, block: bool) -> bool:
         if self.reaped:
@@ -212,14 +224,14 @@ _retired: list[_Spawner] = []  # retired but not yet reaped (a spawner that did 
 
 def _reap_retired() -> None:
     for old in list(_retired):
-        if old.reap(block=False):
+        if old.finish_retiring(0.0) and old.reap(block=False):
             _retired.remove(old)
 
 
 def _drop(spawner: _Spawner) -> None:
     ours = spawner.identity[0] == os.getpid()
     spawner.retire(ours=ours)
-    if ours and not spawner.reaped and spawner not in _retired:
+    if ours and (not spawner.reaped or spawner.retiring is not None) and spawner not in _retired:
         _retired.append(spawner)
 
 
@@ -289,9 +301,10 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
 
 
 def owned_fds() -> set[int]:
-    """The fds the spawner's connection holds in this process: they stay open on purpose."""
-    cur = _current
-    return cur.fds() if cur is not None and cur.identity[0] == os.getpid() else set()
+    """The fds the spawner's connection holds in this process (and a retired one's, until it has
+    finished): they stay open on purpose."""
+    me = os.getpid()
+    return {fd for sp in [_current, *_retired] if sp is not None and sp.identity[0] == me for fd in sp.fds()}
 
 
 def shutdown() -> None:

@@ -408,3 +408,23 @@ def test_a_fork_while_another_thread_holds_the_spawner_lock_does_not_deadlock_th
         print(os.waitstatus_to_exitcode(status))
     """)
     assert (done.returncode, done.stdout) == (0, "0\n"), done.stderr
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_spawner_is_retired_later_and_nothing_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawner that cannot answer (stopped) is not waited for beyond RETIRE_TIMEOUT, and none of its
+    inits is touched while it might still hand them out; the retirement is finished at a later spawn."""
+    assert await (await _true()).wait() == 0
+    (waiting,) = await _waiting()
+    old = _spawner.spawner_pid()
+    assert old is not None
+    monkeypatch.setattr(_spawner, "RETIRE_TIMEOUT", 0.2)
+    os.kill(old, signal.SIGSTOP)
+    try:
+        _spawner.shutdown()
+        assert not _exited(waiting) and not _exited(old)
+    finally:
+        os.kill(old, signal.SIGCONT)
+    _wait_until(lambda: _exited(old), "the spawner to read EOF and exit")
+    assert await (await _true()).wait() == 0  # this spawn finishes the retirement
+    assert _gone(waiting) and _gone(old) and zombie_children() == []
