@@ -285,8 +285,7 @@ async def spawn(
                            isolation=isolation)
     stdio = _stdio.prepare(stdin, stdout, stderr)
     try:
-        jail = await launch(args, stdio=stdio.child, wait_readable=anyio.wait_readable,
-                            wait_writable=anyio.wait_writable, ticket=ticket)
+        jail = await launch(args, stdio=stdio.child, wait_readable=anyio.wait_readable, ticket=ticket)
     except BaseException:
         stdio.close_all()
         raise

@@ -22,7 +22,7 @@ from ._spawnargs import SpawnArgs, check_popen_kwargs
 _DEFAULT_LIMIT = 2**16
 
 
-async def _wait_fd(fd: int, writable: bool) -> None:
+async def _wait_readable(fd: int) -> None:
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
 
@@ -30,25 +30,11 @@ async def _wait_fd(fd: int, writable: bool) -> None:
         if not fut.done():
             fut.set_result(None)
 
-    if writable:
-        loop.add_writer(fd, ready)
-    else:
-        loop.add_reader(fd, ready)
+    loop.add_reader(fd, ready)
     try:
         await fut
     finally:
-        if writable:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
-async def _wait_readable(fd: int) -> None:
-    await _wait_fd(fd, False)
-
-
-async def _wait_writable(fd: int) -> None:
-    await _wait_fd(fd, True)
+        loop.remove_reader(fd)
 
 
 class SandboxedProcess(JailFacts):
@@ -227,8 +213,7 @@ async def create_sandboxed_subprocess(
     loop = asyncio.get_running_loop()
     stdio = _stdio.prepare(stdin, stdout, stderr, pipesize)
     try:
-        jail = await launch(spawn, stdio=stdio.child, wait_readable=_wait_readable,
-                            wait_writable=_wait_writable, ticket=ticket)
+        jail = await launch(spawn, stdio=stdio.child, wait_readable=_wait_readable, ticket=ticket)
     except BaseException:
         stdio.close_all()
         raise

@@ -238,7 +238,7 @@ def _is_open(fd: int) -> bool:
 
 
 async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readable: WaitReadable,
-                 wait_writable: WaitReadable, ticket: _pacing.Ticket) -> RunningJail:
+                 ticket: _pacing.Ticket) -> RunningJail:
     """Have the spawner (or, for what it does not take, a one-shot helper) start a jail for a validated
     spawn, read the handshake, return the running jail (or raise what failed).
 
@@ -297,7 +297,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         if cgroup is None:
             # A stdio slot left to inheritance is sent too: a posix_spawned helper would inherit it.
             inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _is_open(t)]
-            spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, wait_writable)
+            spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited)
         if spawner is None:
             # posix_spawn applies the pairs in order: stdio first, as its dup2s must not clobber the rest.
             if cgroup is not None:

@@ -384,8 +384,7 @@ async def run(
         for fd in ours:
             if fd >= 0:
                 os.set_blocking(fd, False)
-        jail = await launch(spawn, stdio=list(theirs), wait_readable=anyio.wait_readable,
-                         wait_writable=anyio.wait_writable, ticket=ticket)
+        jail = await launch(spawn, stdio=list(theirs), wait_readable=anyio.wait_readable, ticket=ticket)
     except BaseException:
         _close(ours)
         _close(theirs)

@@ -41,7 +41,9 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+from collections.abc import Sequence
 
 from . import _ffi
 
@@ -51,8 +53,6 @@ RETIRE_TIMEOUT = 5.0  # seconds a retired spawner gets to finish what is queued 
 
 REPORT = struct.Struct("ii")  # kind, pid: the spawner's messages to the server
 REPORT_WAITING, REPORT_DISCARDED = 1, 2
-
-WaitWritable = Callable[[int], Awaitable[None]]
 
 
 def _identity() -> tuple[int, tuple[int, int, int], tuple[int, int, int]]:
@@ -263,8 +263,8 @@ def _message(argv: Sequence[bytes], envp: Sequence[bytes], targets: Sequence[int
     return struct.pack(f"iii{len(targets)}i", len(argv), len(envp), len(targets), *targets) + argblob + envblob
 
 
-async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[tuple[int, int]],
-                 wait_writable: WaitWritable) -> _Spawner | None:
+async def submit(argv: Sequence[bytes], envp: Sequence[bytes],
+                 fd_map: Sequence[tuple[int, int]]) -> _Spawner | None:
     """Hand one jail to the spawner, and return it (to ``claim`` the PID it answers with); None when the
     request must take the one-shot helper instead.
 
@@ -282,22 +282,29 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
     restarted = False
     while True:
         spawner = _get()
-        sock = spawner.sock
-        assert sock is not None
-        with _lock:  # the books on waiting inits are kept under the lock (several loops may share them)
+        # Under the lock: another thread may retire this spawner (and close its socket) at any moment,
+        # and the books on waiting inits are kept under it too.
+        with _lock:
+            sock = spawner.sock
+            if sock is None or spawner.dead:
+                continue  # retired meanwhile: _get starts or finds the next one
             spawner.drain()
-        try:
-            sock.sendmsg([data], ancillary, socket.MSG_NOSIGNAL)
-            return spawner
-        except BlockingIOError:
-            # The spawner is behind by a socket buffer's worth of requests: wait, without blocking the loop.
-            await wait_writable(sock.fileno())
-        except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError):
-            # It died (killed from outside): start another, once per request.
-            if restarted:
-                raise
-            restarted = True
-            spawner.dead = True  # _get retires it (its inits are killed and reaped) and starts another
+            try:
+                sock.sendmsg([data], ancillary, socket.MSG_NOSIGNAL)
+                return spawner
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError):
+                # It died (killed from outside): start another, once per request.
+                if restarted:
+                    raise
+                restarted = True
+                spawner.dead = True  # _get retires it (its inits are killed and reaped)
+                continue
+        # The spawner is a socket buffer's worth of requests behind (rare: it takes one in well under a
+        # millisecond).  Poll rather than wait for the fd to turn writable: the socket may be closed by a
+        # retirement meanwhile, and an event loop waiting on a closed fd waits for ever.
+        await anyio.sleep(0.001)
 
 
 def owned_fds() -> set[int]:

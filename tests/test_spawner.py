@@ -428,3 +428,58 @@ async def test_a_stopped_spawner_is_retired_later_and_nothing_leaks(monkeypatch:
     _wait_until(lambda: _exited(old), "the spawner to read EOF and exit")
     assert await (await _true()).wait() == 0  # this spawn finishes the retirement
     assert _gone(waiting) and _gone(old) and zombie_children() == []
+
+
+def test_spawner_shut_down_and_killed_under_load_leaves_nothing_behind() -> None:
+    """Three event loops in three threads spawn while the main thread shuts the spawner down, then kills
+    it and its waiting inits, again and again.  Spawns caught by a kill fail with SandboxSetupError;
+    nothing else may fail, and at the end the server has no child, no zombie and no extra fd."""
+    done = _run_server("""
+        import asyncio, os, threading, time, aiogaol
+        from aiogaol import _spawner
+        profile = aiogaol.system_profile()
+        other = []
+        async def worker():
+            for _ in range(30):
+                try:
+                    p = await aiogaol.create_sandboxed_subprocess(profile, "true")
+                    if await p.wait() != 0:
+                        other.append("nonzero")
+                except aiogaol.SandboxSetupError:
+                    pass  # caught by a kill
+                except BaseException as e:
+                    other.append(repr(e))
+        async def main():
+            await asyncio.gather(*[worker() for _ in range(4)])
+        fds = set(os.listdir("/proc/self/fd"))
+        threads = [threading.Thread(target=lambda: asyncio.run(main())) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for k in range(8):
+            time.sleep(0.1)
+            if k % 2:
+                _spawner.shutdown()
+            else:
+                for pid in [_spawner.spawner_pid(), *_spawner.waiting_pids()]:
+                    if pid:
+                        try:
+                            os.kill(pid, 9)
+                        except ProcessLookupError:
+                            pass
+        for t in threads:
+            t.join()
+        _spawner.shutdown()
+        me = str(os.getpid())
+        children = []
+        for n in os.listdir("/proc"):
+            if n.isdigit():
+                try:
+                    with open(f"/proc/{n}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if fields[1] == me:
+                    children.append((n, fields[0]))
+        print(other, children, set(os.listdir("/proc/self/fd")) - fds)
+    """)
+    assert (done.returncode, done.stdout) == (0, "[] [] set()\n"), done.stderr

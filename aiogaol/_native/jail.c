@@ -191,6 +191,7 @@ static uint64_t now_ns(void)
  * CLOCK_MONOTONIC; no time namespace is made) to say where a spawn's time goes. */
 static void mark_at(int step, uint64_t ns);
 static void mark(int step) { mark_at(step, now_ns()); }
+static pid_t host_pid(void);
 
 /* ------------------------------------------------------------------------------------------------ */
 /* The plan, as parsed from the helper's arguments                                                  */
@@ -1302,8 +1303,14 @@ static void __attribute__((noreturn)) init_child(void)
         signal(SIGPIPE, SIG_DFL); /* the spawner ignores it; init starts from the defaults */
     }
     init_fds(sync_fds[0]);
-    if (read(sync_fds[0], &go, 1) != 1)
+    if (read(sync_fds[0], &go, 1) != 1) {
+        /* Whoever created us died before the id maps, perhaps before it wrote our PID: write it here too
+         * (a second PID record is harmless), so that the server reaps us. */
+        pid_t me = host_pid();
+        if (me > 0)
+            send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)me, "");
         fail(AIOGAOL_STEP_CLONE_INIT, EIO, "the process that created init ended before the id maps");
+    }
     close(sync_fds[0]);
     mark(AIOGAOL_STEP_MAKE_PRIVATE);
     run_init();
@@ -1559,6 +1566,18 @@ static void watch_init(pid_t pid)
         fcntl(last_init, F_SETFD, FD_CLOEXEC);
 }
 
+/* Our PID in the host's PID namespace, from the host's /proc (a new init has not mounted its own yet);
+ * 0 if unknown. */
+static pid_t host_pid(void)
+{
+    char buf[32];
+    ssize_t n = readlink("/proc/self", buf, sizeof buf - 1);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    return (pid_t)strtol(buf, NULL, 10);
+}
+
 static void report(int sock, int kind, pid_t pid)
 {
     int32_t msg[2];
@@ -1591,11 +1610,12 @@ static void drop_waiting(int sock)
 }
 
 /* The waiting init: no fd but its socket until a request comes, then what init_child does. */
-static void __attribute__((noreturn)) waiting_child(int chan, uid_t uid, gid_t gid, unsigned long long root_size)
+static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t uid, gid_t gid,
+                                                    unsigned long long root_size)
 {
     char *buf = NULL;
     size_t cap = 0, len;
-    int truncated, keep[2];
+    int truncated, keep[3];
     uint64_t got;
     char go;
     fail_escape = NULL;
@@ -1603,11 +1623,20 @@ static void __attribute__((noreturn)) waiting_child(int chan, uid_t uid, gid_t g
     close(sync_fds[1]);
     keep[0] = chan;
     keep[1] = sync_fds[0];
-    if (close_all_except(keep, 2) < 0)
+    keep[2] = server;
+    if (close_all_except(keep, 3) < 0)
         _exit(127);
     signal(SIGPIPE, SIG_DFL);
-    if (read(sync_fds[0], &go, 1) != 1)
+    if (read(sync_fds[0], &go, 1) != 1) {
+        /* The spawner died between the clone and letting us go, perhaps before it told the server of
+         * us: tell it ourselves (twice is harmless), on our copy of the spawner's socket, so that the
+         * server reaps us when it retires the dead spawner. */
+        pid_t me = host_pid();
+        if (me > 0)
+            report(server, REPORT_WAITING, me);
         _exit(127);
+    }
+    close(server); /* from here on the spawner speaks for us */
     close(sync_fds[0]);
     sync_fds[0] = -1;
     /* What every default jail has, done while nobody waits.  A failure here ends this init unseen (no
@@ -1650,7 +1679,7 @@ static void make_waiting(int sock)
                          NULL);
     if (pid == 0) {
         close(chan[0]);
-        waiting_child(chan[1], uid, gid, waiting_root_size);
+        waiting_child(chan[1], sock, uid, gid, waiting_root_size);
     }
     if (pid < 0) {
         waiting_off = 1; /* the request that needs it will report why, on the usual path */
