@@ -483,3 +483,22 @@ def test_spawner_shut_down_and_killed_under_load_leaves_nothing_behind() -> None
         print(other, children, set(os.listdir("/proc/self/fd")) - fds)
     """)
     assert (done.returncode, done.stdout) == (0, "[] [] set()\n"), done.stderr
+
+
+@pytest.mark.asyncio
+async def test_the_program_gets_the_servers_umask_of_the_moment() -> None:
+    """A program the server started itself would inherit its current umask; the spawner, started with
+    the umask of its own moment, passes the server's current one on."""
+    async def umask() -> bytes:
+        proc = await aiogaol.create_sandboxed_subprocess(TRUE_PROFILE, "sh", "-c", "umask", stdout=aiogaol.PIPE)
+        out, _ = await proc.communicate()
+        return out
+
+    assert await (await _true()).wait() == 0  # the spawner exists, with the umask of now
+    old = os.umask(0o077)
+    try:
+        assert await umask() == b"0077\n"
+        os.umask(0o027)
+        assert await umask() == b"0027\n"
+    finally:
+        os.umask(old)

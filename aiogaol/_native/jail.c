@@ -215,6 +215,7 @@ struct op {
 struct plan {
     int err_fd; /* the error pipe, as numbered in init (--err) */
     int timings; /* --timings: a TIME record at each step boundary (a diagnostic) */
+    int umask;   /* --umask: the program's (the server's at the spawn), or -1 to keep ours */
     int lifeline_fd;
     int seccomp_fd;
     int cgroup_fd; /* O_DIRECTORY fd of a cgroup v2 directory that init is created in, or -1 */
@@ -296,6 +297,7 @@ static void parse_args(int argc, char **argv, char **envp)
     int i = 1;
     memset(&plan, 0, sizeof plan);
     plan.err_fd = -1;
+    plan.umask = -1;
     plan.lifeline_fd = -1;
     plan.seccomp_fd = -1;
     plan.cgroup_fd = -1;
@@ -365,6 +367,9 @@ static void parse_args(int argc, char **argv, char **envp)
         } else if (strcmp(o, "--root-size") == 0) {
             NEED(1);
             plan.root_size = parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--umask") == 0) {
+            NEED(1);
+            plan.umask = (int)parse_num(argv[++i], 8);
         } else if (strcmp(o, "--chdir") == 0) {
             NEED(1);
             plan.cwd = argv[++i];
@@ -950,6 +955,8 @@ static void __attribute__((noreturn)) run_program(void)
         if (getppid() != init_pid)
             _exit(137);
     }
+    if (plan.umask >= 0)
+        umask((mode_t)(plan.umask & 0777));
     if (chdir(plan.cwd) < 0)
         fail(AIOGAOL_STEP_CHDIR, errno, plan.cwd);
     /* A new session: no controlling terminal, so TIOCSTI cannot push keys into the caller's tty. */
