@@ -289,7 +289,8 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             if safe != fd:
                 copies.append(safe)
             stdio_map.append((safe, target))
-        argv = spawn.helper_argv(err_w, life_jail.fileno(), seccomp_r if seccomp_r >= 0 else None, cgroup)
+        identity, umask = _spawner.server_state()
+        argv = spawn.helper_argv(err_w, life_jail.fileno(), seccomp_r if seccomp_r >= 0 else None, cgroup, umask)
         timings: dict[str, int] | None = None
         if STEP_TIMINGS:
             argv.insert(1, b"--timings")
@@ -297,7 +298,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         if cgroup is None:
             # A stdio slot left to inheritance is sent too: a posix_spawned helper would inherit it.
             inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _is_open(t)]
-            spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited)
+            spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, identity)
         if spawner is None:
             # posix_spawn applies the pairs in order: stdio first, as its dup2s must not clobber the rest.
             if cgroup is not None:

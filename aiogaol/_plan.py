@@ -250,26 +250,12 @@ def _nobody_mapped() -> bool:
     return False
 
 
-def current_umask() -> int | None:
-    """The server's umask now, for its program: the spawner was started with the umask of the moment and
-    keeps it, where a program started by the server itself would inherit the current one.  Read from
-    /proc (Linux 4.7): ``os.umask`` can only read it by changing it, which races with other threads."""
-    try:
-        with open("/proc/thread-self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def helper_argv(plan: JailPlan, *, err_fd: int, lifeline_fd: int, keep_fds: Sequence[int], cwd: str,
-                rlimits: Sequence[tuple[int, int, int]], seccomp_fd: int | None, extra: Sequence[str],
-                argv: Sequence[bytes]) -> list[bytes]:
+                umask: int | None, rlimits: Sequence[tuple[int, int, int]], seccomp_fd: int | None,
+                extra: Sequence[str], argv: Sequence[bytes]) -> list[bytes]:
     head = ["aiogaol-jail", "--err", str(err_fd), "--lifeline", str(lifeline_fd), "--chdir", cwd]
-    umask = current_umask()
     if umask is not None:
+        # The server's umask of the moment: the spawner's own is the one it was started with.
         head += ["--umask", "%o" % umask]
     if os.geteuid() == 0 and _nobody_mapped():
         # A root server's program runs as nobody: root's files are not its own, root's groups are gone.

@@ -133,12 +133,12 @@ class SpawnArgs:
         return self.plan.isolation
 
     def helper_argv(self, err_fd: int, lifeline_fd: int, seccomp_fd: int | None = None,
-                    cgroup: "JailCgroup | None" = None) -> list[bytes]:
+                    cgroup: "JailCgroup | None" = None, umask: int | None = None) -> list[bytes]:
         """With ``cgroup`` the helper creates init inside it (``--cgroup-fd``); memory.max and pids.max,
         where that cgroup has the controllers, replace RLIMIT_AS and RLIMIT_NPROC."""
         extra = ("--cgroup-fd", str(cgroup.fd)) if cgroup is not None else ()
         controllers = cgroup.controllers if cgroup is not None else frozenset()
         rlimits = self.limits.rlimits(cgroup_memory="memory" in controllers, cgroup_pids="pids" in controllers)
         return _plan.helper_argv(self.plan, err_fd=err_fd, lifeline_fd=lifeline_fd, keep_fds=self.pass_fds,
-                                 cwd=self.cwd, rlimits=rlimits, seccomp_fd=seccomp_fd, extra=extra,
+                                 cwd=self.cwd, umask=umask, rlimits=rlimits, seccomp_fd=seccomp_fd, extra=extra,
                                  argv=self.argv)

@@ -21,8 +21,9 @@ What a long-lived child must not do to its server, it does not:
 * it holds no fd of a jail beyond the request it is handling, and its own stdio is /dev/null, so no pipe
   of the server's is kept open by it;
 * it exits when its socket reaches EOF, that is when the server exits or ``shutdown()`` is called;
-* it belongs to one process and one identity: after a fork, or after the server changed its uid or gid,
-  the next spawn starts a fresh spawner (init must be the caller's child, with the caller's ids);
+* it belongs to one process and one identity: after a fork, or after the server changed its ids, groups,
+  capabilities, no_new_privs or seccomp state, the next spawn starts a fresh spawner (init must be the
+  caller's child, with the caller's privileges and no more); the umask is sent with each request;
 * it, and every init it made ahead of time, is reaped by the server like any child, never by
   ``waitpid(-1)``.
 
@@ -55,8 +56,34 @@ REPORT = struct.Struct("ii")  # kind, pid: the spawner's messages to the server
 REPORT_WAITING, REPORT_DISCARDED = 1, 2
 
 
-def _identity() -> tuple[int, tuple[int, int, int], tuple[int, int, int]]:
-    return os.getpid(), os.getresuid(), os.getresgid()
+# What of the server a spawner freezes when it starts, and so must match the server's now for the spawner to
+# serve it: its ids and groups, its capabilities, no_new_privs and seccomp (a server that drops privileges
+# after its first spawn must not have its jails made with the old ones).  From /proc/thread-self/status, in
+# one read that also gives the umask (which is sent with each request instead).
+_IDENTITY_FIELDS = (b"Uid:", b"Gid:", b"Groups:", b"CapInh:", b"CapPrm:", b"CapEff:", b"CapBnd:", b"CapAmb:",
+                    b"NoNewPrivs:", b"Seccomp:")
+
+Identity = tuple[object, ...]
+
+
+def server_state() -> tuple[Identity, int | None]:
+    """This thread's identity (with the PID first) and umask (None where /proc does not say)."""
+    fields: list[bytes] = []
+    umask = None
+    try:
+        with open("/proc/thread-self/status", "rb") as f:
+            for line in f:
+                if line.startswith(_IDENTITY_FIELDS):
+                    fields.append(line)
+                elif line.startswith(b"Umask:"):
+                    umask = int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        fields = [repr((os.getresuid(), os.getresgid(), os.getgroups())).encode()]
+    return (os.getpid(), *fields), umask
+
+
+def _identity() -> Identity:
+    return server_state()[0]
 
 
 def kill_and_reap(pid: int) -> None:
@@ -77,8 +104,8 @@ def kill_and_reap(pid: int) -> None:
 
 
 class _Spawner:
-    def __init__(self) -> None:
-        self.identity = _identity()
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -235,22 +262,24 @@ def _drop(spawner: _Spawner) -> None:
         _retired.append(spawner)
 
 
-def _get() -> _Spawner:
+def _get(identity: Identity | None = None) -> _Spawner:
+    """This server's spawner, started or replaced as needed (``identity`` from ``server_state``)."""
     global _current, _at_exit_registered
+    ident = identity if identity is not None else _identity()
     cur = _current
-    if cur is not None and cur.sock is not None and not cur.dead and cur.identity == _identity():
+    if cur is not None and cur.sock is not None and not cur.dead and cur.identity == ident:
         if _retired:
             with _lock:
                 _reap_retired()
         return cur
     with _lock:
         cur = _current
-        if cur is not None and (cur.sock is None or cur.dead or cur.identity != _identity()):
+        if cur is not None and (cur.sock is None or cur.dead or cur.identity != ident):
             _drop(cur)
             cur = _current = None
         _reap_retired()
         if cur is None:
-            cur = _current = _Spawner()
+            cur = _current = _Spawner(ident)
             if not _at_exit_registered:
                 atexit.register(_close_at_exit)
                 _at_exit_registered = True
@@ -263,14 +292,14 @@ def _message(argv: Sequence[bytes], envp: Sequence[bytes], targets: Sequence[int
     return struct.pack(f"iii{len(targets)}i", len(argv), len(envp), len(targets), *targets) + argblob + envblob
 
 
-async def submit(argv: Sequence[bytes], envp: Sequence[bytes],
-                 fd_map: Sequence[tuple[int, int]]) -> _Spawner | None:
+async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[tuple[int, int]],
+                 identity: Identity) -> _Spawner | None:
     """Hand one jail to the spawner, and return it (to ``claim`` the PID it answers with); None when the
     request must take the one-shot helper instead.
 
-    ``fd_map`` holds (fd here, fd in init) pairs, the error pipe first.  Once this returns a spawner the
-    request is the spawner's: its answer comes on the error pipe, and an error pipe that reaches EOF
-    without a PID record means the spawner died first.
+    ``identity`` is the caller's, from ``server_state()``.  ``fd_map`` holds (fd here, fd in init) pairs,
+    the error pipe first.  Once this returns a spawner the request is the spawner's: its answer comes on
+    the error pipe, and an error pipe that reaches EOF without a PID record means the spawner died first.
     """
     if len(fd_map) > MAX_FDS:
         return None
@@ -281,7 +310,7 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes],
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
     restarted = False
     while True:
-        spawner = _get()
+        spawner = _get(identity)
         # Under the lock: another thread may retire this spawner (and close its socket) at any moment,
         # and the books on waiting inits are kept under it too.
         with _lock:

@@ -502,3 +502,25 @@ async def test_the_program_gets_the_servers_umask_of_the_moment() -> None:
         assert await umask() == b"0027\n"
     finally:
         os.umask(old)
+
+
+def test_a_server_that_sets_no_new_privs_gets_a_new_spawner() -> None:
+    """Capabilities, no_new_privs and seccomp are part of what a spawner freezes: a server that gives up
+    privileges after its first spawn must not have its jails made with the old ones.  no_new_privs is the
+    one an ordinary user can change, so that is what this sets."""
+    done = _run_server("""
+        import asyncio, ctypes, aiogaol
+        from aiogaol import _spawner
+        async def nnp():
+            p = await aiogaol.create_sandboxed_subprocess(aiogaol.system_profile(), "true")
+            assert await p.wait() == 0
+            with open(f"/proc/{_spawner.spawner_pid()}/status") as f:
+                return [l.split()[1] for l in f if l.startswith("NoNewPrivs:")][0]
+        before = asyncio.run(nnp())
+        first = _spawner.spawner_pid()
+        PR_SET_NO_NEW_PRIVS = 38
+        assert ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+        after = asyncio.run(nnp())
+        print(before, after, first != _spawner.spawner_pid())
+    """)
+    assert (done.returncode, done.stdout) == (0, "0 1 True\n"), done.stderr
