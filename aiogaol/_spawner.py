@@ -35,6 +35,7 @@ requests too large for one message (more than ``MAX_MESSAGE`` bytes of arguments
 from __future__ import annotations
 
 import array
+import errno
 import atexit
 import os
 import signal
@@ -47,6 +48,7 @@ import anyio
 from collections.abc import Sequence
 
 from . import _ffi
+from ._errors import SandboxSetupError
 
 MAX_MESSAGE = 64 * 1024  # bytes of header, arguments and environment in one request
 MAX_FDS = 253  # SCM_MAX_FD: the most fds one message can carry
@@ -323,10 +325,11 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
                 return spawner
             except BlockingIOError:
                 pass
-            except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError):
+            except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError) as e:
                 # It died (killed from outside): start another, once per request.
                 if restarted:
-                    raise
+                    raise SandboxSetupError("start helper", e.errno or errno.EPIPE,
+                                            "the spawner died, and the one started after it died too") from e
                 restarted = True
                 spawner.dead = True  # _get retires it (its inits are killed and reaped)
                 continue
