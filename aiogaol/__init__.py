@@ -19,6 +19,7 @@ from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll
                        NetworkOutbound, OperationSupportLevel, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
 from ._ready import python_executable, python_profile, system_profile
 from ._run import Result, RunError, Status, run
+from ._spawner import shutdown as shutdown_spawner
 from ._stdio import DEVNULL, PIPE, STDOUT
 
 
@@ -36,5 +37,6 @@ __all__ = [
     "ProgramPermissionError", "STDOUT", "SandboxSetupError", "SandboxedProcess", "Subpath",
     "SystemInfoRead", "Tcp", "Tmpfs", "UNLIMITED", "UnsupportedOperation", "Usage",
     "UserNamespacesUnavailable", "check", "create_sandboxed_subprocess", "explain", "python_executable",
-    "python_profile", "Result", "RunError", "Status", "run", "spawn", "support", "system_profile", "__version__",
+    "python_profile", "Result", "RunError", "Status", "run", "shutdown_spawner", "spawn", "support", "system_profile",
+    "__version__",
 ]

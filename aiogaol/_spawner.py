@@ -347,8 +347,11 @@ def owned_fds() -> set[int]:
 
 
 def shutdown() -> None:
-    """Let this process's spawner go (and kill and reap the inits it made ahead of time); the next spawn
-    starts a new one.  Blocks for as long as the spawner takes to finish what was already sent."""
+    """Let this process's spawner go, with the init it made ahead of time (killed and reaped); the next
+    spawn starts a new one.  For a server that wants no idle helper process while it spawns nothing, or
+    tests.  Blocks while the spawner finishes the requests already sent (at most RETIRE_TIMEOUT seconds;
+    a spawner that does not answer by then is finished at a later spawn).  Public as
+    ``aiogaol.shutdown_spawner``."""
     global _current
     with _lock:
         cur = _current

@@ -311,7 +311,7 @@ async def test_a_jail_on_the_host_network_does_not_take_the_waiting_init() -> No
 async def test_shutdown_kills_and_reaps_the_waiting_init() -> None:
     assert await (await _true()).wait() == 0
     (pid,) = await _waiting()
-    _spawner.shutdown()
+    aiogaol.shutdown_spawner()  # the public name
     assert _gone(pid) and zombie_children() == []
 
 
