@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,16 +35,40 @@ DEFAULT_GRACE_PERIOD = 2.0  # seconds between SIGTERM and SIGKILL when a block i
 _READ_SIZE = 65536
 
 
-class PipeReceiveStream(anyio.abc.ByteReceiveStream):
-    """Our read end of a pipe from the jail (its stdout or stderr)."""
+class _PipeEnd:
+    """Our end of one of the jail's stdio pipes: a non-blocking fd, closed at once by ``close``."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, doing: str) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
-        self._guard = anyio.ResourceGuard("reading from")
+        self._guard = anyio.ResourceGuard(doing)
 
     def fileno(self) -> int:
         return self._fd
+
+    async def aclose(self) -> None:
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Close at once; a task blocked on the fd gets ``ClosedResourceError`` (and for stdin, the
+        program reads EOF)."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        try:
+            # Wake any task waiting on this fd before the number can be reused by another open().
+            anyio.notify_closing(fd)
+        except RuntimeError:
+            pass  # not in an async context: nobody can be waiting
+        os.close(fd)
+
+
+class PipeReceiveStream(_PipeEnd, anyio.abc.ByteReceiveStream):
+    """Our read end of a pipe from the jail (its stdout or stderr)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd, "reading from")
 
     async def receive(self, max_bytes: int = _READ_SIZE) -> bytes:
         """The next chunk the program wrote; ``anyio.EndOfStream`` once it closed its end."""
@@ -66,26 +89,12 @@ class PipeReceiveStream(anyio.abc.ByteReceiveStream):
                     raise anyio.EndOfStream
                 return data
 
-    async def aclose(self) -> None:
-        self.close()
-        await anyio.lowlevel.checkpoint()
 
-    def close(self) -> None:
-        """Close at once; a task blocked in ``receive`` gets ``ClosedResourceError``."""
-        _close_fd(self._fd)
-        self._fd = -1
-
-
-class PipeSendStream(anyio.abc.ByteSendStream):
+class PipeSendStream(_PipeEnd, anyio.abc.ByteSendStream):
     """Our write end of the pipe that is the jail's stdin."""
 
     def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self._fd = fd
-        self._guard = anyio.ResourceGuard("writing to")
-
-    def fileno(self) -> int:
-        return self._fd
+        super().__init__(fd, "writing to")
 
     async def send(self, item: bytes) -> None:
         """Write all of ``item``; ``anyio.BrokenResourceError`` if the program closed its stdin."""
@@ -104,26 +113,6 @@ class PipeSendStream(anyio.abc.ByteSendStream):
                     raise anyio.BrokenResourceError from e
                 view = view[written:]
             await anyio.lowlevel.cancel_shielded_checkpoint()
-
-    async def aclose(self) -> None:
-        self.close()
-        await anyio.lowlevel.checkpoint()
-
-    def close(self) -> None:
-        """Close at once: the program reads EOF; a task blocked in ``send`` gets ``ClosedResourceError``."""
-        _close_fd(self._fd)
-        self._fd = -1
-
-
-def _close_fd(fd: int) -> None:
-    if fd < 0:
-        return
-    try:
-        # Wake any task waiting on this fd before the number can be reused by another open().
-        anyio.notify_closing(fd)
-    except RuntimeError:
-        pass  # not in an async context: nobody can be waiting
-    os.close(fd)
 
 
 class JailedProcess(JailFacts, anyio.abc.Process):
@@ -244,11 +233,7 @@ class JailedProcess(JailFacts, anyio.abc.Process):
                     await stream.aclose()
 
     def __del__(self) -> None:
-        jail = getattr(self, "_jail", None)
-        if jail is not None and jail.returncode is None:
-            warnings.warn(f"{self!r} was never closed; killing and reaping it", ResourceWarning,
-                          stacklevel=2, source=self)
-            jail.reap_blocking()
+        self._reap_abandoned("closed")
         for name in ("_stdin", "_stdout", "_stderr"):
             stream = getattr(self, name, None)
             if stream is not None and stream._fd >= 0:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -153,14 +152,11 @@ class SandboxedProcess(JailFacts):
         await self.aclose()
 
     def __del__(self) -> None:
-        jail = getattr(self, "_jail", None)
-        if jail is not None and jail.returncode is None:
-            warnings.warn(f"{self!r} was never waited for; killing and reaping it", ResourceWarning,
-                          stacklevel=2, source=self)
-            pidfd = jail.pidfd
-            if pidfd is not None and not self._loop.is_closed():
-                self._loop.remove_reader(pidfd)
-            jail.reap_blocking()
+        # A wait() still watching the pidfd loses its reader first: the reap closes that fd.
+        watched = getattr(self, "_watched", None)
+        if watched is not None and not self._loop.is_closed():
+            self._loop.remove_reader(watched)
+        self._reap_abandoned("waited for")
         for t in getattr(self, "_transports", []):
             if not self._loop.is_closed():
                 t.close()

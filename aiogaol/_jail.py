@@ -14,6 +14,7 @@ import signal
 import socket
 import struct
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 from dataclasses import dataclass
@@ -210,6 +211,15 @@ class JailFacts:
     def usage(self) -> Usage | None:
         """CPU, memory and wall time of the whole jail, once it has exited."""
         return self._jail.usage
+
+    def _reap_abandoned(self, never: str) -> None:
+        """For the faces' finalisers: a jail nobody waited for is killed and reaped, with a warning
+        (``never`` says what the caller failed to do)."""
+        jail = getattr(self, "_jail", None)  # absent if __init__ never ran
+        if jail is not None and jail.returncode is None:
+            warnings.warn(f"{self!r} was never {never}; killing and reaping it", ResourceWarning,
+                          stacklevel=3, source=self)
+            jail.reap_blocking()
 
     @property
     def step_timings(self) -> dict[str, float] | None:
