@@ -349,8 +349,8 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         for rec in records:
             if rec.kind == RECORD_PID:
                 init_pid = rec.value
-        if init_pid and spawner is not None and not spawner.claim(init_pid):
-            init_pid = 0  # an init made ahead of time, killed and reaped when its spawner was retired
+        if init_pid and not _owned(init_pid, spawner):
+            init_pid = 0
             raise SandboxSetupError("start helper", errno.ECANCELED,
                                     "the spawner was shut down while this jail was starting")
         failure = next((r for r in records if r.kind == RECORD_FAILURE), None)
@@ -380,9 +380,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             # queued) and is our child, so learn its PID before anything else.  The helper and the
             # spawner write it right after the clone and never block, so this short blocking read is
             # bounded (by the spawner's queue at worst).
-            init_pid = _read_init_pid(err_r, data)
-            if init_pid and spawner is not None and not spawner.claim(init_pid):
-                init_pid = 0
+            init_pid = _owned(_read_init_pid(err_r, data), spawner)
         if init_pid:
             kill_and_reap(init_pid)
         if helper_pid:
@@ -400,6 +398,12 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             life_jail.close()
         for fd in copies:
             os.close(fd)
+
+
+def _owned(pid: int, spawner: _spawner._Spawner | None) -> int:
+    """pid, if this launch owns that init now; 0 if the spawner made it ahead of time and its retirement
+    has killed and reaped it already (the PID may be another process's by now: not to be touched)."""
+    return pid if pid and (spawner is None or spawner.claim(pid)) else 0
 
 
 def _read_init_pid(err_r: int, data: bytes) -> int:

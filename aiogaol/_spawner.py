@@ -84,8 +84,6 @@ def server_state() -> tuple[Identity, int | None]:
     return (os.getpid(), *fields), umask
 
 
-def _identity() -> Identity:
-    return server_state()[0]
 
 
 def kill_and_reap(pid: int) -> None:
@@ -126,6 +124,10 @@ class _Spawner:
         self.reaped = False
         self.dead = False  # a send found it gone
         self.retiring: socket.socket | None = None  # our end, after EOF was sent, until its reports end
+
+    def ours(self) -> bool:
+        """False for a spawner inherited across a fork: it and its inits are our parent's children."""
+        return self.identity[0] == os.getpid()
 
     def fds(self) -> set[int]:
         return {s.fileno() for s in (self.sock, self.retiring) if s is not None}
@@ -248,6 +250,8 @@ def _close_at_exit() -> None:
     if cur is not None and cur.sock is not None:
         cur.sock.close()
         cur.sock = None
+
+
 _retired: list[_Spawner] = []  # retired but not yet reaped (a spawner that did not exit in time)
 
 
@@ -258,16 +262,15 @@ def _reap_retired() -> None:
 
 
 def _drop(spawner: _Spawner) -> None:
-    ours = spawner.identity[0] == os.getpid()
+    ours = spawner.ours()
     spawner.retire(ours=ours)
     if ours and (not spawner.reaped or spawner.retiring is not None) and spawner not in _retired:
         _retired.append(spawner)
 
 
-def _get(identity: Identity | None = None) -> _Spawner:
-    """This server's spawner, started or replaced as needed (``identity`` from ``server_state``)."""
+def _get(ident: Identity) -> _Spawner:
+    """This server's spawner, started or replaced as needed (``ident`` from ``server_state``)."""
     global _current, _at_exit_registered
-    ident = identity if identity is not None else _identity()
     cur = _current
     if cur is not None and cur.sock is not None and not cur.dead and cur.identity == ident:
         if _retired:
@@ -342,8 +345,7 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
 def owned_fds() -> set[int]:
     """The fds the spawner's connection holds in this process (and a retired one's, until it has
     finished): they stay open on purpose."""
-    me = os.getpid()
-    return {fd for sp in [_current, *_retired] if sp is not None and sp.identity[0] == me for fd in sp.fds()}
+    return {fd for sp in [_current, *_retired] if sp is not None and sp.ours() for fd in sp.fds()}
 
 
 def shutdown() -> None:
@@ -364,14 +366,15 @@ def shutdown() -> None:
 def spawner_pid() -> int | None:
     """The PID of this process's spawner, if one runs (for tests and diagnostics)."""
     cur = _current
-    alive = cur is not None and cur.sock is not None and not cur.dead
-    return cur.pid if alive and cur is not None and cur.identity[0] == os.getpid() else None
+    if cur is None or cur.sock is None or cur.dead or not cur.ours():
+        return None
+    return cur.pid
 
 
 def waiting_pids() -> set[int]:
     """The inits this process's spawner made ahead of time, as far as reported (for tests)."""
     cur = _current
-    if cur is None or cur.identity[0] != os.getpid():
+    if cur is None or not cur.ours():
         return set()
     with _lock:
         cur.drain()

@@ -138,7 +138,7 @@ async def test_a_malformed_request_fails_alone_and_the_spawner_serves_on() -> No
     assert await (await _true()).wait() == 0
     pid = _spawner.spawner_pid()
     assert pid is not None
-    sock = _spawner._get().sock
+    sock = _spawner._get(_spawner.server_state()[0]).sock
     assert sock is not None
     r, w = os.pipe()
     try:

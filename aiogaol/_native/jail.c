@@ -253,15 +253,20 @@ struct plan {
 static struct plan plan;
 static int switch_identity;
 
+static void time_record(struct aiogaol_record *rec, int step, uint64_t ns)
+{
+    memset(rec, 0, sizeof *rec);
+    rec->kind = AIOGAOL_RECORD_TIME;
+    rec->step = step;
+    memcpy(rec->detail, &ns, sizeof ns);
+}
+
 static void mark_at(int step, uint64_t ns)
 {
     struct aiogaol_record rec;
     if (!plan.timings || err_fd < 0)
         return;
-    memset(&rec, 0, sizeof rec);
-    rec.kind = AIOGAOL_RECORD_TIME;
-    rec.step = step;
-    memcpy(rec.detail, &ns, sizeof ns);
+    time_record(&rec, step, ns);
     write_all(err_fd, &rec, sizeof rec);
 }
 
@@ -269,13 +274,9 @@ static void mark_at(int step, uint64_t ns)
 static void mark_lifeline(int step)
 {
     struct aiogaol_record rec;
-    uint64_t ns = now_ns();
     if (!plan.timings || plan.lifeline_fd < 0)
         return;
-    memset(&rec, 0, sizeof rec);
-    rec.kind = AIOGAOL_RECORD_TIME;
-    rec.step = step;
-    memcpy(rec.detail, &ns, sizeof ns);
+    time_record(&rec, step, now_ns());
     send(plan.lifeline_fd, &rec, sizeof rec, MSG_NOSIGNAL);
 }
 
