@@ -256,6 +256,18 @@ def _cgroup_report(runs: dict[str, object], backend: str) -> dict[str, Any]:
     return report
 
 
+def _controller_run(runs: dict[str, object], backend: str, key: str, controller: str) -> dict[str, Any]:
+    """The run that needed ``controller``, or a skip that names what the hierarchy lends instead."""
+    report = _cgroup_report(runs, backend)
+    if key not in report:
+        reason = f"the cgroup2 hierarchy here lends no {controller} controller (it has: {report['controllers']})"
+        print(reason)
+        pytest.skip(reason)
+    run = report[key]
+    assert isinstance(run, dict)
+    return run
+
+
 async def test_cgroup2_holds_the_whole_jail_and_bounds_its_cpu(cgroup2_runs: dict[str, object],
                                                                anyio_backend: str) -> None:
     report = _cgroup_report(cgroup2_runs, anyio_backend)
@@ -271,22 +283,12 @@ async def test_cgroup2_holds_the_whole_jail_and_bounds_its_cpu(cgroup2_runs: dic
 
 
 async def test_cgroup2_memory_max_reports_the_oom_kill(cgroup2_runs: dict[str, object], anyio_backend: str) -> None:
-    report = _cgroup_report(cgroup2_runs, anyio_backend)
-    if "hog" not in report:
-        reason = f"the cgroup2 hierarchy here lends no memory controller (it has: {report['controllers']})"
-        print(reason)
-        pytest.skip(reason)
-    hog = report["hog"]
+    hog = _controller_run(cgroup2_runs, anyio_backend, "hog", "memory")
     assert hog["status"] == "memory-limit" and hog["cgroup"]["oom_kills"] >= 1
     assert hog["enforced_by"]["memory"].startswith("cgroup memory.max")
     assert hog["cgroup"]["memory_peak"] is None or hog["cgroup"]["memory_peak"] <= (128 << 20) + (1 << 20)
 
 
 async def test_cgroup2_pids_max_stops_a_fork_bomb(cgroup2_runs: dict[str, object], anyio_backend: str) -> None:
-    report = _cgroup_report(cgroup2_runs, anyio_backend)
-    if "bomb" not in report:
-        reason = f"the cgroup2 hierarchy here lends no pids controller (it has: {report['controllers']})"
-        print(reason)
-        pytest.skip(reason)
-    bomb = report["bomb"]
+    bomb = _controller_run(cgroup2_runs, anyio_backend, "bomb", "pids")
     assert bomb["status"] == "process-limit" and bomb["cgroup"]["pids_max_hits"] >= 1
