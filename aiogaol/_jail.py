@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
-from . import _cgroup, _ffi, _pacing, _spawner
+from . import _cgroup, _ffi, _pacing, _spawner, _stdio
 from ._spawner import kill_and_reap
 from ._errors import SandboxSetupError, UserNamespacesUnavailable, setup_error
 from ._kernel import userns_block_reason
@@ -239,14 +239,6 @@ def _low_fd_safe(fd: int, target: int) -> int:
     return fd
 
 
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-        return True
-    except OSError:
-        return False
-
-
 async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readable: WaitReadable,
                  ticket: _pacing.Ticket) -> RunningJail:
     """Have the spawner (or, for what it does not take, a one-shot helper) start a jail for a validated
@@ -307,7 +299,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             timings = {"sent": time.monotonic_ns()}
         if cgroup is None:
             # A stdio slot left to inheritance is sent too: a posix_spawned helper would inherit it.
-            inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _is_open(t)]
+            inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _stdio.is_open(t)]
             spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, identity)
         if spawner is None:
             # posix_spawn applies the pairs in order: stdio first, as its dup2s must not clobber the rest.

@@ -7,12 +7,11 @@ bundle that only needs the handshake fds to become the helper's argv.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _fallback, _plan
+from . import _fallback, _plan, _stdio
 from ._limits import Limits, resolve_limits
 from ._profile import Profile
 
@@ -86,10 +85,8 @@ def check_pass_fds(pass_fds: Sequence[int]) -> tuple[int, ...]:
             raise TypeError(f"pass_fds must hold ints, not {type(fd).__name__}")
         if fd < 3:
             raise ValueError(f"pass_fds: {fd} is a standard stream; use stdin/stdout/stderr")
-        try:
-            os.fstat(fd)
-        except OSError as e:
-            raise ValueError(f"pass_fds: {fd} is not an open file descriptor") from e
+        if not _stdio.is_open(fd):
+            raise ValueError(f"pass_fds: {fd} is not an open file descriptor")
         if fd not in fds:
             fds.append(fd)
     return tuple(sorted(fds))

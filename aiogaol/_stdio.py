@@ -33,6 +33,14 @@ class Stdio:
                 self.parent[i] = -1
 
 
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
 def _fileno(value: object, name: str) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be None, PIPE, DEVNULL, an fd or a file object, not a bool")
