@@ -265,15 +265,15 @@ async def spawn(
     """
     check_argv(argv)
     grace = check_grace(grace_period)
-    ticket = await _pacing.admit()
-    args = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
-                           isolation=isolation)
-    stdio = _stdio.prepare(stdin, stdout, stderr)
-    try:
-        jail = await launch(args, stdio=stdio.child, wait_readable=anyio.wait_readable, ticket=ticket)
-    except BaseException:
-        stdio.close_all()
-        raise
+    async with _pacing.starting() as ticket:
+        args = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
+                               isolation=isolation)
+        stdio = _stdio.prepare(stdin, stdout, stderr)
+        try:
+            jail = await launch(args, stdio=stdio.child, wait_readable=anyio.wait_readable, ticket=ticket)
+        except BaseException:
+            stdio.close_all()
+            raise
     stdio.close_child_ends()
     # From here on nothing awaits before the process object owns every fd and the jail.
     fds, stdio.parent = stdio.parent, [-1, -1, -1]

@@ -202,17 +202,17 @@ async def create_sandboxed_subprocess(
     ``asyncio.create_subprocess_exec`` (``cwd`` is a path inside the jail, ``env`` is the whole
     environment apart from a minimal PATH).  ``isolation="landlock"`` opts into the weaker fallback for
     hosts that forbid user namespaces (see docs/security.md); ``"auto"`` uses it only there."""
-    ticket = await _pacing.admit()
-    pipesize = check_popen_kwargs(kwds)
-    spawn = SpawnArgs.build(profile, program, args, env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
-                            isolation=isolation)
-    loop = asyncio.get_running_loop()
-    stdio = _stdio.prepare(stdin, stdout, stderr, pipesize)
-    try:
-        jail = await launch(spawn, stdio=stdio.child, wait_readable=_wait_readable, ticket=ticket)
-    except BaseException:
-        stdio.close_all()
-        raise
+    async with _pacing.starting() as ticket:
+        pipesize = check_popen_kwargs(kwds)
+        spawn = SpawnArgs.build(profile, program, args, env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
+                                isolation=isolation)
+        loop = asyncio.get_running_loop()
+        stdio = _stdio.prepare(stdin, stdout, stderr, pipesize)
+        try:
+            jail = await launch(spawn, stdio=stdio.child, wait_readable=_wait_readable, ticket=ticket)
+        except BaseException:
+            stdio.close_all()
+            raise
     stdio.close_child_ends()
     proc = SandboxedProcess(jail, loop, spawn)
     try:

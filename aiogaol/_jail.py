@@ -247,7 +247,8 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
     Cancellation at any await kills and reaps whatever was started before re-raising.  The profile's
     seccomp filter (BPF bytes) travels in a pipe made for this spawn: the server keeps no filter fd
     between spawns, and no face can start a jail without its filter.  ``ticket`` is the face's admission
-    (see ``_pacing``), taken before it built ``spawn``: launch charges it once the request is sent.
+    (see ``_pacing``), taken before it built ``spawn``: launch charges it once the request is sent, and
+    gives back its starting slot once the jail has answered.
     """
     seccomp_filter = spawn.seccomp_filter
     isolation = spawn.isolation
@@ -322,6 +323,8 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             data += chunk
         if timings is not None:
             timings["answered"] = time.monotonic_ns()
+        if ticket.slot is not None:
+            ticket.slot.give_back()  # built (or failed): the next jail may start
         ticket = await _pacing.admit()  # the answer's half of the synchronous work (see _pacing)
         records = _parse_records(data)
         ended = "the spawner ended before it answered (was it killed?)"
@@ -415,11 +418,14 @@ def _read_init_pid(err_r: int, data: bytes) -> int:
 
 def _failure_error(rec: _Record) -> OSError:
     step = _ffi.step_name(rec.step)
-    if step == "unshare namespaces" and rec.err in (errno.EPERM, errno.ENOSPC, errno.EINVAL, errno.EACCES):
+    if (step == "unshare namespaces" and rec.detail != "network namespace"
+            and rec.err in (errno.EPERM, errno.ENOSPC, errno.EINVAL, errno.EACCES)):
         reason = userns_block_reason() or f"unshare failed with {errno.errorcode.get(rec.err, rec.err)}"
         return UserNamespacesUnavailable(rec.err, f"this host forbids user namespaces: {reason}; "
                                          "aiogaol needs them to build a jail")
     if step in ("write uid_map", "write gid_map", "write setgroups") and rec.err == errno.EPERM:
         reason = userns_block_reason() or "the id map was refused"
         return UserNamespacesUnavailable(rec.err, f"cannot map ids in a new user namespace: {reason}")
+    if step == "unshare namespaces" and rec.err == errno.ENOSPC:
+        return SandboxSetupError(step, rec.err, f"{rec.detail} (this host's user.max_net_namespaces is reached)")
     return setup_error(step, rec.err, rec.detail)

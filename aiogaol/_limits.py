@@ -24,7 +24,10 @@ class Limits:
     file written, open_files the fd table, cpu_time the CPU seconds of each process (RLIMIT_CPU; with a
     cgroup ``run`` also stops the jail when all its processes together used that much), wall_time the
     seconds from spawn to exit, output the bytes ``run`` keeps of stdout and of stderr (more ends the
-    run: status output-limit).  ``cgroup`` says where the jail's cgroup v2 goes: "auto" (detected at run
+    run: status output-limit).  nice is the jail's CPU niceness, 0 to 19 (``None`` keeps the server's):
+    by default 19, as in nsjail, so that untrusted programs and the building of their jails yield the
+    CPU to the server that started them (an event loop starved of CPU stalls every task it runs).  It is
+    only ever raised: a server already nicer than this keeps its own, and no jail can lower it again.  ``cgroup`` says where the jail's cgroup v2 goes: "auto" (detected at run
     time: ``AIOGAOL_CGROUP``, else this process's cgroup when it is a writable root), "none", or the
     path of a delegated cgroup directory (an error if it cannot be used).
     """
@@ -38,6 +41,7 @@ class Limits:
     output: int | None = 64 << 20
     core_dumps: bool = False
     cgroup: str = "auto"
+    nice: int | None = 19
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -53,6 +57,12 @@ class Limits:
                     raise TypeError("core_dumps must be a bool")
                 continue
             if value is None:
+                continue
+            if f.name == "nice":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"Limits.nice must be an int or None, not {type(value).__name__}")
+                if not 0 <= value <= 19:
+                    raise ProfileError(f"Limits.nice must be between 0 and 19, not {value}")
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Limits.{f.name} must be a number or None, not {type(value).__name__}")

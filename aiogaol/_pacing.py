@@ -8,20 +8,49 @@ of milliseconds.  Each loop gets a small budget per iteration; a spawn that find
 and the budget is given back at the start of the next iteration.  A spawn is admitted twice: once
 before its request is built (by the face, before any argument is converted) and once when its answer
 has arrived.
+
+The loop also limits how many jails are being built at once (``STARTING_PER_CPU`` per CPU): a jail's
+set-up is a few milliseconds of CPU in the kernel, and sixty-four of them runnable together would keep
+the loop's own thread waiting for a CPU for tens of milliseconds, although the burst as a whole ends
+no sooner.  The others wait their turn, in order, without holding anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import sniffio
 
-BUDGET = 0.002  # seconds of spawning per loop iteration
+BUDGET = 0.0005  # seconds of spawning per loop iteration
+STARTING_PER_CPU = 3  # jails being built at once, per CPU this process may run on
+
+
+def _starting_limit() -> int:
+    return max(4, STARTING_PER_CPU * len(os.sched_getaffinity(0)))
+
+
+class _Slots:
+    """The loop's starting slots: a FIFO semaphore of the loop's own library (asyncio's or trio's)."""
+
+    def __init__(self, semaphore: Callable[[int], Any]) -> None:
+        self.limit = _starting_limit()
+        self.sem = semaphore(self.limit)
+        self.taken = 0
+
+    async def take(self) -> None:
+        await self.sem.acquire()
+        self.taken += 1
+
+    def give_back(self) -> None:
+        self.taken -= 1
+        self.sem.release()
 
 
 @dataclass
@@ -30,6 +59,7 @@ class _Pacer:
     # The library's own "yield to the loop once": anyio's generic checkpoint would import anyio's
     # backend module on first use, tens of milliseconds spent on the loop in the middle of a burst.
     checkpoint: Callable[[], Awaitable[None]]
+    slots: _Slots = field(repr=False)
     spent: float = 0.0
     reset_pending: bool = False
 
@@ -54,13 +84,15 @@ def _current() -> _Pacer:
             return var.get()
         except LookupError:
             token = trio.lowlevel.current_trio_token()
-            pacer = _Pacer(lambda fn: token.run_sync_soon(fn), trio.lowlevel.checkpoint)
+            pacer = _Pacer(lambda fn: token.run_sync_soon(fn), trio.lowlevel.checkpoint,
+                           _Slots(trio.Semaphore))
             var.set(pacer)
             return pacer
     loop = asyncio.get_running_loop()
     found = _asyncio_pacers.get(loop)
     if found is None:
-        found = _asyncio_pacers[loop] = _Pacer(loop.call_soon, _asyncio_checkpoint)
+        found = _Pacer(loop.call_soon, _asyncio_checkpoint, _Slots(asyncio.Semaphore))
+        _asyncio_pacers[loop] = found
     return found
 
 
@@ -68,6 +100,7 @@ def _current() -> _Pacer:
 class Ticket:
     pacer: _Pacer
     started: float
+    slot: Slot | None = None  # the starting slot, for a spawn's first ticket (see starting())
 
 
 async def _asyncio_checkpoint() -> None:
@@ -89,6 +122,41 @@ def charge(ticket: Ticket) -> None:
     if not pacer.reset_pending:
         pacer.reset_pending = True
         pacer.schedule(pacer.reset)
+
+
+class Slot:
+    """A starting slot held by one spawn; given back once, when its jail has answered or it failed."""
+
+    def __init__(self, slots: _Slots) -> None:
+        self._slots: _Slots | None = slots
+
+    def give_back(self) -> None:
+        if self._slots is not None:
+            self._slots.give_back()
+            self._slots = None
+
+
+@contextlib.asynccontextmanager
+async def starting() -> AsyncIterator[Ticket]:
+    """A spawn's admission, for the faces to hold around everything from checking the arguments to the
+    jail's answer: one of the loop's starting slots (waited for in order, see the module's docstring),
+    then budget.  ``launch`` gives the slot back as soon as the jail has answered; leaving the block
+    gives it back in any case."""
+    slots = _current().slots
+    await slots.take()
+    slot = Slot(slots)
+    try:
+        ticket = await admit()
+        ticket.slot = slot
+        yield ticket
+    finally:
+        slot.give_back()
+
+
+def slots_in_use() -> tuple[int, int]:
+    """(taken, limit) of this loop's starting slots: for tests, which check that none is left taken."""
+    slots = _current().slots
+    return slots.taken, slots.limit
 
 
 @contextlib.asynccontextmanager

@@ -251,8 +251,8 @@ def _nobody_mapped() -> bool:
 
 
 def helper_argv(plan: JailPlan, *, err_fd: int, lifeline_fd: int, keep_fds: Sequence[int], cwd: str,
-                umask: int | None, rlimits: Sequence[tuple[int, int, int]], seccomp_fd: int | None,
-                extra: Sequence[str], argv: Sequence[bytes]) -> list[bytes]:
+                umask: int | None, rlimits: Sequence[tuple[int, int, int]], nice: int | None,
+                seccomp_fd: int | None, extra: Sequence[str], argv: Sequence[bytes]) -> list[bytes]:
     head = ["aiogaol-jail", "--err", str(err_fd), "--lifeline", str(lifeline_fd), "--chdir", cwd]
     if umask is not None:
         # The server's umask of the moment: the spawner's own is the one it was started with.
@@ -264,6 +264,8 @@ def helper_argv(plan: JailPlan, *, err_fd: int, lifeline_fd: int, keep_fds: Sequ
         head += ["--keep", str(fd)]
     for resource, soft, hard in rlimits:
         head += ["--rlimit", str(resource), str(soft), str(hard)]
+    if nice is not None:
+        head += ["--nice", str(nice)]
     if seccomp_fd is not None:
         head += ["--seccomp-fd", str(seccomp_fd)]
     head += list(extra)

@@ -363,32 +363,31 @@ async def run(
         raise TypeError(f"input must be bytes, not {type(input).__name__}")
     grace = check_grace(grace_period)
     limits = resolve_limits(limits)
-    ticket = await _pacing.admit()
-    spawn = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
-                            isolation=isolation)
-
     ours: list[int] = []  # our ends: stdin (write) or -1, stdout, stderr
     theirs: list[int] = []  # the jail's ends, closed as soon as the helper has them
-    try:
-        if input is not None:
-            r, w = os.pipe2(os.O_CLOEXEC)
-            theirs.append(r)
-            ours.append(w)
-        else:
-            theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-            ours.append(-1)
-        for _ in range(2):
-            r, w = os.pipe2(os.O_CLOEXEC)
-            ours.append(r)
-            theirs.append(w)
-        for fd in ours:
-            if fd >= 0:
-                os.set_blocking(fd, False)
-        jail = await launch(spawn, stdio=list(theirs), wait_readable=anyio.wait_readable, ticket=ticket)
-    except BaseException:
-        _close(ours)
-        _close(theirs)
-        raise
+    async with _pacing.starting() as ticket:
+        spawn = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
+                                isolation=isolation)
+        try:
+            if input is not None:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                theirs.append(r)
+                ours.append(w)
+            else:
+                theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                ours.append(-1)
+            for _ in range(2):
+                r, w = os.pipe2(os.O_CLOEXEC)
+                ours.append(r)
+                theirs.append(w)
+            for fd in ours:
+                if fd >= 0:
+                    os.set_blocking(fd, False)
+            jail = await launch(spawn, stdio=list(theirs), wait_readable=anyio.wait_readable, ticket=ticket)
+        except BaseException:
+            _close(ours)
+            _close(theirs)
+            raise
     _close(theirs)
 
     outcome = _Outcome()

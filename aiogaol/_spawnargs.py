@@ -137,5 +137,6 @@ class SpawnArgs:
         controllers = cgroup.controllers if cgroup is not None else frozenset()
         rlimits = self.limits.rlimits(cgroup_memory="memory" in controllers, cgroup_pids="pids" in controllers)
         return _plan.helper_argv(self.plan, err_fd=err_fd, lifeline_fd=lifeline_fd, keep_fds=self.pass_fds,
-                                 cwd=self.cwd, umask=umask, rlimits=rlimits, seccomp_fd=seccomp_fd, extra=extra,
+                                 cwd=self.cwd, umask=umask, rlimits=rlimits, nice=self.limits.nice,
+                                 seccomp_fd=seccomp_fd, extra=extra,
                                  argv=self.argv)

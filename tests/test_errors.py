@@ -124,3 +124,39 @@ async def test_forbidden_user_namespaces_raise_a_named_error() -> None:
         pytest.skip(f"cannot create the outer user namespace here: {done.stderr.strip()}")
     assert "REFUSED:" in done.stdout, done.stdout + done.stderr
     assert "user.max_user_namespaces is 0" in done.stdout
+
+
+NO_NETNS = """
+import asyncio, sys
+sys.path.insert(0, {root!r})
+import aiogaol
+async def main():
+    try:
+        await aiogaol.run(aiogaol.system_profile(), ["/bin/true"])
+    except aiogaol.UserNamespacesUnavailable as e:
+        print("WRONG:", e)
+    except aiogaol.SandboxSetupError as e:
+        print("REFUSED:", e.step, "|", e)
+    else:
+        print("SPAWNED")
+    # A profile that keeps the host's network needs no network namespace of its own.
+    shared = aiogaol.system_profile([aiogaol.NetworkOutbound(aiogaol.Tcp(80))])
+    r = await aiogaol.run(shared, ["/bin/true"])
+    print("SHARED:", r.status.value)
+asyncio.run(main())
+"""
+
+
+async def test_no_network_namespace_left_is_a_setup_error_naming_the_sysctl() -> None:
+    """Exhaust network namespaces for real: a user namespace whose user.max_net_namespaces is 0.  Init
+    makes the jail's network namespace itself, so this fails there, and must not pass for forbidden
+    user namespaces (those still work)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(aiogaol.__file__)))
+    script = f"echo 0 > /proc/sys/user/max_net_namespaces && exec {sys.executable} -c \"$0\""
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", script, NO_NETNS.format(root=root)],
+                          capture_output=True, text=True, timeout=60)
+    if "unshare failed" in done.stderr:
+        pytest.skip(f"cannot create the outer user namespace here: {done.stderr.strip()}")
+    assert "REFUSED: unshare namespaces |" in done.stdout, done.stdout + done.stderr
+    assert "network namespace" in done.stdout and "max_net_namespaces" in done.stdout
+    assert "SHARED: ok" in done.stdout, done.stdout + done.stderr

@@ -152,6 +152,56 @@ async def test_limits_are_validated() -> None:
         Limits(processes=2.5)  # type: ignore[arg-type]
 
 
+async def test_nice_is_validated() -> None:
+    for bad in (-1, 20):
+        with pytest.raises(aiogaol.ProfileError, match="between 0 and 19"):
+            Limits(nice=bad)
+    for wrong in (True, 1.5, "10"):
+        with pytest.raises(TypeError, match="nice"):
+            Limits(nice=wrong)  # type: ignore[arg-type]
+
+
+
+async def test_jails_run_at_nice_19_by_default_or_as_asked(scratch_profile: aiogaol.Profile, python: str) -> None:
+    """What the kernel says of the program's niceness (and that of what it starts, which inherits it)."""
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0, "the test server itself must run at nice 0"
+    cases = {None: b"19", Limits(nice=5): b"5", Limits(nice=0): b"0", Limits(nice=None): b"0"}
+    for limits, want in cases.items():
+        r = await run_py(scratch_profile, python,
+                         "import os, subprocess, sys; print(os.getpriority(os.PRIO_PROCESS, 0));"
+                         "sys.stdout.flush(); subprocess.run([sys.executable, '-c', "
+                         "'import os; print(os.getpriority(os.PRIO_PROCESS, 0))'])", limits=limits)
+        assert r.stdout.split() == [want, want], (limits, r.stdout, r.stderr)
+        # Lowering it again needs CAP_SYS_NICE in the host's user namespace, which no jail has.
+        if want != b"0":
+            r = await run_py(scratch_profile, python, "import os; os.setpriority(os.PRIO_PROCESS, 0, 0)",
+                             limits=limits)
+            assert b"PermissionError" in r.stderr, r.stderr
+
+
+NICER_SERVER = """
+import asyncio, os, sys
+sys.path.insert(0, {root!r})
+import aiogaol
+os.nice(12)
+async def main():
+    r = await aiogaol.run(aiogaol.python_profile(), [{python!r}, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"],
+                          limits=aiogaol.Limits(nice=5))
+    print("JAIL", r.stdout.decode().strip(), r.stderr.decode()[-300:])
+asyncio.run(main())
+"""
+
+
+async def test_a_nicer_server_keeps_its_own_niceness(python: str) -> None:
+    """nice is only ever raised: a server at 12 asking for 5 gets 12, not an error."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(aiogaol.__file__)))
+    done = subprocess.run([sys.executable, "-c", NICER_SERVER.format(root=root, python=python)],
+                          capture_output=True, text=True, timeout=60)
+    assert "JAIL 12 " in done.stdout, done.stdout + done.stderr
+
+
 async def test_a_c_program_out_of_address_space_is_memory_limit() -> None:
     # tail keeps the last "line" of an endless stream without newlines: it grows until malloc fails.
     r = await aiogaol.run(aiogaol.system_profile(), ["/usr/bin/tail", "-n1", "/dev/zero"],

@@ -216,6 +216,7 @@ struct plan {
     int err_fd; /* the error pipe, as numbered in init (--err) */
     int timings; /* --timings: a TIME record at each step boundary (a diagnostic) */
     int umask;   /* --umask: the program's (the server's at the spawn), or -1 to keep ours */
+    int nice;    /* --nice: the jail's niceness (only ever raised), or -1 to keep ours */
     int lifeline_fd;
     int seccomp_fd;
     int cgroup_fd; /* O_DIRECTORY fd of a cgroup v2 directory that init is created in, or -1 */
@@ -299,6 +300,7 @@ static void parse_args(int argc, char **argv, char **envp)
     memset(&plan, 0, sizeof plan);
     plan.err_fd = -1;
     plan.umask = -1;
+    plan.nice = -1;
     plan.lifeline_fd = -1;
     plan.seccomp_fd = -1;
     plan.cgroup_fd = -1;
@@ -368,6 +370,11 @@ static void parse_args(int argc, char **argv, char **envp)
         } else if (strcmp(o, "--root-size") == 0) {
             NEED(1);
             plan.root_size = parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--nice") == 0) {
+            NEED(1);
+            plan.nice = (int)parse_num(argv[++i], 10);
+            if (plan.nice > 19)
+                fail(AIOGAOL_STEP_ARGS, EINVAL, "--nice above 19");
         } else if (strcmp(o, "--umask") == 0) {
             NEED(1);
             plan.umask = (int)parse_num(argv[++i], 8);
@@ -1300,6 +1307,22 @@ static void init_fds(int also)
         fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
 }
 
+/* The jail's niceness, set by init before it builds anything: the jail's set-up and its program then
+ * both yield the CPU to the server (see Limits.nice).  Only ever raised, which needs no privilege; a
+ * jail cannot lower it again, having no CAP_SYS_NICE in the host's user namespace. */
+static void apply_nice(void)
+{
+    int now;
+    if (plan.nice < 0)
+        return;
+    errno = 0;
+    now = getpriority(PRIO_PROCESS, 0);
+    if (now == -1 && errno)
+        fail(AIOGAOL_STEP_PRIORITY, errno, "getpriority");
+    if (plan.nice > now && setpriority(PRIO_PROCESS, 0, plan.nice) < 0)
+        fail(AIOGAOL_STEP_PRIORITY, errno, "setpriority");
+}
+
 /* Init's first steps, in both modes: its fds in place, the rest closed, then wait for the id maps. */
 static void __attribute__((noreturn)) init_child(void)
 {
@@ -1320,6 +1343,12 @@ static void __attribute__((noreturn)) init_child(void)
         fail(AIOGAOL_STEP_CLONE_INIT, EIO, "the process that created init ended before the id maps");
     }
     close(sync_fds[0]);
+    apply_nice();
+    /* The network namespace is made here rather than in the clone: creating one is the dearest part of
+     * a jail's namespaces, and here it is paid at the jail's niceness rather than by the spawner, whose
+     * CPU time competes with the server's. */
+    if (plan.unshare_net && !plan.no_namespaces && unshare(CLONE_NEWNET) < 0)
+        fail(AIOGAOL_STEP_UNSHARE, errno, "network namespace");
     mark(AIOGAOL_STEP_MAKE_PRIVATE);
     run_init();
 }
@@ -1369,9 +1398,7 @@ static pid_t start_jail(void)
     pid_t init;
 
     resolve_identity(uid, gid);
-    flags = JAIL_NAMESPACES;
-    if (plan.unshare_net)
-        flags |= CLONE_NEWNET;
+    flags = JAIL_NAMESPACES; /* init unshares the network namespace itself (see init_child) */
     if (plan.no_namespaces)
         flags = 0; /* the fallback: init is only the server's child and the program's supervisor */
     if (pipe2(sync_fds, O_CLOEXEC) < 0)
@@ -1662,6 +1689,7 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
     resolve_identity(uid, gid); /* the spawner checked that the request wants the ids mapped here */
     place_fds();
     init_fds(-1);
+    apply_nice();
     mark_at(AIOGAOL_STEP_MAKE_PRIVATE, got);
     run_init();
 }

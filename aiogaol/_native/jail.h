@@ -53,7 +53,8 @@
     X(INTERPRETER, "exec (program found, its ELF interpreter or script interpreter is not in the jail)") \
     X(HAND_OVER, "hand the request to a waiting init")    \
     X(REAP_PROGRAM, "reap the program")                    \
-    X(REPORT_EXIT, "report the exit status")
+    X(REPORT_EXIT, "report the exit status")              \
+    X(PRIORITY, "set the jail's niceness")
 
 enum aiogaol_step {
 #define AIOGAOL_STEP_ENUM(name, text) AIOGAOL_STEP_##name,
