@@ -27,9 +27,10 @@ class Limits:
     run: status output-limit).  nice is the jail's CPU niceness, 0 to 19 (``None`` keeps the server's):
     by default 19, as in nsjail, so that untrusted programs and the building of their jails yield the
     CPU to the server that started them (an event loop starved of CPU stalls every task it runs).  It is
-    only ever raised: a server already nicer than this keeps its own, and no jail can lower it again.  ``cgroup`` says where the jail's cgroup v2 goes: "auto" (detected at run
-    time: ``AIOGAOL_CGROUP``, else this process's cgroup when it is a writable root), "none", or the
-    path of a delegated cgroup directory (an error if it cannot be used).
+    only ever raised: a server already nicer than this keeps its own, and no jail can lower it again.
+    ``cgroup`` says where the jail's cgroup v2 goes: "auto" (detected at run time: ``AIOGAOL_CGROUP``,
+    else this process's cgroup when it is a writable root), "none", or the path of a delegated cgroup
+    directory (an error if it cannot be used).
     """
 
     wall_time: float | None = None

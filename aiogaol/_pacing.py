@@ -28,7 +28,7 @@ from typing import Any
 
 import sniffio
 
-BUDGET = 0.0005  # seconds of spawning per loop iteration
+BUDGET = 0.00025  # seconds of spawning per loop iteration
 STARTING_PER_CPU = 3  # jails being built at once, per CPU this process may run on
 
 
