@@ -301,7 +301,8 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         if cgroup is None:
             # A stdio slot left to inheritance is sent too: a posix_spawned helper would inherit it.
             inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _stdio.is_open(t)]
-            spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, identity)
+            spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, identity,
+                                            _spawner.jail_niceness(spawn.limits.nice))
         if spawner is None:
             # posix_spawn applies the pairs in order: stdio first, as its dup2s must not clobber the rest.
             if cgroup is not None:

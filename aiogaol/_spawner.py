@@ -1,4 +1,5 @@
-"""The spawner: the jail helper kept running, one per server process, starting jails on request.
+"""The spawner: the jail helper kept running, one per server process (and niceness), starting jails on
+request.
 
 A one-shot helper costs every spawn a posix_spawn, an exec of the helper, its start-up and its exit, about
 half of a jail's latency, and posix_spawn is the one step that blocks the event loop.  The spawner pays
@@ -27,6 +28,11 @@ What a long-lived child must not do to its server, it does not:
 * it, and every init it made ahead of time, is reaped by the server like any child, never by
   ``waitpid(-1)``.
 
+A spawner runs at the niceness of the jails it serves (19 for default jails, see ``Limits.nice``): its
+clones and id maps are part of building a jail, and should yield the CPU to the server as the rest of it
+does.  An init cannot be less nice than its creator, so a jail that asks for another niceness gets a
+spawner of its own niceness, started at its first such spawn.
+
 Two kinds of spawn still go through the one-shot helper: jails placed in a cgroup (where clone3 lacks
 CLONE_INTO_CGROUP the helper moves itself into the cgroup first, which the spawner must never do), and
 requests too large for one message (more than ``MAX_MESSAGE`` bytes of arguments, or ``MAX_FDS`` fds).
@@ -49,6 +55,7 @@ from collections.abc import Sequence
 
 from . import _ffi
 from ._errors import SandboxSetupError
+from ._limits import DEFAULT_LIMITS
 
 MAX_MESSAGE = 64 * 1024  # bytes of header, arguments and environment in one request
 MAX_FDS = 253  # SCM_MAX_FD: the most fds one message can carry
@@ -104,12 +111,13 @@ def kill_and_reap(pid: int) -> None:
 
 
 class _Spawner:
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, nice: int) -> None:
         self.identity = identity
+        self.nice = nice
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            self.pid = _ffi.spawn_helper([b"aiogaol-jail", b"--serve", b"%d" % theirs.fileno()], [],
+            self.pid = _ffi.spawn_helper([b"aiogaol-jail", b"--serve", b"%d" % theirs.fileno(), b"%d" % nice], [],
                                          [(null, 0), (null, 1), (null, 2), (theirs.fileno(), theirs.fileno())])
         except BaseException:
             ours.close()
@@ -229,7 +237,7 @@ class _Spawner:
 
 
 _lock = threading.RLock()
-_current: _Spawner | None = None
+_spawners: dict[int, _Spawner] = {}  # by niceness: each serves the jails that run at its own
 _at_exit_registered = False
 
 
@@ -246,10 +254,10 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _close_at_exit() -> None:
     """At interpreter exit: close our end (the spawner and its waiting init exit at EOF; the process that
     reaps them is the one exiting), rather than leave the socket to the garbage collector's warning."""
-    cur = _current
-    if cur is not None and cur.sock is not None:
-        cur.sock.close()
-        cur.sock = None
+    for cur in list(_spawners.values()):
+        if cur.sock is not None:
+            cur.sock.close()
+            cur.sock = None
 
 
 _retired: list[_Spawner] = []  # retired but not yet reaped (a spawner that did not exit in time)
@@ -268,23 +276,26 @@ def _drop(spawner: _Spawner) -> None:
         _retired.append(spawner)
 
 
-def _get(ident: Identity) -> _Spawner:
-    """This server's spawner, started or replaced as needed (``ident`` from ``server_state``)."""
-    global _current, _at_exit_registered
-    cur = _current
+def _get(ident: Identity, nice: int) -> _Spawner:
+    """This server's spawner for jails at niceness ``nice``, started or replaced as needed (``ident`` from
+    ``server_state``).  A change of identity retires every spawner, not only this one: none may go on
+    holding privileges the server gave up."""
+    global _at_exit_registered
+    cur = _spawners.get(nice)
     if cur is not None and cur.sock is not None and not cur.dead and cur.identity == ident:
         if _retired:
             with _lock:
                 _reap_retired()
         return cur
     with _lock:
-        cur = _current
-        if cur is not None and (cur.sock is None or cur.dead or cur.identity != ident):
-            _drop(cur)
-            cur = _current = None
+        for key, old in list(_spawners.items()):
+            if old.sock is None or old.dead or old.identity != ident:
+                _drop(old)
+                del _spawners[key]
         _reap_retired()
+        cur = _spawners.get(nice)
         if cur is None:
-            cur = _current = _Spawner(ident)
+            cur = _spawners[nice] = _Spawner(ident, nice)
             if not _at_exit_registered:
                 atexit.register(_close_at_exit)
                 _at_exit_registered = True
@@ -298,11 +309,12 @@ def _message(argv: Sequence[bytes], envp: Sequence[bytes], targets: Sequence[int
 
 
 async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[tuple[int, int]],
-                 identity: Identity) -> _Spawner | None:
+                 identity: Identity, nice: int) -> _Spawner | None:
     """Hand one jail to the spawner, and return it (to ``claim`` the PID it answers with); None when the
     request must take the one-shot helper instead.
 
-    ``identity`` is the caller's, from ``server_state()``.  ``fd_map`` holds (fd here, fd in init) pairs,
+    ``identity`` is the caller's, from ``server_state()``; ``nice`` the niceness the jail runs at, which
+    picks the spawner (see ``jail_niceness``).  ``fd_map`` holds (fd here, fd in init) pairs,
     the error pipe first.  Once this returns a spawner the request is the spawner's: its answer comes on
     the error pipe, and an error pipe that reaches EOF without a PID record means the spawner died first.
     """
@@ -315,7 +327,7 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
     restarted = False
     while True:
-        spawner = _get(identity)
+        spawner = _get(identity, nice)
         # Under the lock: another thread may retire this spawner (and close its socket) at any moment,
         # and the books on waiting inits are kept under it too.
         with _lock:
@@ -345,37 +357,44 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
 def owned_fds() -> set[int]:
     """The fds the spawner's connection holds in this process (and a retired one's, until it has
     finished): they stay open on purpose."""
-    return {fd for sp in [_current, *_retired] if sp is not None and sp.ours() for fd in sp.fds()}
+    return {fd for sp in [*_spawners.values(), *_retired] if sp.ours() for fd in sp.fds()}
 
 
 def shutdown() -> None:
-    """Let this process's spawner go, with the init it made ahead of time (killed and reaped); the next
-    spawn starts a new one.  For a server that wants no idle helper process while it spawns nothing, or
-    tests.  Blocks while the spawner finishes the requests already sent (at most RETIRE_TIMEOUT seconds;
-    a spawner that does not answer by then is finished at a later spawn).  Public as
+    """Let this process's spawners go, with the inits they made ahead of time (killed and reaped); the
+    next spawn starts a new one.  For a server that wants no idle helper process while it spawns nothing,
+    or tests.  Blocks while each spawner finishes the requests already sent (at most RETIRE_TIMEOUT
+    seconds; a spawner that does not answer by then is finished at a later spawn).  Public as
     ``aiogaol.shutdown_spawner``."""
-    global _current
     with _lock:
-        cur = _current
-        _current = None
-        if cur is not None:
+        for key, cur in list(_spawners.items()):
+            del _spawners[key]
             _drop(cur)
         _reap_retired()
 
 
-def spawner_pid() -> int | None:
-    """The PID of this process's spawner, if one runs (for tests and diagnostics)."""
-    cur = _current
+def jail_niceness(nice: int | None) -> int:
+    """The niceness a jail asking for ``nice`` (``Limits.nice``) runs at: never below the calling
+    thread's own, which an unprivileged init could not go under."""
+    now = os.getpriority(os.PRIO_PROCESS, 0)
+    return now if nice is None else max(nice, now)
+
+
+def spawner_pid(nice: int | None = None) -> int | None:
+    """The PID of this process's spawner for jails at ``nice`` (by default, for default jails), if one
+    runs (for tests and diagnostics)."""
+    cur = _spawners.get(jail_niceness(DEFAULT_LIMITS.nice) if nice is None else nice)
     if cur is None or cur.sock is None or cur.dead or not cur.ours():
         return None
     return cur.pid
 
 
 def waiting_pids() -> set[int]:
-    """The inits this process's spawner made ahead of time, as far as reported (for tests)."""
-    cur = _current
-    if cur is None or not cur.ours():
-        return set()
+    """The inits this process's spawners made ahead of time, as far as reported (for tests)."""
     with _lock:
-        cur.drain()
-        return set(cur.waiting)
+        out: set[int] = set()
+        for cur in _spawners.values():
+            if cur.ours():
+                cur.drain()
+                out |= cur.waiting
+        return out

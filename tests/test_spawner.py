@@ -73,6 +73,33 @@ async def test_one_spawner_serves_every_jail_and_init_is_still_our_child() -> No
 
 
 @pytest.mark.asyncio
+async def test_a_spawner_per_niceness_each_at_its_own() -> None:
+    """Default jails are served by a spawner at niceness 19, jails at the server's niceness by another at
+    that niceness (an init cannot be less nice than its creator); the kernel says so of each, and of the
+    programs; a shutdown lets both go."""
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0, "the test server itself must run at nice 0"
+    nice_code = "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"
+    profile = aiogaol.python_profile()
+    python = aiogaol.python_executable()
+    got = {}
+    for limits in (aiogaol.Limits(nice=None), None, aiogaol.Limits(nice=19), aiogaol.Limits(nice=None)):
+        proc = await aiogaol.create_sandboxed_subprocess(profile, python, "-c", nice_code, limits=limits,
+                                                         stdout=aiogaol.PIPE)
+        out, _ = await proc.communicate()
+        got[limits] = int(out)
+    assert got == {aiogaol.Limits(nice=None): 0, None: 19, aiogaol.Limits(nice=19): 19}
+    default, server_nice = _spawner.spawner_pid(), _spawner.spawner_pid(0)
+    assert default is not None and server_nice is not None and default != server_nice
+    assert _spawner.spawner_pid(19) == default
+    assert os.getpriority(os.PRIO_PROCESS, default) == 19
+    assert os.getpriority(os.PRIO_PROCESS, server_nice) == 0
+    aiogaol.shutdown_spawner()
+    assert _gone(default) and _gone(server_nice)
+    assert _spawner.spawner_pid() is None and _spawner.spawner_pid(0) is None
+    assert zombie_children() == []
+
+
+@pytest.mark.asyncio
 async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Profile, python: str) -> None:
     proc = await aiogaol.create_sandboxed_subprocess(py_profile, python, "-c", "import time; time.sleep(30)",
                                                      stdin=aiogaol.PIPE, stdout=aiogaol.PIPE, stderr=aiogaol.PIPE)
@@ -138,7 +165,7 @@ async def test_a_malformed_request_fails_alone_and_the_spawner_serves_on() -> No
     assert await (await _true()).wait() == 0
     pid = _spawner.spawner_pid()
     assert pid is not None
-    sock = _spawner._get(_spawner.server_state()[0]).sock
+    sock = _spawner._get(_spawner.server_state()[0], _spawner.jail_niceness(aiogaol.DEFAULT_LIMITS.nice)).sock
     assert sock is not None
     r, w = os.pipe()
     try:

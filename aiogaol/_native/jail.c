@@ -1446,8 +1446,18 @@ static const char *split_blob(const char *blob, const char *end, int count, char
 
 int aiogaol_helper_main(int argc, char **argv, char **envp)
 {
-    if (argc == 3 && strcmp(argv[1], "--serve") == 0)
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "--serve") == 0) {
+        /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
+         * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
+        if (argc == 4) {
+            int nice = (int)parse_num(argv[3], 10);
+            errno = 0;
+            int now = getpriority(PRIO_PROCESS, 0);
+            if ((now == -1 && errno) || (nice > now && setpriority(PRIO_PROCESS, 0, nice) < 0))
+                return 1;
+        }
         return aiogaol_serve((int)parse_num(argv[2], 10));
+    }
     parse_args(argc, argv, envp);
     if (err_fd < 0)
         _exit(127);
