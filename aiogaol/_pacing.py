@@ -36,21 +36,59 @@ def _starting_limit() -> int:
     return max(4, STARTING_PER_CPU * len(os.sched_getaffinity(0)))
 
 
-class _Slots:
-    """The loop's starting slots: a FIFO semaphore of the loop's own library (asyncio's or trio's)."""
+STALE_AFTER = 1.0  # seconds a jail may take to answer before its slot stops counting
 
-    def __init__(self, semaphore: Callable[[int], Any]) -> None:
+
+class _Slots:
+    """The loop's starting slots: a FIFO semaphore of the loop's own library (asyncio's or trio's).
+
+    A jail whose set-up blocks (a bind mount from a hung NFS server, say) must not stop every other
+    spawn of the loop: a spawn that has waited ``STALE_AFTER`` for a slot takes back those held longer
+    than that, and their spawns go on without one."""
+
+    def __init__(self, semaphore: Callable[[int], Any],
+                 wait_at_most: Callable[[Callable[[], Awaitable[object]], float], Awaitable[bool]]) -> None:
         self.limit = _starting_limit()
         self.sem = semaphore(self.limit)
-        self.taken = 0
+        self.wait_at_most = wait_at_most
+        self.held: dict[Slot, float] = {}  # slot -> when it was taken
 
-    async def take(self) -> None:
-        await self.sem.acquire()
-        self.taken += 1
+    def _locked(self) -> bool:
+        return bool(self.sem.locked()) if isinstance(self.sem, asyncio.Semaphore) else self.sem.value == 0
 
-    def give_back(self) -> None:
-        self.taken -= 1
+    async def take(self) -> Slot:
+        if self._locked():
+            while not await self.wait_at_most(self.sem.acquire, STALE_AFTER):
+                stale = time.monotonic() - STALE_AFTER
+                for slot, since in list(self.held.items()):
+                    if since <= stale:
+                        slot.give_back()
+        else:
+            await self.sem.acquire()  # free: asyncio's returns at once, trio's checkpoints
+        slot = Slot(self)
+        self.held[slot] = time.monotonic()
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        del self.held[slot]
         self.sem.release()
+
+
+async def _asyncio_wait_at_most(acquire: Callable[[], Awaitable[object]], seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(acquire(), seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+async def _trio_wait_at_most(acquire: Callable[[], Awaitable[object]], seconds: float) -> bool:
+    import trio
+
+    with trio.move_on_after(seconds):
+        await acquire()
+        return True
+    return False
 
 
 @dataclass
@@ -85,13 +123,13 @@ def _current() -> _Pacer:
         except LookupError:
             token = trio.lowlevel.current_trio_token()
             pacer = _Pacer(lambda fn: token.run_sync_soon(fn), trio.lowlevel.checkpoint,
-                           _Slots(trio.Semaphore))
+                           _Slots(trio.Semaphore, _trio_wait_at_most))
             var.set(pacer)
             return pacer
     loop = asyncio.get_running_loop()
     found = _asyncio_pacers.get(loop)
     if found is None:
-        found = _Pacer(loop.call_soon, _asyncio_checkpoint, _Slots(asyncio.Semaphore))
+        found = _Pacer(loop.call_soon, _asyncio_checkpoint, _Slots(asyncio.Semaphore, _asyncio_wait_at_most))
         _asyncio_pacers[loop] = found
     return found
 
@@ -125,15 +163,16 @@ def charge(ticket: Ticket) -> None:
 
 
 class Slot:
-    """A starting slot held by one spawn; given back once, when its jail has answered or it failed."""
+    """A starting slot held by one spawn; given back once, when its jail has answered or it failed (or
+    when it went stale, see ``_Slots``)."""
 
     def __init__(self, slots: _Slots) -> None:
         self._slots: _Slots | None = slots
 
     def give_back(self) -> None:
-        if self._slots is not None:
-            self._slots.give_back()
-            self._slots = None
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release(self)
 
 
 @contextlib.asynccontextmanager
@@ -142,9 +181,7 @@ async def starting() -> AsyncIterator[Ticket]:
     jail's answer: one of the loop's starting slots (waited for in order, see the module's docstring),
     then budget.  ``launch`` gives the slot back as soon as the jail has answered; leaving the block
     gives it back in any case."""
-    slots = _current().slots
-    await slots.take()
-    slot = Slot(slots)
+    slot = await _current().slots.take()
     try:
         ticket = await admit()
         ticket.slot = slot
@@ -156,7 +193,7 @@ async def starting() -> AsyncIterator[Ticket]:
 def slots_in_use() -> tuple[int, int]:
     """(taken, limit) of this loop's starting slots: for tests, which check that none is left taken."""
     slots = _current().slots
-    return slots.taken, slots.limit
+    return len(slots.held), slots.limit
 
 
 @contextlib.asynccontextmanager

@@ -85,3 +85,25 @@ async def test_slots_come_back_after_a_burst_of_successes_failures_and_cancellat
     assert zombie_children() == []
     assert open_fds() == fds
 
+
+
+async def test_a_slot_held_too_long_stops_counting(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jails whose set-up hangs must not stop every other spawn: once a spawn has waited STALE_AFTER for a
+    slot, slots held longer than that are taken back (and given back only once)."""
+    monkeypatch.setattr(_pacing, "STALE_AFTER", 0.2)
+    profile = aiogaol.system_profile()
+    await _true(profile)
+    _, limit = _pacing.slots_in_use()
+    async with contextlib.AsyncExitStack() as holders:  # "hung" spawns that never answer
+        for _ in range(limit):
+            await holders.enter_async_context(_pacing.starting())
+        assert _pacing.slots_in_use() == (limit, limit)
+        assert await _true(profile) == 0  # waited 0.2 s, took the stale slots back, went on
+        assert _pacing.slots_in_use() == (0, limit)
+    # The holders' own give_back at the end of their blocks did nothing more: still exactly `limit` slots.
+    assert _pacing.slots_in_use() == (0, limit)
+    async with contextlib.AsyncExitStack() as holders:
+        for _ in range(limit):
+            await holders.enter_async_context(_pacing.starting())
+        assert _pacing.slots_in_use() == (limit, limit)
+        assert _pacing._current().slots._locked()  # and not one more: no slot was given back twice
