@@ -80,12 +80,21 @@ def server_state() -> tuple[Identity, int | None]:
     fields: list[bytes] = []
     umask = None
     try:
-        with open("/proc/thread-self/status", "rb") as f:
-            for line in f:
-                if line.startswith(_IDENTITY_FIELDS):
-                    fields.append(line)
-                elif line.startswith(b"Umask:"):
-                    umask = int(line.split()[1], 8)
+        # Read whole, without a file object: this runs on the loop's thread at every spawn.
+        fd = os.open("/proc/thread-self/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 8192):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        for line in b"".join(chunks).split(b"\n"):
+            if line.startswith(_IDENTITY_FIELDS):
+                fields.append(line)
+            elif line.startswith(b"Umask:"):
+                umask = int(line.split()[1], 8)
+        if not fields:
+            raise ValueError("no identity in /proc/thread-self/status")
     except (OSError, ValueError, IndexError):
         fields = [repr((os.getresuid(), os.getresgid(), os.getgroups())).encode()]
     return (os.getpid(), *fields), umask
