@@ -100,7 +100,7 @@ def ready_profile(name: str) -> list[Operation]:
 
 _PROFILE_KEYS = {"extends", "read", "write", "metadata", "tmpfs", "network", "tcp", "unix", "system_info",
                  "limits"}
-_LIMIT_KEYS = {"wall_time", "cpu_time", "memory", "processes", "file_size", "open_files", "output"}
+_LIMIT_KEYS = {"wall_time", "cpu_time", "memory", "processes", "file_size", "open_files", "output", "nice"}
 _SIZE_LIMITS = {"memory", "file_size", "output"}
 
 
@@ -173,6 +173,10 @@ def load_profile_file(path: str) -> ProfileSpec:
             spec.limits[key] = parse_size(value, f"{path}: limits.{key}")
         elif key in ("wall_time", "cpu_time"):
             spec.limits[key] = parse_seconds(value, f"{path}: limits.{key}")
+        elif key == "nice":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
+                raise UsageError(f"{path}: limits.nice must be an integer from 0 to 19")
+            spec.limits[key] = value
         else:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UsageError(f"{path}: limits.{key} must be a positive integer")
@@ -208,6 +212,8 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
     lim.add_argument("--memory", metavar="SIZE", help="address space, e.g. 256M")
     lim.add_argument("--processes", metavar="N", type=int, help="processes in the jail")
     lim.add_argument("--output", metavar="SIZE", help="bytes of stdout and of stderr kept (--json, batch)")
+    lim.add_argument("--nice", metavar="N", type=int,
+                     help="the jail's niceness, 0 to 19 (default 19: it yields the CPU to everything else)")
 
 
 def build_profile(ns: argparse.Namespace) -> tuple[Profile, Limits]:
@@ -244,6 +250,8 @@ def build_profile(ns: argparse.Namespace) -> tuple[Profile, Limits]:
         limits["processes"] = ns.processes
     if ns.output is not None:
         limits["output"] = parse_size(ns.output, "--output")
+    if ns.nice is not None:
+        limits["nice"] = ns.nice
     try:
         return profile, DEFAULT_LIMITS.replace(**limits)
     except (TypeError, ValueError) as e:

@@ -59,6 +59,21 @@ def test_the_host_is_invisible_unless_granted(tmp_path: Path) -> None:
     assert done.returncode == 0 and (tmp_path / "new").read_text() == "written\n"
 
 
+def test_nice_from_the_flag_and_from_a_profile_file(tmp_path: Path) -> None:
+    """The niceness the kernel reports in the jail (/proc/self/stat, field 19): 19 by default, else as asked."""
+    show = ["--", "sh", "-c", "cut -d' ' -f19 /proc/self/stat"]
+    assert aiogaol("run", *show).stdout == "19\n"
+    assert aiogaol("run", "--nice", "7", *show).stdout == "7\n"
+    profile = tmp_path / "p.toml"
+    profile.write_text('extends = "system"\n[limits]\nnice = 3\n')
+    assert aiogaol("run", "--profile", str(profile), *show).stdout == "3\n"
+    profile.write_text('extends = "system"\n[limits]\nnice = 20\n')
+    done = aiogaol("run", "--profile", str(profile), *show)
+    assert done.returncode == 2 and "nice" in done.stderr
+    done = aiogaol("run", "--nice", "-1", *show)
+    assert done.returncode == 2 and "between 0 and 19" in done.stderr
+
+
 def test_tmpfs_and_memory_limit() -> None:
     done = aiogaol("run", "--tmpfs", "/scratch:1M", "--", "sh", "-c", "echo hi > /scratch/f && cat /scratch/f")
     assert (done.returncode, done.stdout) == (0, "hi\n")
