@@ -75,9 +75,11 @@ class _Slots:
 
 
 async def _asyncio_wait_at_most(acquire: Callable[[], Awaitable[object]], seconds: float) -> bool:
+    # asyncio.timeout, not wait_for: no task of its own per waiter (64 spawns may start waiting at once).
     try:
-        await asyncio.wait_for(acquire(), seconds)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(seconds):
+            await acquire()
+    except TimeoutError:
         return False
     return True
 
