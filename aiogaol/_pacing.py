@@ -147,9 +147,10 @@ async def _asyncio_checkpoint() -> None:
     await asyncio.sleep(0)
 
 
-async def admit() -> Ticket:
+async def admit(pacer: _Pacer | None = None) -> Ticket:
     """Wait, if need be, until this loop iteration has budget left for a spawn's synchronous part."""
-    pacer = _current()
+    if pacer is None:
+        pacer = _current()
     while pacer.spent >= BUDGET:
         await pacer.checkpoint()
     return Ticket(pacer, time.perf_counter())
@@ -183,9 +184,13 @@ async def starting() -> AsyncIterator[Ticket]:
     jail's answer: one of the loop's starting slots (waited for in order, see the module's docstring),
     then budget.  ``launch`` gives the slot back as soon as the jail has answered; leaving the block
     gives it back in any case."""
-    slot = await _current().slots.take()
+    pacer = _current()
+    slot = await pacer.slots.take()
     try:
-        ticket = await admit()
+        # Never start on a spawn's work in the iteration it was called in: sixty-four spawns started at
+        # once (gather) all run that far in one iteration, and that iteration is long enough already.
+        await pacer.checkpoint()
+        ticket = await admit(pacer)
         ticket.slot = slot
         yield ticket
     finally:
