@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pytest
 
 import aiogaol
-from aiogaol import _spawner
+from aiogaol import _jail, _spawner
 
 from .conftest import zombie_children
 
@@ -322,6 +322,85 @@ async def test_an_init_made_ahead_of_time_serves_the_next_jail() -> None:
     out, _ = await proc.communicate()
     assert (proc.pid, proc.returncode, out) == (pid, 0, b"warm\n")
     assert pid not in _spawner.waiting_pids()
+
+
+async def _cat(profile: aiogaol.Profile, path: str) -> tuple[bytes, bool]:
+    """What cat prints of path in a jail, and whether that jail was built ahead of time (step timers)."""
+    proc = await aiogaol.create_sandboxed_subprocess(profile, "cat", path, stdout=aiogaol.PIPE,
+                                                     stderr=aiogaol.DEVNULL)
+    out, _ = await proc.communicate()
+    timings = proc.step_timings or {}
+    return out, "jail built ahead of time" in timings
+
+
+def _readable_tree(root: "os.PathLike[str]", name: str, text: str) -> str:
+    """A directory with one file, readable by nobody (a root server's programs run as nobody)."""
+    d = os.path.join(root, name)
+    os.mkdir(d)
+    os.chmod(d, 0o755)
+    with open(os.path.join(d, "f"), "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(os.path.join(d, "f"), 0o644)
+    return d
+
+
+@pytest.mark.asyncio
+async def test_a_steady_profile_gets_its_jail_built_ahead_and_another_profile_its_own(
+        tmp_path: "os.PathLike[str]", monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two requests in a row with the same mounts: the next waiting init builds them all ahead of time,
+    and serves only a request whose mounts are the same.  A jail for another profile must see that
+    profile's files and not the first one's."""
+    monkeypatch.setattr(_jail, "STEP_TIMINGS", True)
+    a, b = _readable_tree(tmp_path, "a", "A"), _readable_tree(tmp_path, "b", "B")
+    profile_a, profile_b = TRUE_PROFILE + [aiogaol.FileReadAll(aiogaol.Subpath(a))], \
+        TRUE_PROFILE + [aiogaol.FileReadAll(aiogaol.Subpath(b))]
+    aiogaol.shutdown_spawner()  # a spawner that has seen no request yet
+    ahead = []
+    for _ in range(4):
+        out, built_ahead = await _cat(profile_a, f"{a}/f")
+        assert out == b"A"
+        ahead.append(built_ahead)
+        await _waiting()
+    assert ahead[:2] == [False, False] and ahead[2:] == [True, True], ahead
+    out, built_ahead = await _cat(profile_b, f"{b}/f")
+    assert (out, built_ahead) == (b"B", False)
+    out, _ = await _cat(profile_b, f"{a}/f")
+    assert out == b""  # a's tree is not in b's jail
+    assert await (await _true()).wait() == 0
+    assert zombie_children() == []
+
+
+@pytest.mark.asyncio
+async def test_a_jail_built_ahead_never_shows_a_host_file_replaced_since(
+        tmp_path: "os.PathLike[str]", monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bind resolves its host path when it is made, so a jail built ahead of time holds the file the path
+    named then.  Replaced by rename (which changes no mount) or removed since, the spawner must see it
+    (a stat of each path at the hand-over) and build the next jail on request instead."""
+    monkeypatch.setattr(_jail, "STEP_TIMINGS", True)
+    a = _readable_tree(tmp_path, "a", "old")
+    path = os.path.join(a, "f")
+    profile = TRUE_PROFILE + [aiogaol.FileReadAll(aiogaol.Literal(path))]
+    aiogaol.shutdown_spawner()
+    ahead = []
+    for _ in range(3):
+        out, built_ahead = await _cat(profile, path)
+        assert out == b"old"
+        ahead.append(built_ahead)
+        await _waiting()
+    assert ahead[-1], ahead  # the next one is built ahead, with the old file
+    new = path + ".new"
+    with open(new, "w", encoding="utf-8") as f:
+        f.write("new")
+    os.chmod(new, 0o644)
+    os.rename(new, path)
+    assert await _cat(profile, path) == (b"new", False)
+    await _waiting()
+    assert await _cat(profile, path) == (b"new", True)  # built ahead again, with the new file
+    await _waiting()
+    os.unlink(path)
+    with pytest.raises(aiogaol.SandboxSetupError, match="bind mount.*ENOENT"):
+        await _cat(profile, path)
+    assert zombie_children() == []
 
 
 @pytest.mark.asyncio

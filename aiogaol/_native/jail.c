@@ -637,6 +637,14 @@ static void make_dev(const char *dst)
     set_attr(dir, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, dst);
 }
 
+/* The host files and directories bound so far, in order: a jail built ahead of time tells the spawner
+ * which, so that it is handed a request only while the host's paths still name those (see "full"). */
+struct bound_inode {
+    uint64_t dev, ino;
+};
+static struct bound_inode bound[MAX_OPS];
+static int n_bound;
+
 static void run_op(const struct op *op)
 {
     struct stat st;
@@ -656,6 +664,11 @@ static void run_op(const struct op *op)
         const char *src = join(pathbuf2, "/oldroot", op->a);
         if (stat(src, &st) < 0)
             fail(AIOGAOL_STEP_BIND, errno, op->a);
+        if (n_bound < MAX_OPS) {
+            bound[n_bound].dev = (uint64_t)st.st_dev;
+            bound[n_bound].ino = (uint64_t)st.st_ino;
+            n_bound++;
+        }
         if (S_ISDIR(st.st_mode))
             mkdir_p(dst, 0755);
         else
@@ -703,7 +716,7 @@ static void run_op(const struct op *op)
 /* The part of every jail that no request changes: a private mount tree, the staging tmpfs and the
  * jail's root tmpfs of root_size bytes, pivoted into, then /proc and /dev (every namespaced plan starts
  * with those two steps).  An init made ahead of time does this before its request comes. */
-static int prebuilt; /* this much of the plan's ops is done already (0, or 2: /proc and /dev) */
+static int prebuilt; /* this much of the plan's ops is done already (0; 2: /proc and /dev; or all) */
 
 static void build_prefix(unsigned long long root_size)
 {
@@ -755,7 +768,10 @@ static void build_standard(unsigned long long root_size)
     prebuilt = 2;
 }
 
-static void build_jail(void)
+#define PREBUILT_ALL (-1) /* prebuilt: every op and the pivot into the jail are done already */
+
+/* The plan's mounts (those not prebuilt), then the pivot into the jail. */
+static void build_mounts(void)
 {
     int i;
 
@@ -778,6 +794,12 @@ static void build_jail(void)
         fail(AIOGAOL_STEP_PIVOT_ROOT, errno, "/");
     /* The jail's own root holds only the mount points: nothing may be created in it. */
     set_attr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, "/");
+}
+
+static void build_jail(void)
+{
+    if (prebuilt != PREBUILT_ALL)
+        build_mounts();
     if (sethostname(plan.hostname, str_len(plan.hostname)) < 0)
         fail(AIOGAOL_STEP_HOSTNAME, errno, plan.hostname);
 }
@@ -1596,6 +1618,162 @@ static int mounts_fd = -1;
 #define WAITING_AFTER_MS 10  /* longest wait for the last jail's init to exit first */
 static int last_init = -1;   /* pidfd of the init last started, until it exits */
 
+/* A server that keeps spawning the same profile gets its next jail built in full ahead of time: every
+ * mount of the profile and the pivot into the jail, not only the standard part.  The spawner keeps the
+ * last request's mounts as bytes (ops_blob); when two requests in a row had the same, the next waiting
+ * init builds those, then tells the spawner it is ready (one message on its socket) with the device and
+ * inode of each host file or directory it bound.  It is handed only a request whose mounts are byte for
+ * byte the same, and only while each of those host paths still names the same file (a stat each, at the
+ * hand-over): a bind resolves its path when it is made, and a jail must not show a file the host has
+ * since replaced by rename or removed, which changes no mount.  Otherwise, or if it failed to build them
+ * (it exits), it is dropped and the request takes the usual path, where any failure is reported. */
+static char *last_ops;          /* the last request's mounts, as ops_blob made them */
+static size_t last_ops_len;
+static int ops_steady;          /* the last two requests (that a waiting init may serve) had the same */
+static char *waiting_ops;       /* the mounts the waiting init builds in full; NULL: the standard part */
+static size_t waiting_ops_len;
+static int waiting_ready_seen;  /* it said it has built them, and what it bound: */
+static struct bound_inode waiting_bound[MAX_OPS];
+static int waiting_n_bound;
+#define FULL_READY_WAIT_MS 20   /* longest wait at a hand-over for one still building */
+
+static int blob_put(char **out, size_t *cap, size_t *n, const void *p, size_t k)
+{
+    if (*n + k > *cap) {
+        size_t want = (*n + k) * 2;
+        char *grown = realloc(*out, want);
+        if (!grown)
+            return -1;
+        *out = grown;
+        *cap = want;
+    }
+    memcpy(*out + *n, p, k);
+    *n += k;
+    return 0;
+}
+
+static int blob_str(char **out, size_t *cap, size_t *n, const char *str)
+{
+    char present = str != NULL;
+    if (blob_put(out, cap, n, &present, 1) < 0)
+        return -1;
+    return str ? blob_put(out, cap, n, str, str_len(str) + 1) : 0;
+}
+
+/* The plan's mounts (its ops and the root's size) as bytes, malloc'd; NULL if out of memory. */
+static char *ops_blob(size_t *len)
+{
+    char *out = NULL;
+    size_t cap = 0, n = 0;
+    int32_t count = plan.n_ops, i;
+    if (blob_put(&out, &cap, &n, &plan.root_size, sizeof plan.root_size) < 0 ||
+        blob_put(&out, &cap, &n, &count, sizeof count) < 0)
+        goto oom;
+    for (i = 0; i < count; i++) {
+        const struct op *op = &plan.ops[i];
+        int32_t kind = (int32_t)op->kind;
+        if (blob_put(&out, &cap, &n, &kind, sizeof kind) < 0 || blob_put(&out, &cap, &n, &op->size, sizeof op->size) < 0 ||
+            blob_put(&out, &cap, &n, &op->mode, sizeof op->mode) < 0 || blob_str(&out, &cap, &n, op->a) < 0 ||
+            blob_str(&out, &cap, &n, op->b) < 0)
+            goto oom;
+    }
+    *len = n;
+    return out;
+oom:
+    free(out);
+    return NULL;
+}
+
+static const char *blob_take_str(const char **p, const char *end)
+{
+    const char *str, *nul;
+    if (*p >= end)
+        return NULL;
+    if (*(*p)++ == 0)
+        return NULL;
+    str = *p;
+    nul = memchr(str, '\0', (size_t)(end - str));
+    if (!nul)
+        return NULL;
+    *p = nul + 1;
+    return str;
+}
+
+/* The reverse of ops_blob, into plan (the strings point into the blob); -1 if it does not parse. */
+static int ops_from_blob(const char *blob, size_t len)
+{
+    const char *p = blob, *end = blob + len;
+    int32_t count, i, kind;
+    if (len < sizeof plan.root_size + sizeof count)
+        return -1;
+    memcpy(&plan.root_size, p, sizeof plan.root_size);
+    p += sizeof plan.root_size;
+    memcpy(&count, p, sizeof count);
+    p += sizeof count;
+    if (count < 0 || count > MAX_OPS)
+        return -1;
+    for (i = 0; i < count; i++) {
+        struct op *op = &plan.ops[i];
+        if ((size_t)(end - p) < sizeof kind + sizeof op->size + sizeof op->mode)
+            return -1;
+        memcpy(&kind, p, sizeof kind);
+        p += sizeof kind;
+        op->kind = (enum op_kind)kind;
+        memcpy(&op->size, p, sizeof op->size);
+        p += sizeof op->size;
+        memcpy(&op->mode, p, sizeof op->mode);
+        p += sizeof op->mode;
+        op->a = blob_take_str(&p, end);
+        op->b = blob_take_str(&p, end);
+    }
+    plan.n_ops = count;
+    return p == end ? 0 : -1;
+}
+
+static void forget_waiting_ops(void)
+{
+    free(waiting_ops);
+    waiting_ops = NULL;
+    waiting_ops_len = 0;
+    waiting_ready_seen = 0;
+}
+
+/* Whether the waiting init building in full has done so; waits FULL_READY_WAIT_MS at most. */
+static int waiting_ready(void)
+{
+    struct pollfd p;
+    ssize_t n;
+    if (waiting_ready_seen)
+        return 1;
+    p.fd = waiting_chan;
+    p.events = POLLIN;
+    p.revents = 0;
+    if (poll(&p, 1, FULL_READY_WAIT_MS) <= 0)
+        return 0;
+    n = recv(waiting_chan, waiting_bound, sizeof waiting_bound, MSG_DONTWAIT);
+    if (n < (ssize_t)sizeof waiting_bound[0] || n % (ssize_t)sizeof waiting_bound[0] != 0)
+        return 0; /* EOF (an empty message is never sent): it failed to build them, and exited */
+    waiting_n_bound = (int)(n / (ssize_t)sizeof waiting_bound[0]) - 1; /* less the zero entry */
+    waiting_ready_seen = 1;
+    return 1;
+}
+
+/* Whether each host path the request binds still names what the waiting init bound. */
+static int binds_current(void)
+{
+    struct stat st;
+    int i, k = 0;
+    for (i = 0; i < plan.n_ops; i++) {
+        if (plan.ops[i].kind != OP_RO && plan.ops[i].kind != OP_RW)
+            continue;
+        if (k >= waiting_n_bound || stat(plan.ops[i].a, &st) < 0 || (uint64_t)st.st_dev != waiting_bound[k].dev ||
+            (uint64_t)st.st_ino != waiting_bound[k].ino)
+            return 0;
+        k++;
+    }
+    return k == waiting_n_bound;
+}
+
 static void forget_last_init(void)
 {
     if (last_init >= 0)
@@ -1652,6 +1830,7 @@ static void drop_waiting(int sock)
     waiting_chan = -1;
     report(sock, REPORT_DISCARDED, waiting_pid);
     waiting_pid = 0;
+    forget_waiting_ops();
 }
 
 /* The waiting init: no fd but its socket until a request comes, then what init_child does. */
@@ -1688,6 +1867,19 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
      * request, no error pipe): the hand-over then fails and the request takes the usual path, where the
      * same step fails again and is reported. */
     build_standard(root_size);
+    if (waiting_ops) {
+        /* A steady profile's mounts too, and the pivot into the jail (see "full" above). */
+        if (ops_from_blob(waiting_ops, waiting_ops_len) < 0)
+            _exit(127);
+        n_bound = 0;
+        build_mounts();
+        prebuilt = PREBUILT_ALL;
+        /* What it bound, then a zero entry, so that the message is never empty (empty means EOF). */
+        memset(&bound[n_bound < MAX_OPS ? n_bound : MAX_OPS - 1], 0, sizeof bound[0]);
+        if (n_bound >= MAX_OPS ||
+            send(chan, bound, sizeof bound[0] * (size_t)(n_bound + 1), MSG_NOSIGNAL) < 0)
+            _exit(0);
+    }
     if (!recv_request(chan, &buf, &cap, &len, &truncated))
         _exit(0); /* dropped, or the spawner is gone: never used */
     got = now_ns();
@@ -1701,6 +1893,8 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
     init_fds(-1);
     apply_nice();
     mark_at(AIOGAOL_STEP_MAKE_PRIVATE, got);
+    if (prebuilt == PREBUILT_ALL)
+        mark_at(AIOGAOL_STEP_BUILT_AHEAD, got);
     run_init();
 }
 
@@ -1721,6 +1915,11 @@ static void make_waiting(int sock)
     plan.inside_uid = waiting_uid;
     plan.inside_gid = waiting_gid;
     resolve_identity(uid, gid);
+    forget_waiting_ops();
+    if (ops_steady && last_ops && (waiting_ops = malloc(last_ops_len)) != NULL) {
+        memcpy(waiting_ops, last_ops, last_ops_len);
+        waiting_ops_len = last_ops_len;
+    }
     pid = (pid_t)syscall(SYS_clone, CLONE_PARENT | JAIL_NAMESPACES | CLONE_NEWNET | SIGCHLD, NULL, NULL, NULL,
                          NULL);
     if (pid == 0) {
@@ -1749,6 +1948,8 @@ static void make_waiting(int sock)
     }
     fail_escape = NULL;
 out:
+    if (!waiting_pid)
+        forget_waiting_ops();
     if (chan[0] >= 0)
         close(chan[0]);
     if (chan[1] >= 0)
@@ -1775,6 +1976,7 @@ static int hand_over(int sock, const char *buf, size_t len)
     ssize_t n;
     waiting_pid = 0;
     waiting_chan = -1;
+    forget_waiting_ops();
     memset(&msg, 0, sizeof msg);
     iov.iov_base = (void *)buf;
     iov.iov_len = len;
@@ -1814,8 +2016,16 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
             watch_init(start_jail()); /* a plan no prebuilt jail fits (not one of aiogaol's own) */
             return;
         }
+        size_t blen = 0;
+        char *blob = ops_blob(&blen);
+        int full_fits = waiting_ops && blob && blen == waiting_ops_len && memcmp(blob, waiting_ops, blen) == 0;
+        ops_steady = blob && last_ops && blen == last_ops_len && memcmp(blob, last_ops, blen) == 0;
+        free(last_ops);
+        last_ops = blob;
+        last_ops_len = blob ? blen : 0;
         if (waiting_pid && (mounts_changed() || want_uid != waiting_uid || want_gid != waiting_gid ||
-                            plan.root_size != waiting_root_size))
+                            plan.root_size != waiting_root_size ||
+                            (waiting_ops && (!full_fits || !waiting_ready() || !binds_current()))))
             drop_waiting(sock);
         /* The next waiting init is made for the ids and root size the last jail used. */
         waiting_uid = want_uid;

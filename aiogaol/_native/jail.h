@@ -54,7 +54,8 @@
     X(HAND_OVER, "hand the request to a waiting init")    \
     X(REAP_PROGRAM, "reap the program")                    \
     X(REPORT_EXIT, "report the exit status")              \
-    X(PRIORITY, "set the jail's niceness")
+    X(PRIORITY, "set the jail's niceness")               \
+    X(BUILT_AHEAD, "jail built ahead of time")
 
 enum aiogaol_step {
 #define AIOGAOL_STEP_ENUM(name, text) AIOGAOL_STEP_##name,
