@@ -1635,7 +1635,7 @@ static size_t waiting_ops_len;
 static int waiting_ready_seen;  /* it said it has built them, and what it bound: */
 static struct bound_inode waiting_bound[MAX_OPS];
 static int waiting_n_bound;
-#define FULL_READY_WAIT_MS 20   /* longest wait at a hand-over for one still building */
+#define FULL_READY_WAIT_MS 2    /* longest wait at a hand-over for one still building */
 
 static int blob_put(char **out, size_t *cap, size_t *n, const void *p, size_t k)
 {
