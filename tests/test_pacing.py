@@ -86,7 +86,6 @@ async def test_slots_come_back_after_a_burst_of_successes_failures_and_cancellat
     assert open_fds() == fds
 
 
-
 async def test_a_slot_held_too_long_stops_counting(anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Jails whose set-up hangs must not stop every other spawn: once a spawn has waited STALE_AFTER for a
     slot, slots held longer than that are taken back (and given back only once)."""

@@ -1672,9 +1672,10 @@ static char *ops_blob(size_t *len)
     for (i = 0; i < count; i++) {
         const struct op *op = &plan.ops[i];
         int32_t kind = (int32_t)op->kind;
-        if (blob_put(&out, &cap, &n, &kind, sizeof kind) < 0 || blob_put(&out, &cap, &n, &op->size, sizeof op->size) < 0 ||
-            blob_put(&out, &cap, &n, &op->mode, sizeof op->mode) < 0 || blob_str(&out, &cap, &n, op->a) < 0 ||
-            blob_str(&out, &cap, &n, op->b) < 0)
+        if (blob_put(&out, &cap, &n, &kind, sizeof kind) < 0 ||
+            blob_put(&out, &cap, &n, &op->size, sizeof op->size) < 0 ||
+            blob_put(&out, &cap, &n, &op->mode, sizeof op->mode) < 0 ||
+            blob_str(&out, &cap, &n, op->a) < 0 || blob_str(&out, &cap, &n, op->b) < 0)
             goto oom;
     }
     *len = n;
