@@ -400,6 +400,17 @@ async def test_a_jail_built_ahead_never_shows_a_host_file_replaced_since(
     os.unlink(path)
     with pytest.raises(aiogaol.SandboxSetupError, match="bind mount.*ENOENT"):
         await _cat(profile, path)
+    # The next init made ahead of time tries the same mounts and fails: it waits to be dropped (no
+    # zombie meanwhile), and the next request is built on request and fails the same way, by name.
+    (pid,) = await _waiting()
+    await asyncio.sleep(0.05)
+    assert not _exited(pid) and zombie_children() == []
+    with open(f"/proc/{pid}/mountinfo", encoding="utf-8") as f:
+        points = [line.split()[4] for line in f]
+    # It did try the profile's own mounts (a standard init has only /proc and /dev in its jail root).
+    assert any(p.startswith("/newroot/") and not p.startswith(("/newroot/proc", "/newroot/dev")) for p in points)
+    with pytest.raises(aiogaol.SandboxSetupError, match="bind mount.*ENOENT"):
+        await _cat(profile, path)
     assert zombie_children() == []
 
 

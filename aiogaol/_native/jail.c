@@ -1753,7 +1753,7 @@ static int waiting_ready(void)
         return 0;
     n = recv(waiting_chan, waiting_bound, sizeof waiting_bound, MSG_DONTWAIT);
     if (n < (ssize_t)sizeof waiting_bound[0] || n % (ssize_t)sizeof waiting_bound[0] != 0)
-        return 0; /* EOF (an empty message is never sent): it failed to build them, and exited */
+        return 0; /* one byte: it failed to build them (or EOF: it is gone) */
     waiting_n_bound = (int)(n / (ssize_t)sizeof waiting_bound[0]) - 1; /* less the zero entry */
     waiting_ready_seen = 1;
     return 1;
@@ -1869,17 +1869,34 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
      * same step fails again and is reported. */
     build_standard(root_size);
     if (waiting_ops) {
-        /* A steady profile's mounts too, and the pivot into the jail (see "full" above). */
-        if (ops_from_blob(waiting_ops, waiting_ops_len) < 0)
-            _exit(127);
-        n_bound = 0;
-        build_mounts();
-        prebuilt = PREBUILT_ALL;
-        /* What it bound, then a zero entry, so that the message is never empty (empty means EOF). */
-        memset(&bound[n_bound < MAX_OPS ? n_bound : MAX_OPS - 1], 0, sizeof bound[0]);
-        if (n_bound >= MAX_OPS ||
-            send(chan, bound, sizeof bound[0] * (size_t)(n_bound + 1), MSG_NOSIGNAL) < 0)
+        /* A steady profile's mounts too, and the pivot into the jail (see "full" above).  If that fails
+         * (a host path gone, say), it says so in one byte and waits to be dropped: exiting now would
+         * leave the server a zombie until its next spawn. */
+        static jmp_buf escape;
+        if (setjmp(escape) == 0) {
+            fail_escape = &escape;
+            if (ops_from_blob(waiting_ops, waiting_ops_len) < 0)
+                fail(AIOGAOL_STEP_ARGS, EINVAL, "mounts");
+            n_bound = 0;
+            build_mounts();
+            fail_escape = NULL;
+            prebuilt = PREBUILT_ALL;
+            /* What it bound, then a zero entry, so that the message is never empty (empty means EOF). */
+            memset(&bound[n_bound < MAX_OPS ? n_bound : MAX_OPS - 1], 0, sizeof bound[0]);
+            if (n_bound >= MAX_OPS ||
+                send(chan, bound, sizeof bound[0] * (size_t)(n_bound + 1), MSG_NOSIGNAL) < 0)
+                _exit(0);
+        } else {
+            fail_escape = NULL;
+            if (send(chan, "x", 1, MSG_NOSIGNAL) == 1)
+                for (;;) {
+                    ssize_t r = recv(chan, &go, 1, 0);
+                    if (r > 0 || (r < 0 && errno == EINTR))
+                        continue;
+                    break; /* EOF: dropped */
+                }
             _exit(0);
+        }
     }
     if (!recv_request(chan, &buf, &cap, &len, &truncated))
         _exit(0); /* dropped, or the spawner is gone: never used */
