@@ -122,7 +122,6 @@ def kill_and_reap(pid: int) -> None:
 class _Spawner:
     def __init__(self, identity: Identity, nice: int) -> None:
         self.identity = identity
-        self.nice = nice
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:

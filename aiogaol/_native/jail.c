@@ -1329,19 +1329,24 @@ static void init_fds(int also)
         fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
 }
 
-/* The jail's niceness, set by init before it builds anything: the jail's set-up and its program then
- * both yield the CPU to the server (see Limits.nice).  Only ever raised, which needs no privilege; a
- * jail cannot lower it again, having no CAP_SYS_NICE in the host's user namespace. */
-static void apply_nice(void)
+/* Our niceness raised to nice (never lowered: raising needs no privilege); -1 with errno on failure.
+ * For the spawner (--serve FD NICE) and for init (apply_nice). */
+static int raise_nice(int nice)
 {
     int now;
-    if (plan.nice < 0)
-        return;
     errno = 0;
     now = getpriority(PRIO_PROCESS, 0);
     if (now == -1 && errno)
-        fail(AIOGAOL_STEP_PRIORITY, errno, "getpriority");
-    if (plan.nice > now && setpriority(PRIO_PROCESS, 0, plan.nice) < 0)
+        return -1;
+    return nice > now ? setpriority(PRIO_PROCESS, 0, nice) : 0;
+}
+
+/* The jail's niceness, set by init before it builds anything: the jail's set-up and its program then
+ * both yield the CPU to the server (see Limits.nice).  A jail cannot lower it again, having no
+ * CAP_SYS_NICE in the host's user namespace. */
+static void apply_nice(void)
+{
+    if (plan.nice >= 0 && raise_nice(plan.nice) < 0)
         fail(AIOGAOL_STEP_PRIORITY, errno, "setpriority");
 }
 
@@ -1471,13 +1476,8 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
     if ((argc == 3 || argc == 4) && strcmp(argv[1], "--serve") == 0) {
         /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
          * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
-        if (argc == 4) {
-            int nice = (int)parse_num(argv[3], 10);
-            errno = 0;
-            int now = getpriority(PRIO_PROCESS, 0);
-            if ((now == -1 && errno) || (nice > now && setpriority(PRIO_PROCESS, 0, nice) < 0))
-                return 1;
-        }
+        if (argc == 4 && raise_nice((int)parse_num(argv[3], 10)) < 0)
+            return 1;
         return aiogaol_serve((int)parse_num(argv[2], 10));
     }
     parse_args(argc, argv, envp);
@@ -1683,6 +1683,11 @@ static char *ops_blob(size_t *len)
 oom:
     free(out);
     return NULL;
+}
+
+static int same_bytes(const char *a, size_t alen, const char *b, size_t blen)
+{
+    return a && b && alen == blen && memcmp(a, b, alen) == 0;
 }
 
 static const char *blob_take_str(const char **p, const char *end)
@@ -2036,8 +2041,8 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
         }
         size_t blen = 0;
         char *blob = ops_blob(&blen);
-        int full_fits = waiting_ops && blob && blen == waiting_ops_len && memcmp(blob, waiting_ops, blen) == 0;
-        ops_steady = blob && last_ops && blen == last_ops_len && memcmp(blob, last_ops, blen) == 0;
+        int full_fits = same_bytes(blob, blen, waiting_ops, waiting_ops_len);
+        ops_steady = same_bytes(blob, blen, last_ops, last_ops_len);
         free(last_ops);
         last_ops = blob;
         last_ops_len = blob ? blen : 0;
