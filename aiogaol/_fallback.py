@@ -21,7 +21,7 @@ import functools
 from . import _kernel, _landlock, _seccomp
 from ._errors import SandboxSetupError, UnsupportedOperation
 from ._plan import JailPlan
-from ._profile import LocalSocket, NetworkOutbound, Profile, Tmpfs
+from ._profile import LocalSocket, NetworkOutbound, Profile, ResolvedPath, Tmpfs
 
 NAMESPACES = "namespaces"
 LANDLOCK = "landlock"
@@ -55,9 +55,15 @@ def resolve_isolation(isolation: str) -> str:
     return NAMESPACES if probe_userns() == 0 else LANDLOCK
 
 
-@functools.lru_cache(maxsize=256)
 def compile_fallback(profile: Profile) -> JailPlan:
-    """The plan for ``isolation="landlock"``: no mounts, a Landlock ruleset over host paths, a filter."""
+    """The plan for ``isolation="landlock"``: no mounts, a Landlock ruleset over host paths, a filter.
+
+    Cached per profile and what its paths resolved to (each plan checks for its own objects)."""
+    return _compile_fallback(profile, tuple(profile.resolved.values()))
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_fallback(profile: Profile, resolution: tuple[ResolvedPath, ...]) -> JailPlan:
     for op in profile.operations:
         if isinstance(op, Tmpfs):
             raise UnsupportedOperation(op, "a private tmpfs needs a mount namespace, which the landlock "

@@ -5,7 +5,9 @@ In the namespace jail this is the second wall behind the mounts: even a path tha
 the rules say.  In the fallback (no user namespaces) it is the main wall, over the host's own tree.
 
 Pure planning: the rules are data (access masks and paths), turned into ``--landlock``/``--ll-path``/
-``--ll-port`` arguments for the helper, which opens each path inside the jail and restricts itself.
+``--ll-port`` arguments for the helper, which opens each path inside the jail and restricts itself.  It
+opens them without following any symlink (``openat2`` ``RESOLVE_NO_SYMLINKS``), and in the fallback, where
+they are the host's own paths, checks that each is still the object the profile resolved (device and inode).
 The access bits are Landlock's UAPI values (``linux/landlock.h``), filtered by the ABI read at run time,
 because asking an older kernel to handle a right it does not know fails the whole ruleset.
 """
@@ -76,11 +78,15 @@ class LandlockRules:
     scoped: int
     paths: tuple[tuple[int, str], ...]  # (allowed access, path as the program sees it)
     ports: tuple[tuple[int, int], ...]  # (allowed access, TCP port)
+    # path -> (st_dev, st_ino) the helper must find there; only host paths (the fallback) have one
+    expect: tuple[tuple[str, int, int], ...] = ()
 
     def args(self) -> list[str]:
         out = ["--landlock", str(self.fs_handled), str(self.net_handled), str(self.scoped)]
+        expect = {path: (dev, ino) for path, dev, ino in self.expect}
         for access, path in self.paths:
-            out += ["--ll-path", str(access), path]
+            dev, ino = expect.get(path, (0, 0))
+            out += ["--ll-path", str(access), path, str(dev), str(ino)]
         for access, port in self.ports:
             out += ["--ll-port", str(access), str(port)]
         return out
@@ -108,6 +114,9 @@ def rules_for(profile: Profile, *, abi: int, jail: bool) -> LandlockRules | None
     fs = handled_fs(abi)
     grants: dict[str, int] = {}
     metadata_only: list[str] = []
+    # In the jail a rule's path is a mount point or lies in a bind, which the helper checked when it made
+    # it; in the fallback it is the host's path itself, checked here.
+    expect: dict[str, tuple[int, int]] = {}
 
     def grant(r: ResolvedPath, access: int) -> None:
         if r.kind == "missing":
@@ -115,6 +124,8 @@ def rules_for(profile: Profile, *, abi: int, jail: bool) -> LandlockRules | None
         if r.kind != "dir":
             access &= FILE_RIGHTS
         grants[r.real] = grants.get(r.real, 0) | (access & fs)
+        if not jail:
+            expect[r.real] = (r.dev, r.ino)
 
     for op in profile.operations:
         if isinstance(op, FileReadAll):
@@ -169,4 +180,5 @@ def rules_for(profile: Profile, *, abi: int, jail: bool) -> LandlockRules | None
                 ports.append((NET_CONNECT_TCP, op.address.port))
     scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
     paths = tuple(sorted((access, path) for path, access in grants.items() if access))
-    return LandlockRules(fs, net, scoped, tuple(sorted(paths, key=lambda p: p[1])), tuple(sorted(set(ports))))
+    return LandlockRules(fs, net, scoped, tuple(sorted(paths, key=lambda p: p[1])), tuple(sorted(set(ports))),
+                         tuple(sorted((path, dev, ino) for path, (dev, ino) in expect.items() if path in grants)))

@@ -30,6 +30,10 @@ class MountStep:
     source: str = ""
     size: int = 0
     mode: int = 0
+    # A bind's source as Profile.resolve found it: the helper opens the source without following any
+    # symlink and refuses to bind anything else ("bind source changed"; docs/security.md).
+    dev: int = 0
+    ino: int = 0
 
     def args(self) -> list[str]:
         if self.kind == "dir":
@@ -37,7 +41,7 @@ class MountStep:
         if self.kind == "symlink":
             return ["--symlink", self.source, self.target]
         if self.kind in ("ro", "rw"):
-            return [f"--{self.kind}", self.source, self.target]
+            return [f"--{self.kind}", self.source, self.target, str(self.dev), str(self.ino)]
         if self.kind == "tmpfs":
             return ["--tmpfs", self.target, str(self.size), format(self.mode, "o")]
         return [f"--{self.kind}", self.target]
@@ -100,8 +104,15 @@ def _root_symlinks() -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
-@functools.lru_cache(maxsize=256)
 def compile_profile(profile: Profile) -> JailPlan:
+    """The profile's plan, cached per profile *and* what its paths resolved to: two equal profiles made
+    at different times may have found different objects (a file replaced since), and each plan checks
+    for its own."""
+    return _compile(profile, tuple(profile.resolved.values()))
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(profile: Profile, resolution: tuple[ResolvedPath, ...]) -> JailPlan:
     binds: dict[str, MountStep] = {}
     links: dict[str, str] = {}
     extra: list[MountStep] = []
@@ -119,7 +130,7 @@ def compile_profile(profile: Profile) -> JailPlan:
         if literal and r.kind == "dir":
             step = MountStep("dir", r.real)  # the entry itself, not its contents
         else:
-            step = MountStep(kind, r.real, source=r.real)
+            step = MountStep(kind, r.real, source=r.real, dev=r.dev, ino=r.ino)
         previous = binds.get(r.real)
         if previous is None or previous.kind in ("dir",) or (previous.kind == "ro" and kind == "rw"):
             binds[r.real] = step

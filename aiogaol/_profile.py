@@ -191,13 +191,18 @@ class ResolvedPath:
     """Where a rule's path really is on the host, and the symlinks met on the way there.
 
     The jail recreates those symlinks (so ``/lib -> usr/lib`` still works inside) and binds only the real
-    target, so a later change of a symlink on the host cannot point the rule somewhere else.
+    target, so a later change of a symlink on the host cannot point the rule somewhere else.  ``dev`` and
+    ``ino`` name the object found there (0 when missing): the helper binds and Landlock-opens ``real``
+    without following any symlink and refuses to start if what it opens is not this object (see
+    docs/security.md, "Binds by handle").
     """
 
     requested: str
     real: str
     links: tuple[tuple[str, str], ...]  # (link path, link text)
     kind: str  # "dir", "file", "socket", "other" or "missing"
+    dev: int = 0
+    ino: int = 0
 
 
 def resolve(path: str) -> ResolvedPath:
@@ -231,12 +236,17 @@ def resolve(path: str) -> ResolvedPath:
         return current
 
     real = walk(path)
+    dev = ino = 0
     try:
-        mode = os.stat(real).st_mode
+        st = os.lstat(real)  # walk() followed every link, so real names no link (unless one just appeared)
+        mode = st.st_mode
     except OSError:
         kind = "missing"
     else:
-        if stat.S_ISDIR(mode):
+        dev, ino = st.st_dev, st.st_ino
+        if stat.S_ISLNK(mode):
+            kind = "other"  # a link made since the walk: never bound (the helper refuses links)
+        elif stat.S_ISDIR(mode):
             kind = "dir"
         elif stat.S_ISSOCK(mode):
             kind = "socket"
@@ -244,7 +254,7 @@ def resolve(path: str) -> ResolvedPath:
             kind = "file"
         else:
             kind = "other"
-    return ResolvedPath(path, real, tuple(links), kind)
+    return ResolvedPath(path, real, tuple(links), kind, dev, ino)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -375,7 +375,8 @@ async def test_a_jail_built_ahead_never_shows_a_host_file_replaced_since(
         tmp_path: "os.PathLike[str]", monkeypatch: pytest.MonkeyPatch) -> None:
     """A bind resolves its host path when it is made, so a jail built ahead of time holds the file the path
     named then.  Replaced by rename (which changes no mount) or removed since, the spawner must see it
-    (a stat of each path at the hand-over) and build the next jail on request instead."""
+    (a no-follow open of each path at the hand-over) and build the next jail on request instead, which
+    refuses a file that is not the one the profile resolved; a profile made again binds the new one."""
     monkeypatch.setattr(_jail, "STEP_TIMINGS", True)
     a = _readable_tree(tmp_path, "a", "old")
     path = os.path.join(a, "f")
@@ -393,6 +394,12 @@ async def test_a_jail_built_ahead_never_shows_a_host_file_replaced_since(
         f.write("new")
     os.chmod(new, 0o644)
     os.rename(new, path)
+    with pytest.raises(aiogaol.SandboxSetupError, match="bind source changed.*ESTALE"):
+        await _cat(profile, path)
+    await _waiting()
+    profile = TRUE_PROFILE + [aiogaol.FileReadAll(aiogaol.Literal(path))]  # resolved again: the new file
+    assert await _cat(profile, path) == (b"new", False)
+    await _waiting()
     assert await _cat(profile, path) == (b"new", False)
     await _waiting()
     assert await _cat(profile, path) == (b"new", True)  # built ahead again, with the new file

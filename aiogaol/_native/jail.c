@@ -36,6 +36,7 @@
 #include <limits.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <sched.h>
@@ -204,6 +205,7 @@ struct op {
     const char *b; /* destination inside the jail */
     unsigned long long size;
     unsigned int mode;
+    uint64_t dev, ino; /* OP_RO/OP_RW: the source the profile resolved (see bind_op) */
 };
 
 #define MAX_OPS 1024
@@ -240,6 +242,7 @@ struct plan {
     struct {
         uint64_t access;
         const char *path;
+        uint64_t dev, ino;
     } ll_paths[MAX_LL_PATHS];
     int n_ll_paths;
     struct {
@@ -390,9 +393,12 @@ static void parse_args(int argc, char **argv, char **envp)
             OP(OP_SYMLINK, argv[i + 1], argv[i + 2], 0, 0);
             i += 2;
         } else if (strcmp(o, "--ro") == 0 || strcmp(o, "--rw") == 0) {
-            NEED(2);
+            /* source, destination, and the st_dev and st_ino the source must still have */
+            NEED(4);
             OP(o[3] == 'o' ? OP_RO : OP_RW, argv[i + 1], argv[i + 2], 0, 0);
-            i += 2;
+            plan.ops[plan.n_ops - 1].dev = parse_num(argv[i + 3], 10);
+            plan.ops[plan.n_ops - 1].ino = parse_num(argv[i + 4], 10);
+            i += 4;
         } else if (strcmp(o, "--tmpfs") == 0) {
             NEED(3);
             OP(OP_TMPFS, NULL, argv[i + 1], parse_num(argv[i + 2], 10),
@@ -428,13 +434,16 @@ static void parse_args(int argc, char **argv, char **envp)
             plan.ll_attr.scoped = parse_num(argv[i + 3], 10);
             i += 3;
         } else if (strcmp(o, "--ll-path") == 0) {
-            NEED(2);
+            /* access, path, and the st_dev and st_ino it must have (0 0: no check) */
+            NEED(4);
             if (plan.n_ll_paths >= MAX_LL_PATHS)
                 fail(AIOGAOL_STEP_ARGS, E2BIG, "too many landlock paths");
             plan.ll_paths[plan.n_ll_paths].access = parse_num(argv[i + 1], 10);
             plan.ll_paths[plan.n_ll_paths].path = argv[i + 2];
+            plan.ll_paths[plan.n_ll_paths].dev = parse_num(argv[i + 3], 10);
+            plan.ll_paths[plan.n_ll_paths].ino = parse_num(argv[i + 4], 10);
             plan.n_ll_paths++;
-            i += 2;
+            i += 4;
         } else if (strcmp(o, "--ll-port") == 0) {
             NEED(2);
             if (plan.n_ll_ports >= MAX_LL_PORTS)
@@ -458,7 +467,6 @@ static void parse_args(int argc, char **argv, char **envp)
 /* Small helpers                                                                                    */
 
 static char pathbuf[PATH_MAX];
-static char pathbuf2[PATH_MAX];
 
 static const char *join(char *buf, const char *prefix, const char *path)
 {
@@ -537,48 +545,123 @@ static void write_id_map(int step, const char *path, unsigned long caller, unsig
     write_file(step, path, buf);
 }
 
-static void mkdir_p(const char *path, unsigned int mode)
+/* Paths by handle.  Every path the jail is built from or onto is walked without following a symlink in
+ * any component (openat2 RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS): a directory another jail may
+ * write (a read-write bind) can hold a symlink by the time this jail is built, and following it would
+ * bind, create or mount somewhere the profile never named (docs/security.md, "Binds by handle"). */
+static int open_nofollow(int dirfd, const char *path, int flags, uint64_t resolve)
 {
-    char buf[PATH_MAX];
-    size_t i, n = str_len(path);
-    if (n + 1 > sizeof buf)
-        fail(AIOGAOL_STEP_MKDIR, ENAMETOOLONG, path);
-    memcpy(buf, path, n + 1);
-    for (i = 1; i <= n; i++) {
-        if (buf[i] == '/' || buf[i] == '\0') {
-            char c = buf[i];
-            buf[i] = '\0';
-            if (mkdir(buf, mode) < 0 && errno != EEXIST)
-                fail(AIOGAOL_STEP_MKDIR, errno, buf);
-            buf[i] = c;
-        }
-    }
+    struct open_how how;
+    int fd, tries = 0;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)(unsigned int)(flags | O_CLOEXEC);
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | resolve;
+    /* EAGAIN: a rename raced a RESOLVE_BENEATH lookup; retry a few times, then report it. */
+    do
+        fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    while (fd < 0 && (errno == EINTR || (errno == EAGAIN && ++tries < 64)));
+    return fd;
 }
 
-static void mkdir_parent(const char *path)
+/* The failure of a no-follow open: a symlink met on the way (ELOOP, or EXDEV from RESOLVE_BENEATH) is
+ * a path that changed since the profile resolved it; a kernel without openat2 cannot build the jail as
+ * written (refused, never done by following links). */
+static void __attribute__((noreturn)) fail_open(int step, int changed_step, int err, const char *path)
+{
+    if (err == ENOSYS)
+        fail(step, ENOSYS, "openat2 (Linux 5.6), needed to open paths without following symlinks");
+    if (err == ELOOP || err == EXDEV)
+        fail(changed_step, ELOOP, path);
+    fail(step, err, path);
+}
+
+/* An O_PATH fd of the directory path (absolute, in init's current root), each missing component made
+ * with mode; a component that is a symlink fails the step. */
+static int open_dir_p(int step, const char *path, unsigned int mode)
 {
     char buf[PATH_MAX];
-    size_t n = str_len(path);
+    size_t i = 0, n = str_len(path);
+    int dfd;
     if (n + 1 > sizeof buf)
-        fail(AIOGAOL_STEP_MKDIR, ENAMETOOLONG, path);
+        fail(step, ENAMETOOLONG, path);
     memcpy(buf, path, n + 1);
-    while (n > 0 && buf[n] != '/')
-        n--;
-    if (n == 0)
-        return;
-    buf[n] = '\0';
-    mkdir_p(buf, 0755);
+    dfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        fail(step, errno, "/");
+    while (i < n) {
+        char *comp;
+        int fd;
+        while (buf[i] == '/')
+            i++;
+        if (i >= n)
+            break;
+        comp = buf + i;
+        while (i < n && buf[i] != '/')
+            i++;
+        buf[i] = '\0';
+        if (mkdirat(dfd, comp, mode) < 0 && errno != EEXIST) {
+            int e = errno;
+            buf[i] = i < n ? '/' : '\0';
+            fail(step, e, path);
+        }
+        fd = open_nofollow(dfd, comp, O_PATH | O_DIRECTORY, RESOLVE_BENEATH);
+        if (fd < 0)
+            fail_open(step, AIOGAOL_STEP_TARGET_CHANGED, errno, path);
+        close(dfd);
+        dfd = fd;
+        if (i < n)
+            buf[i++] = '/';
+    }
+    return dfd;
+}
+
+static void mkdir_p(const char *path, unsigned int mode)
+{
+    close(open_dir_p(AIOGAOL_STEP_MKDIR, path, mode));
+}
+
+/* The directory holding path's last component, opened as open_dir_p does, and that component. */
+static int open_parent(int step, const char *path, char *leaf, size_t cap)
+{
+    char buf[PATH_MAX];
+    size_t n = str_len(path), k;
+    int fd;
+    if (n + 1 > sizeof buf)
+        fail(step, ENAMETOOLONG, path);
+    memcpy(buf, path, n + 1);
+    while (n > 1 && buf[n - 1] == '/')
+        buf[--n] = '\0';
+    k = n;
+    while (k > 0 && buf[k - 1] != '/')
+        k--;
+    if (n - k + 1 > cap || k == n)
+        fail(step, EINVAL, path);
+    memcpy(leaf, buf + k, n - k + 1);
+    buf[k] = '\0';
+    fd = open_dir_p(step, k ? buf : "/", 0755);
+    return fd;
+}
+
+/* An O_PATH fd of path (made an empty file if missing), reached without following symlinks. */
+static int open_file(int step, const char *path)
+{
+    char leaf[NAME_MAX + 1];
+    int dfd = open_parent(step, path, leaf, sizeof leaf), fd;
+    fd = open_nofollow(dfd, leaf, O_PATH, RESOLVE_BENEATH);
+    if (fd < 0 && errno == ENOENT) {
+        if (mknodat(dfd, leaf, S_IFREG | 0644, 0) < 0 && errno != EEXIST)
+            fail(step, errno, path);
+        fd = open_nofollow(dfd, leaf, O_PATH, RESOLVE_BENEATH);
+    }
+    if (fd < 0)
+        fail_open(step, AIOGAOL_STEP_TARGET_CHANGED, errno, path);
+    close(dfd);
+    return fd;
 }
 
 static void touch(int step, const char *path)
 {
-    int fd;
-    mkdir_parent(path);
-    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (fd < 0 && errno != EEXIST)
-        fail(step, errno, path);
-    if (fd >= 0)
-        close(fd);
+    close(open_file(step, path));
 }
 
 static void set_attr(const char *path, uint64_t set, unsigned int flags, const char *detail)
@@ -645,43 +728,71 @@ struct bound_inode {
 static struct bound_inode bound[MAX_OPS];
 static int n_bound;
 
-static void run_op(const struct op *op)
+/* A bind, by handle: the source is opened under the host's tree without following any symlink and must
+ * be the object the profile resolved (same st_dev and st_ino), the tree cloned from that fd (open_tree),
+ * made read-only (for read rules), nosuid and nodev while still detached (mount_setattr with AT_RECURSIVE
+ * reaches every submount and only sets flags, so flags the kernel locked stay), and moved onto a
+ * destination that was reached without following a symlink either. */
+static void bind_op(const struct op *op, const char *dst)
 {
     struct stat st;
+    struct mount_attr attr;
+    const char *rel = op->a;
+    int root, src, tree, to;
+    while (*rel == '/')
+        rel++;
+    root = open("/oldroot", O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (root < 0)
+        fail(AIOGAOL_STEP_BIND, errno, "/oldroot");
+    src = open_nofollow(root, *rel ? rel : ".", O_PATH, RESOLVE_BENEATH);
+    if (src < 0)
+        fail_open(AIOGAOL_STEP_BIND, AIOGAOL_STEP_BIND_CHANGED, errno, op->a);
+    close(root);
+    if (fstat(src, &st) < 0)
+        fail(AIOGAOL_STEP_BIND, errno, op->a);
+    if ((uint64_t)st.st_dev != op->dev || (uint64_t)st.st_ino != op->ino)
+        fail(AIOGAOL_STEP_BIND_CHANGED, ESTALE, op->a);
+    if (n_bound < MAX_OPS) {
+        bound[n_bound].dev = (uint64_t)st.st_dev;
+        bound[n_bound].ino = (uint64_t)st.st_ino;
+        n_bound++;
+    }
+    tree = (int)syscall(SYS_open_tree, src, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE |
+                                                AT_EMPTY_PATH);
+    if (tree < 0)
+        fail(AIOGAOL_STEP_BIND, errno, errno == ENOSYS ? "open_tree (Linux 5.2)" : op->a);
+    close(src);
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = (op->kind == OP_RO ? MOUNT_ATTR_RDONLY : 0) | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+        fail(AIOGAOL_STEP_SETATTR, errno, op->a);
+    to = S_ISDIR(st.st_mode) ? open_dir_p(AIOGAOL_STEP_MKDIR, dst, 0755) : open_file(AIOGAOL_STEP_BIND, dst);
+    if (syscall(SYS_move_mount, tree, "", to, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        fail(AIOGAOL_STEP_BIND, errno, op->a);
+    close(to);
+    close(tree);
+}
+
+static void run_op(const struct op *op)
+{
     const char *dst = join(pathbuf, "/newroot", op->b);
     char opts[64], *p;
     switch (op->kind) {
     case OP_DIR:
         mkdir_p(dst, op->mode);
         break;
-    case OP_SYMLINK:
-        mkdir_parent(dst);
-        if (symlink(op->a, dst) < 0 && errno != EEXIST)
+    case OP_SYMLINK: {
+        char leaf[NAME_MAX + 1];
+        int dfd = open_parent(AIOGAOL_STEP_SYMLINK, dst, leaf, sizeof leaf);
+        if (symlinkat(op->a, dfd, leaf) < 0 && errno != EEXIST)
             fail(AIOGAOL_STEP_SYMLINK, errno, op->b);
-        break;
-    case OP_RO:
-    case OP_RW: {
-        const char *src = join(pathbuf2, "/oldroot", op->a);
-        if (stat(src, &st) < 0)
-            fail(AIOGAOL_STEP_BIND, errno, op->a);
-        if (n_bound < MAX_OPS) {
-            bound[n_bound].dev = (uint64_t)st.st_dev;
-            bound[n_bound].ino = (uint64_t)st.st_ino;
-            n_bound++;
-        }
-        if (S_ISDIR(st.st_mode))
-            mkdir_p(dst, 0755);
-        else
-            touch(AIOGAOL_STEP_BIND, dst);
-        if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
-            fail(AIOGAOL_STEP_BIND, errno, op->a);
-        /* mount_setattr with AT_RECURSIVE: unlike MS_REMOUNT|MS_BIND it reaches every submount, and
-         * it only sets flags, so flags the kernel locked on the source (noexec, ...) stay as they are. */
-        set_attr(dst,
-                 (op->kind == OP_RO ? MOUNT_ATTR_RDONLY : 0) | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                 AT_RECURSIVE, op->a);
+        close(dfd);
         break;
     }
+    case OP_RO:
+    case OP_RW:
+        bind_op(op, dst);
+        break;
     case OP_TMPFS:
         mkdir_p(dst, 0755);
         p = opts;
@@ -849,13 +960,31 @@ static void apply_landlock(void)
         fail(AIOGAOL_STEP_LANDLOCK, errno, "create ruleset");
     for (i = 0; i < plan.n_ll_paths; i++) {
         struct ll_path_beneath_attr pb;
-        int fd = open(plan.ll_paths[i].path, O_PATH | O_CLOEXEC);
+        struct stat st;
+        const char *path = plan.ll_paths[i].path;
+        char self[64];
+        int fd;
+        /* The fallback's "/proc/self" (the only rule naming a symlink, and one of the kernel's own) is
+         * this process's own /proc entry: opened by its number, since no link is followed here. */
+        if (strncmp(path, "/proc/self", 10) == 0 && path[10] == '\0') {
+            memcpy(self, "/proc/", 6);
+            *fmt_ulong(self + 6, (unsigned long)getpid()) = '\0';
+            path = self;
+        }
+        /* By handle, like the binds: a symlink on the way is a path changed since the profile
+         * resolved it, never followed. */
+        fd = open_nofollow(AT_FDCWD, path, O_PATH, 0);
         /* A rule for a path the jail does not hold, or that the program's user cannot reach (a root
          * server's program runs as nobody), grants nothing: skipping it only denies more. */
         if (fd < 0 && (errno == ENOENT || errno == EACCES))
             continue;
         if (fd < 0)
-            fail(AIOGAOL_STEP_LANDLOCK, errno, plan.ll_paths[i].path);
+            fail_open(AIOGAOL_STEP_LANDLOCK, AIOGAOL_STEP_RULE_CHANGED, errno, plan.ll_paths[i].path);
+        /* A host path (the fallback) must still be the object the profile resolved. */
+        if ((plan.ll_paths[i].dev || plan.ll_paths[i].ino) &&
+            (fstat(fd, &st) < 0 || (uint64_t)st.st_dev != plan.ll_paths[i].dev ||
+             (uint64_t)st.st_ino != plan.ll_paths[i].ino))
+            fail(AIOGAOL_STEP_RULE_CHANGED, ESTALE, plan.ll_paths[i].path);
         pb.allowed_access = plan.ll_paths[i].access;
         pb.parent_fd = fd;
         if (syscall(SYS_landlock_add_rule, rfd, LL_RULE_PATH_BENEATH, &pb, 0) < 0)
@@ -1675,6 +1804,8 @@ static char *ops_blob(size_t *len)
         if (blob_put(&out, &cap, &n, &kind, sizeof kind) < 0 ||
             blob_put(&out, &cap, &n, &op->size, sizeof op->size) < 0 ||
             blob_put(&out, &cap, &n, &op->mode, sizeof op->mode) < 0 ||
+            blob_put(&out, &cap, &n, &op->dev, sizeof op->dev) < 0 ||
+            blob_put(&out, &cap, &n, &op->ino, sizeof op->ino) < 0 ||
             blob_str(&out, &cap, &n, op->a) < 0 || blob_str(&out, &cap, &n, op->b) < 0)
             goto oom;
     }
@@ -1720,7 +1851,8 @@ static int ops_from_blob(const char *blob, size_t len)
         return -1;
     for (i = 0; i < count; i++) {
         struct op *op = &plan.ops[i];
-        if ((size_t)(end - p) < sizeof kind + sizeof op->size + sizeof op->mode)
+        if ((size_t)(end - p) < sizeof kind + sizeof op->size + sizeof op->mode + sizeof op->dev +
+                                    sizeof op->ino)
             return -1;
         memcpy(&kind, p, sizeof kind);
         p += sizeof kind;
@@ -1729,6 +1861,10 @@ static int ops_from_blob(const char *blob, size_t len)
         p += sizeof op->size;
         memcpy(&op->mode, p, sizeof op->mode);
         p += sizeof op->mode;
+        memcpy(&op->dev, p, sizeof op->dev);
+        p += sizeof op->dev;
+        memcpy(&op->ino, p, sizeof op->ino);
+        p += sizeof op->ino;
         op->a = blob_take_str(&p, end);
         op->b = blob_take_str(&p, end);
     }
@@ -1764,17 +1900,29 @@ static int waiting_ready(void)
     return 1;
 }
 
-/* Whether each host path the request binds still names what the waiting init bound. */
+/* Whether each host path the request binds still names what the waiting init bound and what the profile
+ * resolved, reached as a bind reaches it (no symlink followed): a path swapped for a symlink since the
+ * jail was built drops it, and the usual path then reports "bind source changed". */
 static int binds_current(void)
 {
     struct stat st;
-    int i, k = 0;
+    int i, k = 0, fd;
     for (i = 0; i < plan.n_ops; i++) {
-        if (plan.ops[i].kind != OP_RO && plan.ops[i].kind != OP_RW)
+        const struct op *op = &plan.ops[i];
+        if (op->kind != OP_RO && op->kind != OP_RW)
             continue;
-        if (k >= waiting_n_bound || stat(plan.ops[i].a, &st) < 0 || (uint64_t)st.st_dev != waiting_bound[k].dev ||
-            (uint64_t)st.st_ino != waiting_bound[k].ino)
+        if (k >= waiting_n_bound)
             return 0;
+        fd = open_nofollow(AT_FDCWD, op->a, O_PATH, 0);
+        if (fd < 0)
+            return 0;
+        if (fstat(fd, &st) < 0 || (uint64_t)st.st_dev != waiting_bound[k].dev ||
+            (uint64_t)st.st_ino != waiting_bound[k].ino || (uint64_t)st.st_dev != op->dev ||
+            (uint64_t)st.st_ino != op->ino) {
+            close(fd);
+            return 0;
+        }
+        close(fd);
         k++;
     }
     return k == waiting_n_bound;

@@ -29,6 +29,9 @@
     X(PIVOT_STAGING, "pivot_root into staging")            \
     X(MKDIR, "mkdir")                                      \
     X(BIND, "bind mount")                                  \
+    X(BIND_CHANGED, "bind source changed")                 \
+    X(TARGET_CHANGED, "mount point changed")               \
+    X(RULE_CHANGED, "landlock rule path changed")          \
     X(SETATTR, "set mount attributes")                     \
     X(TMPFS, "mount tmpfs")                                \
     X(PROC, "mount proc")                                  \
