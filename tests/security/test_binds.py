@@ -52,7 +52,8 @@ async def _run(profile: aiogaol.Profile, *argv: str) -> tuple[int, str]:
 
 
 async def _writer_swaps(shared: Path, name: str, target: str) -> None:
-    """A jail allowed to write shared/ moves shared/<name> aside and puts a symlink to target there."""
+    """A jail allowed to write shared/ moves shared/<name> aside and puts a symlink to target there
+    (relative, so that it names the host's secret whichever root it is resolved in)."""
     writer = SYSTEM + [aiogaol.FileWriteAll(aiogaol.Subpath(str(shared)))]
     code, _ = await _run(writer, "sh", "-c", f'mv "$1" "$1.old" && ln -s "$2" "$1"', "sh",
                          str(shared / name), target)
@@ -82,7 +83,7 @@ async def test_a_bound_directory_swapped_for_a_symlink_to_a_secret_is_refused(
     t = _tree(tmp_path)
     reader = SYSTEM + [aiogaol.FileReadAll(aiogaol.Subpath(str(t["input"])))]
     assert await _run(reader, "cat", f"{t['input']}/f") == (0, PUBLIC)
-    await _writer_swaps(t["shared"], "input", str(t["secret"]))
+    await _writer_swaps(t["shared"], "input", "../secret")
     with pytest.raises(aiogaol.SandboxSetupError, match="bind source changed") as e:
         await _run(reader, "cat", f"{t['input']}/f")
     assert e.value.filename == str(t["input"]) and str(t["input"]) in str(e.value)
@@ -99,7 +100,7 @@ async def test_a_writable_bind_swapped_for_a_symlink_never_writes_the_target(
     os.chmod(t["input"], 0o777)
     rw = SYSTEM + [aiogaol.FileWriteAll(aiogaol.Subpath(str(t["input"])))]
     assert (await _run(rw, "sh", "-c", f"echo ok > {t['input']}/w && cat {t['input']}/w"))[1] == "ok\n"
-    await _writer_swaps(t["shared"], "input", str(t["secret"]))
+    await _writer_swaps(t["shared"], "input", "../secret")
     with pytest.raises(aiogaol.SandboxSetupError, match="bind source changed"):
         await _run(rw, "sh", "-c", f"echo pwned > {t['input']}/w")
     assert not (t["secret"] / "w").exists()
@@ -126,7 +127,7 @@ async def test_an_intermediate_component_swapped_for_a_symlink_is_refused(tmp_pa
     leaf = t["shared"] / "a" / "b" / "c"
     reader = SYSTEM + [aiogaol.FileReadAll(aiogaol.Subpath(str(leaf)))]
     assert await _run(reader, "cat", f"{leaf}/f") == (0, PUBLIC)
-    await _writer_swaps(t["shared"], "a/b", str(t["secret"]))  # a/b -> secret, so a/b/c is secret/c
+    await _writer_swaps(t["shared"], "a/b", "../../secret")  # a/b -> secret, so a/b/c is secret/c
     with pytest.raises(aiogaol.SandboxSetupError, match="bind source changed") as e:
         await _run(reader, "cat", f"{leaf}/f")
     assert e.value.filename == str(leaf)
@@ -169,7 +170,7 @@ async def test_a_swap_racing_the_spawns_never_shows_the_target(
         request.getfixturevalue("landlock_off")
     t = _tree(tmp_path)
     link = t["shared"] / "link"
-    os.symlink(str(t["secret"]), link)
+    os.symlink("../secret", link)
     reader = SYSTEM + [aiogaol.FileReadAll(aiogaol.Subpath(str(t["input"])))]
     stop = threading.Event()
     flips = 0
@@ -226,7 +227,7 @@ async def test_a_jail_built_ahead_of_time_never_binds_a_swapped_path(
         await asyncio.sleep(0.01)
     else:
         pytest.fail("the waiting init never built the steady profile's jail")
-    await _writer_swaps(t["shared"], "input", str(t["secret"]))
+    await _writer_swaps(t["shared"], "input", "../secret")
     with pytest.raises(aiogaol.SandboxSetupError, match="bind source changed"):
         await _run(reader, "cat", f"{t['input']}/f")
     assert pid not in _spawner.waiting_pids()
