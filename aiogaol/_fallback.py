@@ -73,6 +73,8 @@ def compile_fallback(profile: Profile) -> JailPlan:
     rules = _landlock.rules_for(profile, abi=abi, jail=False)
     assert rules is not None
     seccomp = _seccomp.compile_filter(_seccomp.policy_for(profile, jail=False))
-    args = ("--no-namespaces", *rules.args())
+    from ._init_filter import init_filter_args
+
+    args = ("--no-namespaces", *init_filter_args(), *rules.args())
     return JailPlan(unshare_net=False, steps=(), args=args, seccomp=seccomp, isolation=LANDLOCK,
                     security=tuple(rules.describe()))

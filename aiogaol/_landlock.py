@@ -161,8 +161,13 @@ def rules_for(profile: Profile, *, abi: int, jail: bool) -> LandlockRules | None
 
     net = 0
     ports: list[tuple[int, int]] = []
-    if abi >= 4 and not any(isinstance(op, NetworkOutbound) and isinstance(op.address, AllAddresses)
-                            for op in profile.operations):
+    # In the jail without a network rule the program has a network namespace of its own, whose only
+    # interface is its loopback: nothing outside to reach, so TCP is left unhandled there (a server on
+    # 127.0.0.1 inside the jail works).  With Tcp(port) it shares the host's, and TCP stays handled.
+    host_net = not jail or any(isinstance(op, NetworkOutbound) and isinstance(op.address, (AllAddresses, Tcp))
+                               for op in profile.operations)
+    if abi >= 4 and host_net and not any(isinstance(op, NetworkOutbound) and isinstance(op.address, AllAddresses)
+                                         for op in profile.operations):
         net = NET_BIND_TCP | NET_CONNECT_TCP
         for op in profile.operations:
             if isinstance(op, NetworkOutbound) and isinstance(op.address, Tcp):

@@ -25,7 +25,7 @@ JAIL_ROOT_SIZE = 1 << 20  # the jail's own root holds only mount points
 class MountStep:
     """One entry of the helper's set-up list."""
 
-    kind: str  # dir, symlink, ro, rw, tmpfs, proc, dev, mask
+    kind: str  # dir, symlink, ro, rw, tmpfs, proc, dev, mask, ro-self, shm, devpts
     target: str
     source: str = ""
     size: int = 0
@@ -40,6 +40,8 @@ class MountStep:
             return [f"--{self.kind}", self.source, self.target]
         if self.kind == "tmpfs":
             return ["--tmpfs", self.target, str(self.size), format(self.mode, "o")]
+        if self.kind == "shm":
+            return ["--shm", self.target, str(self.size)]
         return [f"--{self.kind}", self.target]
 
     def describe(self) -> str:
@@ -50,7 +52,13 @@ class MountStep:
         if self.kind == "tmpfs":
             return f"tmpfs   {self.target} ({self.size} bytes)"
         if self.kind == "mask":
-            return f"mask    {self.target} (empty, read-only)"
+            return f"mask    {self.target} (empty, read-only; skipped where this kernel lacks it)"
+        if self.kind == "ro-self":
+            return f"ro      {self.target} (bound read-only over itself; skipped where absent)"
+        if self.kind == "shm":
+            return f"shm     {self.target} (tmpfs, {self.size} bytes, writable, nosuid, nodev, noexec)"
+        if self.kind == "devpts":
+            return f"devpts  {self.target} (a private instance: the jail's ptys only; /dev/ptmx -> pts/ptmx)"
         return f"{self.kind:<7} {self.target}"
 
 
@@ -64,6 +72,7 @@ class JailPlan:
     seccomp: bytes = b""  # BPF, written into a fresh pipe for each spawn (see _jail.launch)
     isolation: str = "namespaces"  # or "landlock", the fallback (see _fallback)
     security: tuple[str, ...] = ()  # the Landlock ruleset and filter, described for people
+    loopback: bool = False  # the jail's own network namespace has lo up
 
     @functools.cached_property
     def args_bytes(self) -> tuple[bytes, ...]:
@@ -72,14 +81,44 @@ class JailPlan:
 
     def explain(self) -> str:
         if self.isolation == "namespaces":
-            lines = ["namespaces: user, pid, mount, ipc, uts, cgroup" + (", net" if self.unshare_net else " (host network)")]
+            net = (", net (its own loopback, 127.0.0.1 and ::1, up; nothing else)" if self.loopback else
+                   ", net (no interface up)") if self.unshare_net else " (host network)"
+            lines = ["namespaces: user, pid, mount, ipc, uts, cgroup" + net]
         else:
             lines = ["isolation: landlock only (no namespaces; the host's tree, PIDs, network and IPC)"]
+        lines.append(identity_line())
         lines += [f"  {step.describe()}" for step in self.steps]
         lines += list(self.security)
         if self.seccomp:
             lines.append(f"seccomp: {len(self.seccomp) // 8} BPF instructions, native architecture only")
         return "\n".join(lines)
+
+
+# Docker's masked paths, and a few more kernel interfaces a program has no business reading (symbols,
+# kernel memory and page maps, the kernel log, keys, the interrupt and timer tables).  A directory gets
+# an empty read-only tmpfs, a file /dev/null bound read-only; a path this kernel lacks is skipped.
+PROC_MASKED = ("/proc/acpi", "/proc/asound", "/proc/config.gz", "/proc/interrupts", "/proc/iomem",
+               "/proc/ioports", "/proc/kallsyms", "/proc/kcore", "/proc/key-users", "/proc/keys",
+               "/proc/kmsg", "/proc/kpagecgroup", "/proc/kpagecount", "/proc/kpageflags",
+               "/proc/latency_stats", "/proc/modules", "/proc/sched_debug", "/proc/scsi", "/proc/slabinfo",
+               "/proc/timer_list", "/proc/timer_stats", "/proc/vmallocinfo")
+# Docker's read-only paths, bound read-only over themselves.  /proc/sys is masked outright unless the
+# profile has SystemInfoRead, which makes it readable (read-only).
+PROC_READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger")
+# Masked wherever a bind of the host's /sys would show them.
+SYS_MASKED = ("/sys/firmware", "/sys/devices/virtual/powercap")
+
+
+def identity_line() -> str:
+    """Who the jail's processes are on the host, for explain(): it depends on the server, not the plan."""
+    if os.geteuid() == 0 and _nobody_mapped():
+        return (f"identity: init builds the jail as root in its user namespace (the server's uid 0), then runs "
+                f"as the program's user; the program runs as nobody ({NOBODY}:{NOBODY}); once the program "
+                f"has exec'd, init holds no capability, has no_new_privs, is not dumpable and runs under "
+                f"a seccomp filter of its own")
+    return (f"identity: init and the program run as the server's user ({os.geteuid()}:{os.getegid()}) on "
+            f"the host; once the program has exec'd, init holds no capability, has no_new_privs, is "
+            f"not dumpable and runs under a seccomp filter of its own")
 
 
 def _depth(path: str) -> int:
@@ -155,8 +194,14 @@ def compile_profile(profile: Profile) -> JailPlan:
                 del binds[key]
                 break
     steps: list[MountStep] = [MountStep("proc", "/proc"), MountStep("dev", "/dev")]
-    if not system_info:
-        steps.append(MountStep("mask", "/proc/sys"))
+    steps.append(MountStep("ro-self", "/proc/sys") if system_info else MountStep("mask", "/proc/sys"))
+    steps += [MountStep("ro-self", path) for path in PROC_READ_ONLY]
+    steps += [MountStep("mask", path) for path in PROC_MASKED]
+    # An explicit Tmpfs("/dev/shm") rule wins over the default /dev/shm (its size, its mode).
+    if profile.shm_size and not any(s.target == "/dev/shm" for s in extra):
+        steps.append(MountStep("shm", "/dev/shm", size=profile.shm_size))
+    if profile.devpts:
+        steps.append(MountStep("devpts", "/dev/pts"))
     ordered = sorted([*binds.values(), *extra], key=lambda s: (_depth(s.target), s.target))
     for s in ordered:
         if s.target == "/" and s.kind in ("ro", "rw"):
@@ -164,6 +209,11 @@ def compile_profile(profile: Profile) -> JailPlan:
         if _under(s.target, "/proc") or (_under(s.target, "/dev") and s.kind != "tmpfs"):
             continue  # the jail brings its own /proc and /dev
         steps.append(s)
+    # A bind of the host's /sys (or a tree above these) would show the firmware tables and the power
+    # capping controls: masked after the binds, as under /proc.  An explicit bind beneath one is kept.
+    for path in SYS_MASKED:
+        if any(_under(path, tree) and path != tree for tree in trees):
+            steps.append(MountStep("mask", path))
     # The host's top-level symlinks into a tree the jail already has (merged /usr: /lib64 -> usr/lib64,
     # where the ELF interpreter lives) grant nothing new, and without them no binary would start.
     for link, text in _root_symlinks():
@@ -177,6 +227,11 @@ def compile_profile(profile: Profile) -> JailPlan:
     args: list[str] = ["--root-size", str(JAIL_ROOT_SIZE)]
     if unshare_net:
         args.append("--unshare-net")
+        if profile.loopback:
+            args.append("--loopback")
+    from ._init_filter import init_filter_args
+
+    args += init_filter_args()
     for s in steps:
         args += s.args()
     # The second and third walls: Landlock over the jail's paths, and the seccomp filter.
@@ -187,7 +242,8 @@ def compile_profile(profile: Profile) -> JailPlan:
         args += rules.args()
     seccomp = _seccomp.compile_filter(_seccomp.policy_for(profile, jail=True))
     return JailPlan(unshare_net, tuple(steps), tuple(args), seccomp=seccomp,
-                    security=tuple(rules.describe()) if rules is not None else ("landlock: absent",))
+                    security=tuple(rules.describe()) if rules is not None else ("landlock: absent",),
+                    loopback=unshare_net and profile.loopback)
 
 
 # --------------------------------------------------------------------------------------------------

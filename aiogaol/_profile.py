@@ -250,6 +250,9 @@ def resolve(path: str) -> ResolvedPath:
 # --------------------------------------------------------------------------------------------------
 # Profile
 
+DEFAULT_SHM_SIZE = 64 << 20  # the jail's /dev/shm: enough for multiprocessing, capped like Docker's
+MAX_SHM_SIZE = 1 << 40
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -261,10 +264,26 @@ class Profile:
 
     operations: tuple[Operation, ...]
     resolved: dict[str, ResolvedPath] = field(compare=False, hash=False, repr=False)
+    # What programs expect of a machine, inside the jail only (see docs/security.md): a loopback of the
+    # jail's own, a size-capped /dev/shm, a devpts instance of its own.  Each can be turned off.
+    loopback: bool = True
+    shm_size: int = DEFAULT_SHM_SIZE
+    devpts: bool = True
 
-    def __init__(self, operations: Iterable[Operation] = ()) -> None:
+    def __init__(self, operations: Iterable[Operation] = (), *, loopback: bool = True,
+                 shm_size: int = DEFAULT_SHM_SIZE, devpts: bool = True) -> None:
         if isinstance(operations, (str, bytes)):
             raise TypeError("Profile takes an iterable of operations, not a string")
+        for name, flag in (("loopback", loopback), ("devpts", devpts)):
+            if not isinstance(flag, bool):
+                raise ProfileError(f"Profile {name} must be True or False, not {flag!r}")
+        if isinstance(shm_size, bool) or not isinstance(shm_size, int):
+            raise ProfileError(f"Profile shm_size must be an int (bytes; 0 for no /dev/shm), not {shm_size!r}")
+        if not 0 <= shm_size <= MAX_SHM_SIZE:
+            raise ProfileError(f"Profile shm_size must be between 0 (no /dev/shm) and {MAX_SHM_SIZE} bytes, "
+                               f"not {shm_size}")
+        if 0 < shm_size < 4096:
+            raise ProfileError(f"Profile shm_size {shm_size} is below one page (4096 bytes); 0 turns /dev/shm off")
         ops: list[Operation] = []
         for op in operations:
             if not isinstance(op, OPERATION_TYPES):
@@ -285,6 +304,9 @@ class Profile:
             _check_against_host(op, resolved)
         object.__setattr__(self, "operations", tuple(ops))
         object.__setattr__(self, "resolved", resolved)
+        object.__setattr__(self, "loopback", loopback)
+        object.__setattr__(self, "shm_size", shm_size)
+        object.__setattr__(self, "devpts", devpts)
 
     def __iter__(self) -> Iterator[Operation]:
         return iter(self.operations)
@@ -293,13 +315,17 @@ class Profile:
         return len(self.operations)
 
     def __add__(self, other: "Profile | Iterable[Operation]") -> "Profile":
-        return Profile([*self.operations, *other])
+        return Profile([*self.operations, *other], loopback=self.loopback, shm_size=self.shm_size,
+                       devpts=self.devpts)
 
     def allows_network(self) -> bool:
         return any(isinstance(op, NetworkOutbound) and isinstance(op.address, AllAddresses) for op in self.operations)
 
     def __repr__(self) -> str:
-        return f"Profile({list(self.operations)!r})"
+        options = "".join(f", {name}={getattr(self, name)!r}" for name, default in
+                          (("loopback", True), ("shm_size", DEFAULT_SHM_SIZE), ("devpts", True))
+                          if getattr(self, name) != default)
+        return f"Profile({list(self.operations)!r}{options})"
 
 
 def _paths_of(ops: Iterable[Operation]) -> Iterator[str]:
