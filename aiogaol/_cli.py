@@ -66,6 +66,13 @@ def parse_size(text: object, what: str = "size") -> int:
     return value
 
 
+def parse_shm_size(text: object, what: str) -> int:
+    """A size for the jail's /dev/shm, or 0 (also "0") for none."""
+    if not isinstance(text, bool) and text in (0, "0"):
+        return 0
+    return parse_size(text, what)
+
+
 def parse_seconds(text: object, what: str) -> float:
     try:
         value = float(text)  # type: ignore[arg-type]
@@ -86,6 +93,7 @@ class ProfileSpec:
 
     operations: list[Operation] = field(default_factory=list)
     limits: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # Profile's loopback, shm_size, devpts
 
 
 def ready_profile(name: str) -> list[Operation]:
@@ -99,7 +107,7 @@ def ready_profile(name: str) -> list[Operation]:
 
 
 _PROFILE_KEYS = {"extends", "read", "write", "metadata", "tmpfs", "network", "tcp", "unix", "system_info",
-                 "limits"}
+                 "limits", "loopback", "shm_size", "devpts"}
 _LIMIT_KEYS = {"wall_time", "cpu_time", "memory", "processes", "file_size", "open_files", "output", "nice"}
 _SIZE_LIMITS = {"memory", "file_size", "output"}
 
@@ -163,6 +171,13 @@ def load_profile_file(path: str) -> ProfileSpec:
             spec.operations.append(NetworkOutbound(LocalSocket(sock)))
         if doc.get("system_info", False):
             spec.operations.append(SystemInfoRead())
+        for key in ("loopback", "devpts"):
+            if key in doc:
+                if not isinstance(doc[key], bool):
+                    raise UsageError(f"{path}: {key} must be true or false, not {doc[key]!r}")
+                spec.options[key] = doc[key]
+        if "shm_size" in doc:
+            spec.options["shm_size"] = parse_shm_size(doc["shm_size"], f"{path}: shm_size")
     except (TypeError, ValueError) as e:
         raise UsageError(f"profile {path}: {e}") from None
     limits = doc.get("limits", {})
@@ -206,6 +221,11 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
                      help="TCP connections to this port only")
     g.add_argument("--unix", metavar="PATH", action="append", default=[], help="connect to this Unix socket")
     g.add_argument("--system-info", action="store_true", help="read /proc/sys (SystemInfoRead)")
+    g.add_argument("--no-loopback", action="store_true",
+                   help="no loopback in the jail's own network namespace (default: 127.0.0.1 and ::1 up)")
+    g.add_argument("--shm-size", metavar="SIZE",
+                   help="size of the jail's private /dev/shm (default 64M; 0 for none)")
+    g.add_argument("--no-devpts", action="store_true", help="no private devpts (no ptys) in the jail")
     lim = p.add_argument_group("limits")
     lim.add_argument("--timeout", metavar="S", help="wall-clock seconds, then SIGTERM, a grace, SIGKILL")
     lim.add_argument("--cpu", metavar="S", help="CPU seconds")
@@ -236,7 +256,14 @@ def build_profile(ns: argparse.Namespace) -> tuple[Profile, Limits]:
         spec.operations += [NetworkOutbound(LocalSocket(os.path.abspath(p))) for p in ns.unix]
         if ns.system_info:
             spec.operations.append(SystemInfoRead())
-        profile = Profile(spec.operations)
+        options = dict(spec.options)
+        if ns.no_loopback:
+            options["loopback"] = False
+        if ns.shm_size is not None:
+            options["shm_size"] = parse_shm_size(ns.shm_size, "--shm-size")
+        if ns.no_devpts:
+            options["devpts"] = False
+        profile = Profile(spec.operations, **options)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
     limits = dict(spec.limits)

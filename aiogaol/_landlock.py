@@ -143,6 +143,9 @@ def rules_for(profile: Profile, *, abi: int, jail: bool) -> LandlockRules | None
     if jail:
         grants["/dev"] = grants.get("/dev", 0) | (JAIL_DEV & fs)
         grants["/proc"] = grants.get("/proc", 0) | (JAIL_PROC & fs)
+        # The jail's own /dev/shm (Profile.shm_size): written like a Tmpfs rule's tree (noexec anyway).
+        if profile.shm_size:
+            grants["/dev/shm"] = grants.get("/dev/shm", 0) | (WRITE & fs)
         # The jail's skeleton (its root and the directories leading to the binds) may be listed: it
         # holds nothing but mount points.  Not when a metadata-only tree exists, which would become
         # listable too.

@@ -703,6 +703,9 @@ struct bound_inode {
 static struct bound_inode bound[MAX_OPS];
 static int n_bound;
 
+/* The first masked directory and file of this build, in /newroot (see OP_MASK); empty: none yet. */
+static char mask_dir[PATH_MAX], mask_file[PATH_MAX];
+
 static void run_op(const struct op *op)
 {
     struct stat st;
@@ -772,15 +775,27 @@ static void run_op(const struct op *op)
                 break;
             fail(AIOGAOL_STEP_MASK, errno, op->b);
         }
+        /* The first of each kind is made, the others are binds of it (a bind keeps the read-only flag
+         * of its source mount): a bind costs less than a new tmpfs, or than a bind and a setattr. */
         if (S_ISDIR(st.st_mode)) {
-            if (mount("tmpfs", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                      "size=4096,mode=0555") < 0)
+            if (mask_dir[0]) {
+                if (mount(mask_dir, dst, NULL, MS_BIND, NULL) < 0)
+                    fail(AIOGAOL_STEP_MASK, errno, op->b);
+            } else {
+                if (mount("tmpfs", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                          "size=4096,mode=0555") < 0)
+                    fail(AIOGAOL_STEP_MASK, errno, op->b);
+                copy_str(mask_dir, sizeof mask_dir, dst);
+            }
+        } else if (mask_file[0]) {
+            if (mount(mask_file, dst, NULL, MS_BIND, NULL) < 0)
                 fail(AIOGAOL_STEP_MASK, errno, op->b);
         } else {
             /* Not nodev: it is the null device, and reads of it must be empty, not EACCES. */
             if (mount("/oldroot/dev/null", dst, NULL, MS_BIND, NULL) < 0)
                 fail(AIOGAOL_STEP_MASK, errno, op->b);
             set_attr(dst, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, op->b);
+            copy_str(mask_file, sizeof mask_file, dst);
         }
         break;
     case OP_RO_SELF:
@@ -823,6 +838,7 @@ static void build_prefix(unsigned long long root_size)
 {
     char opts[64], *p;
 
+    mask_dir[0] = mask_file[0] = '\0';
     /* Nothing we mount may propagate back to the host. */
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         fail(AIOGAOL_STEP_MAKE_PRIVATE, errno, "/");
