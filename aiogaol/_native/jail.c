@@ -1288,18 +1288,19 @@ static void drop_init(pid_t program)
             drop_failed(program, "setresgid");
         if (setresuid(u, u, u) < 0)
             drop_failed(program, "setresuid");
+        /* A change of ids resets dumpable to fs.suid_dumpable, which may be 1: not dumpable again. */
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+            drop_failed(program, "PR_SET_DUMPABLE");
     }
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &hdr, data) < 0)
         drop_failed(program, "capset");
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         drop_failed(program, "no_new_privs");
-    if (init_len > 0) {
-        prog.len = init_len;
-        prog.filter = init_insns;
-        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
-            drop_failed(program, "seccomp");
-    }
+    prog.len = init_len;
+    prog.filter = init_insns;
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
+        drop_failed(program, "seccomp");
 }
 
 static void __attribute__((noreturn)) run_init(void)
@@ -1309,6 +1310,9 @@ static void __attribute__((noreturn)) run_init(void)
     pid_t child;
     struct pollfd pfd[2];
 
+    /* Init never runs beside the program unfiltered (see drop_init): no filter, no jail. */
+    if (init_len == 0)
+        fail(AIOGAOL_STEP_DROP_INIT, EINVAL, "no seccomp filter for init (--init-filter)");
     if (plan.no_namespaces) {
         init_pid = getpid();
         if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
