@@ -1279,19 +1279,6 @@ static void drop_init(pid_t program)
             drop_failed(program, "bounding set");
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
         drop_failed(program, "ambient set");
-    if (switch_identity) {
-        gid_t g = (gid_t)plan.inside_gid;
-        uid_t u = (uid_t)plan.inside_uid;
-        if (setgroups(0, NULL) < 0)
-            drop_failed(program, "setgroups");
-        if (setresgid(g, g, g) < 0)
-            drop_failed(program, "setresgid");
-        if (setresuid(u, u, u) < 0)
-            drop_failed(program, "setresuid");
-        /* A change of ids resets dumpable to fs.suid_dumpable, which may be 1: not dumpable again. */
-        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
-            drop_failed(program, "PR_SET_DUMPABLE");
-    }
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &hdr, data) < 0)
         drop_failed(program, "capset");
@@ -1323,8 +1310,24 @@ static void __attribute__((noreturn)) run_init(void)
         build_jail();
         mark(AIOGAOL_STEP_HOSTNAME);
     }
-    /* Before the program exists: it may never ptrace init or read /proc/1/mem.  (The program shares
-     * init's memory until its exec, which makes it dumpable again in its own.) */
+    /* Before the program exists, init takes its identity (a root server's init built the jail as root,
+     * for root-only bind sources, and is nobody from here on, on the host as in the jail), keeping its
+     * capabilities for the program's own drops (NO_SETUID_FIXUP; drop_init clears them). */
+    if (switch_identity) {
+        gid_t g = (gid_t)plan.inside_gid;
+        uid_t u = (uid_t)plan.inside_uid;
+        if (prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "init's securebits");
+        if (setgroups(0, NULL) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setgroups");
+        if (setresgid(g, g, g) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setresgid");
+        if (setresuid(u, u, u) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setresuid");
+    }
+    /* Then (a change of ids resets it to fs.suid_dumpable) non-dumpable, before the program exists: it
+     * may never ptrace init or read /proc/1/mem.  (The program shares init's memory until its exec,
+     * which makes it dumpable again in its own.) */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
         fail(AIOGAOL_STEP_DROP_INIT, errno, "PR_SET_DUMPABLE");
 
