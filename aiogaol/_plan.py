@@ -112,8 +112,8 @@ SYS_MASKED = ("/sys/firmware", "/sys/devices/virtual/powercap")
 def identity_line() -> str:
     """Who the jail's processes are on the host, for explain(): it depends on the server, not the plan."""
     if os.geteuid() == 0 and _nobody_mapped():
-        return (f"identity: init builds the jail as root in its user namespace (the server's uid 0), then runs "
-                f"as the program's user; the program runs as nobody ({NOBODY}:{NOBODY}); once the program "
+        return (f"identity: init builds the jail as root in its user namespace (the server's uid 0), then, "
+                f"before the program starts, becomes nobody ({NOBODY}:{NOBODY}) as the program is; once the program "
                 f"has exec'd, init holds no capability, has no_new_privs, is not dumpable and runs under "
                 f"a seccomp filter of its own")
     return (f"identity: init and the program run as the server's user ({os.geteuid()}:{os.getegid()}) on "

@@ -1254,9 +1254,9 @@ static void loopback_up(void)
 }
 
 /* Init, once the program has exec'd (it needed init's capabilities to drop its own): nothing left of
- * them, the program's identity (a root server's init ran as root only to build the jail), no_new_privs
- * and init's own seccomp filter.  It was made non-dumpable before the program was cloned, so the program
- * can neither ptrace it nor read its memory.  Init still holds the error pipe here: a failure kills the
+ * them, no_new_privs and init's own seccomp filter.  It took the program's identity and was made
+ * non-dumpable before the program was cloned (see run_init), so the program can neither ptrace it nor
+ * read its memory.  Init still holds the error pipe here: a failure kills the
  * program and is reported as any set-up failure is (fail closed). */
 static void drop_failed(pid_t program, const char *what)
 {
