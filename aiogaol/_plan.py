@@ -86,7 +86,7 @@ class JailPlan:
             lines = ["namespaces: user, pid, mount, ipc, uts, cgroup" + net]
         else:
             lines = ["isolation: landlock only (no namespaces; the host's tree, PIDs, network and IPC)"]
-        lines.append(identity_line())
+        lines.append(identity_line(self.isolation == "namespaces"))
         lines += [f"  {step.describe()}" for step in self.steps]
         lines += list(self.security)
         if self.seccomp:
@@ -109,8 +109,12 @@ PROC_READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger")
 SYS_MASKED = ("/sys/firmware", "/sys/devices/virtual/powercap")
 
 
-def identity_line() -> str:
+def identity_line(jail: bool = True) -> str:
     """Who the jail's processes are on the host, for explain(): it depends on the server, not the plan."""
+    if os.geteuid() == 0 and _nobody_mapped() and not jail:
+        return (f"identity: init starts as the server (root) and becomes nobody ({NOBODY}:{NOBODY}) before the "
+                f"program starts; the program runs as nobody; once the program has exec'd, init holds no "
+                f"capability, has no_new_privs, is not dumpable and runs under a seccomp filter of its own")
     if os.geteuid() == 0 and _nobody_mapped():
         return (f"identity: init builds the jail as root in its user namespace (the server's uid 0), then, "
                 f"before the program starts, becomes nobody ({NOBODY}:{NOBODY}) as the program is; once the program "
