@@ -118,3 +118,38 @@ async def test_init_in_the_fallback_has_its_filter(py_profile: aiogaol.Profile, 
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), 30)
     assert proc.returncode == 0
+
+
+def test_inits_filter_allows_its_loop_and_nothing_else() -> None:
+    """Load init's filter in a throw-away interpreter: the calls of init's loop pass, anything else is EPERM."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import ctypes, os
+        from aiogaol._init_filter import init_filter
+        from aiogaol._seccomp import _load
+        _, lib = _load()
+        nr = {n: lib.seccomp_syscall_resolve_name(n.encode()) for n in ("getuid", "kill", "mount", "ptrace", "setuid")}
+        bpf = init_filter()
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(bpf, len(bpf))
+        class Prog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+        prog = Prog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        PR_SET_NO_NEW_PRIVS, SECCOMP_SET_MODE_FILTER = 38, 1
+        assert libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+        SYS_seccomp = lib.seccomp_syscall_resolve_name(b"seccomp")
+        assert libc.syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)) == 0
+        results = []
+        for name, args in (("kill", (os.getpid(), 0)), ("getuid", ()), ("mount", (0, 0, 0, 0, 0)),
+                           ("ptrace", (16, 1, 0, 0)), ("setuid", (0,))):
+            rc = libc.syscall(nr[name], *args)
+            results.append("%s=%d/%d" % (name, rc, ctypes.get_errno() if rc < 0 else 0))
+        os.write(1, " ".join(results).encode())
+        os._exit(0)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["kill=0/0", "getuid=-1/1", "mount=-1/1", "ptrace=-1/1", "setuid=-1/1"]
