@@ -155,11 +155,7 @@ async def test_the_private_loopback_takes_ip_sockets(py_profile: aiogaol.Profile
     if aiogaol.check().landlock_abi >= 6:
         fallback = await python_json(py_profile, _fallback_python(python), code, isolation="landlock")
         assert {k: fallback[k] for k in refused} == refused
-    try:
-        no_lo = aiogaol.Profile(py_profile.operations, loopback=False)  # type: ignore[call-arg]
-    except TypeError:
-        pytest.skip("Profile(loopback=False) is not in this tree yet (helper H2 adds it); the policy is checked "
-                    "in test_profile_shapes_the_socket_families")
+    no_lo = aiogaol.Profile(py_profile.operations, loopback=False)
     result = await python_json(no_lo, python, code)
     assert {k: result[k] for k in refused} == refused
 
