@@ -33,7 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AiogaolError", "AllAddresses", "CgroupReport", "DEFAULT_LIMITS", "DEVNULL", "FileReadAll", "FileReadMetadata",
     "FileWriteAll", "JailedProcess", "Job", "JobResult", "JobResults", "KernelReport", "Limits", "Literal", "LocalSocket", "NetworkOutbound",
-    "OperationSupportLevel", "PIPE", "Pool", "PoolStats", "Profile", "ProfileError", "ProfileTypeError", "ProgramNotFoundError",
+    "OperationSupportLevel", "PIPE", "Pool", "PoolStats", "Profile", "ProfileError",
+    "ProfileTypeError", "ProgramNotFoundError",
     "ProgramPermissionError", "STDOUT", "SandboxSetupError", "SandboxedProcess", "Subpath",
     "SystemInfoRead", "Tcp", "Tmpfs", "UNLIMITED", "UnsupportedOperation", "Usage",
     "UserNamespacesUnavailable", "check", "create_sandboxed_subprocess", "explain", "python_executable",

@@ -159,7 +159,7 @@ def _pattern(entry: object) -> Literal | Subpath:
     raise _Bad(_PATTERN, entry)
 
 
-def _paths(op: type[FileReadAll] | type[FileWriteAll] | type[FileReadMetadata]) -> Callable[[ProfileSpec, object], None]:
+def _paths(op: type[FileReadAll | FileWriteAll | FileReadMetadata]) -> Callable[[ProfileSpec, object], None]:
     def parse(spec: ProfileSpec, value: object) -> None:
         spec.operations += [op(_pattern(e)) for e in _list_of(value, _PATTERN + " entries")]
     return parse

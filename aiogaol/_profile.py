@@ -136,7 +136,8 @@ class NetworkOutbound:
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, (AllAddresses, Tcp, LocalSocket)):
-            raise ProfileTypeError(f"NetworkOutbound takes AllAddresses(), Tcp(port) or LocalSocket(path), not {self.address!r}")
+            raise ProfileTypeError("NetworkOutbound takes AllAddresses(), Tcp(port) or LocalSocket(path), "
+                                   f"not {self.address!r}")
 
 
 @dataclass(frozen=True)

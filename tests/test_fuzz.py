@@ -96,7 +96,8 @@ def no_traceback_cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
 LIMIT_FIELDS = ["wall_time", "cpu_time", "memory", "processes", "file_size", "open_files", "output",
                 "core_dumps", "cgroup", "nice"]
 LIMIT_VALUES = (st.none() | st.integers(min_value=1, max_value=1 << 40) | st.floats(min_value=0.01, max_value=1e4)
-                | st.integers(min_value=0, max_value=19) | st.booleans() | st.integers(min_value=-(1 << 70), max_value=1 << 70)
+                | st.integers(min_value=0, max_value=19) | st.booleans()
+                | st.integers(min_value=-(1 << 70), max_value=1 << 70)
                 | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=6) | st.binary(max_size=4)
                 | st.sampled_from(["auto", "none", "/sys/fs/cgroup", "relative"]))
 
@@ -142,7 +143,8 @@ def test_limits_are_valid_or_refused_by_name(kwargs: dict[str, Any]) -> None:
 def operation() -> st.SearchStrategy[Any]:
     """A recipe (constructor, arguments...) for an operation, built inside the test: construction is
     what is under test, so it must not happen while hypothesis draws."""
-    pattern = st.tuples(st.sampled_from([aiogaol.Subpath, aiogaol.Literal]), st.one_of(*[GOOD_PATHS] * 4, PATHS, ANY_VALUE))
+    pattern = st.tuples(st.sampled_from([aiogaol.Subpath, aiogaol.Literal]),
+                        st.one_of(*[GOOD_PATHS] * 4, PATHS, ANY_VALUE))
     wrap = st.one_of(pattern, pattern, pattern, st.tuples(st.just("raw"), ANY_VALUE))
 
     return st.one_of(
