@@ -29,8 +29,8 @@ from typing import Any, Union
 import anyio
 import anyio.abc
 
-from . import _stdio
-from ._run import Status, _classify
+from . import _cputime, _stdio
+from ._run import Status, _classify, _Outcome, _watch_cpu
 from ._anyio_process import JailedProcess, spawn
 from ._jail import Usage
 from ._errors import ProfileError, ProfileTypeError
@@ -370,6 +370,7 @@ class Pool:
         env = job.env if job.env is not None else self.env
         out, err = _Capture(self.limits.output), _Capture(self.limits.output)
         proc: JailedProcess | None = None
+        outcome, watch = _Outcome(), anyio.CancelScope()
         scope = anyio.CancelScope(deadline=anyio.current_time() + deadline if deadline else math.inf)
         self._job_scopes.add(scope)
         if self._cancelling:
@@ -388,7 +389,12 @@ class Pool:
                 except OSError as e:
                     return JobResult(job.id, argv, ERROR, error=str(e) or type(e).__name__, exception=e,
                                      evidence="the jail could not be built")
-                async with proc:
+                async with proc, anyio.create_task_group() as watching:
+                    # The jail's CPU time as a whole and to the tick (RLIMIT_CPU: whole seconds, per
+                    # process), read as aiogaol.run reads it, until the program has exited.
+                    jail = proc._jail
+                    if self.limits.cpu_time is not None and (jail.cgroup is not None or _cputime.available()):
+                        watching.start_soon(_watch_cpu, jail, self.limits.cpu_time, outcome, watch)
                     async with anyio.create_task_group() as tg:
                         if job.input and proc.stdin is not None:
                             tg.start_soon(_feed_stdin, proc, bytes(job.input))
@@ -396,6 +402,7 @@ class Pool:
                         tg.start_soon(_capture, proc, proc.stdout, out)
                         tg.start_soon(_capture, proc, proc.stderr, err)
                     await proc.wait()
+                    watch.cancel()
         finally:
             self._job_scopes.discard(scope)
         if proc is None:  # cancelled or timed out while the jail was being built
@@ -415,7 +422,8 @@ class Pool:
             assert returncode is not None and proc.usage is not None
             cg = proc._jail.cgroup
             status, evidence = _classify(self.limits, returncode, err.value(), proc.usage.cpu_time, False, False,
-                                         max_rss=proc.usage.max_rss, cgroup=cg.report if cg is not None else None)
+                                         max_rss=proc.usage.max_rss, cgroup=cg.report if cg is not None else None,
+                                         jail_cpu_capped=outcome.jail_cpu_capped, cpu_source=outcome.cpu_source)
         return JobResult(job.id, argv, status, returncode, out.value(), err.value(), proc.usage,
                          evidence=evidence)
 

@@ -305,11 +305,16 @@ async def test_a_fractional_cpu_time_is_enforced_as_given(py_profile: aiogaol.Pr
     if not _cputime.available():
         pytest.skip("this kernel does not list children in /proc (CONFIG_PROC_CHILDREN): cpu_time is "
                     "rounded up to whole seconds by RLIMIT_CPU, as docs/limits.md says")
-    r = await aiogaol.run(py_profile, [python, "-c", "while True: pass"], limits=Limits(cpu_time=0.3, wall_time=30))
+    limits = Limits(cpu_time=0.3, wall_time=30)
+    r = await aiogaol.run(py_profile, [python, "-c", "while True: pass"], limits=limits)
     assert r.status is Status.CPU_LIMIT, r.evidence
     assert 0.3 <= r.cpu_time < 0.7, r.cpu_time
     if r.cgroup is None:
         assert "/proc/PID/stat" in r.evidence and "/proc/PID/stat" in r.enforced_by["cpu_time"]
+    async with aiogaol.Pool(py_profile, size=1, limits=limits) as pool:
+        j = await pool.run([python, "-c", "while True: pass"])
+    assert j.status is Status.CPU_LIMIT and "the event loop killed it" in j.evidence, j.evidence
+    assert j.cpu_time is not None and j.cpu_time < 0.7, j.cpu_time
 
 
 async def test_cpu_time_holds_the_whole_jail_without_a_cgroup(py_profile: aiogaol.Profile, python: str) -> None:
