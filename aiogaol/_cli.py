@@ -745,3 +745,14 @@ def main(argv: Sequence[str] | None = None, *, stdin: Any = None, stdout: TextIO
         return EXIT_SETUP_FAILED
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # Whoever read our output went away (``aiogaol batch ... | head``): stop quietly, as a program
+        # killed by SIGPIPE would, and keep the interpreter's final flush from raising again.
+        if stdout is sys.stdout:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
+        return 128 + signal.SIGPIPE

@@ -11,6 +11,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +228,20 @@ def test_a_bad_batch_line_is_an_error_result_and_the_others_run(tmp_path: Path) 
         assert any("not UTF-8" in r["error"] for r in errors)
         assert sum("nested too deeply" in r["error"] for r in errors) == 2
         assert "16 jobs" in err and "2 ok, 14 error" in err
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback(tmp_path: Path) -> None:
+    """``aiogaol batch jobs | head -1``: the pipe breaks under the second result; exit 141 as SIGPIPE would."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('["echo", "a"]\n["echo", "b"]\n["echo", "c"]\n')
+    r, w = os.pipe()
+    os.close(r)  # nobody reads: the first write breaks the pipe
+    try:
+        done = subprocess.run([sys.executable, "-m", "aiogaol", "batch", str(jobs), "-j", "1"], stdout=w,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(w)
+    assert "Traceback" not in done.stderr and done.returncode == 141, done.stderr
 
 
 def test_batch_counts_every_status_a_job_can_end_in(tmp_path: Path) -> None:
