@@ -234,14 +234,15 @@ def test_a_reader_that_goes_away_is_not_a_traceback(tmp_path: Path) -> None:
     """``aiogaol batch jobs | head -1``: the pipe breaks under the second result; exit 141 as SIGPIPE would."""
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('["echo", "a"]\n["echo", "b"]\n["echo", "c"]\n')
-    r, w = os.pipe()
-    os.close(r)  # nobody reads: the first write breaks the pipe
-    try:
-        done = subprocess.run([sys.executable, "-m", "aiogaol", "batch", str(jobs), "-j", "1"], stdout=w,
-                              stderr=subprocess.PIPE, text=True, timeout=60)
-    finally:
-        os.close(w)
-    assert "Traceback" not in done.stderr and done.returncode == 141, done.stderr
+    for source in (str(jobs), "-"):
+        r, w = os.pipe()
+        os.close(r)  # nobody reads: the first write breaks the pipe
+        try:
+            done = subprocess.run([sys.executable, "-m", "aiogaol", "batch", source, "-j", "1"], stdout=w,
+                                  stderr=subprocess.PIPE, input=jobs.read_text(), text=True, timeout=60)
+        finally:
+            os.close(w)
+        assert "Traceback" not in done.stderr and done.returncode == 141, done.stderr
 
 
 def test_batch_counts_every_status_a_job_can_end_in(tmp_path: Path) -> None:
