@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from . import _ready
+from . import _cputime, _ready
 from ._anyio_process import spawn
 from ._errors import (AiogaolError, ProfileError, ProgramNotFoundError, ProgramPermissionError,
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
@@ -38,6 +38,7 @@ from ._plan import compile_profile
 from ._pool import ERROR, OK, STATUSES, Job, JobResult, Pool
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
                        NetworkOutbound, Operation, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
+from ._run import _Outcome, _watch_cpu
 
 EXIT_TIMED_OUT, EXIT_SETUP_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 124, 125, 126, 127
 EXIT_USAGE = 2
@@ -435,12 +436,20 @@ async def _run_inherited(profile: Profile, limits: Limits, argv: list[str], env:
                         proc.send_signal(signum)
 
             tg.start_soon(forward)
+            # --cpu as given and for the jail as a whole, as aiogaol.run enforces it (RLIMIT_CPU alone
+            # counts whole seconds of one process).
+            outcome = _Outcome()
+            if limits.cpu_time is not None and (proc._jail.cgroup is not None or _cputime.available()):
+                tg.start_soon(_watch_cpu, proc._jail, limits.cpu_time, outcome, anyio.CancelScope())
             with anyio.move_on_after(limits.wall_time if limits.wall_time else math.inf) as deadline:
                 returncode = await proc.wait()
             tg.cancel_scope.cancel()
     if deadline.cancelled_caught:
         print(f"aiogaol: timed out after {limits.wall_time:g} s", file=stderr)
         return EXIT_TIMED_OUT
+    if outcome.jail_cpu_capped:
+        print(f"aiogaol: CPU time limit of {limits.cpu_time:g} s reached ({outcome.cpu_source})", file=stderr)
+        return 128 + signal.SIGXCPU  # what RLIMIT_CPU's own SIGXCPU gives
     return _exit_status(returncode)
 
 

@@ -334,6 +334,15 @@ async def test_a_fractional_cpu_time_is_enforced_as_given(py_profile: aiogaol.Pr
     assert j.cpu_time is not None and j.cpu_time < 0.7, j.cpu_time
 
 
+def test_the_cli_enforces_a_fractional_cpu_limit(python: str) -> None:
+    from aiogaol import _cputime
+
+    if not _cputime.available():
+        pytest.skip("this kernel does not list children in /proc (CONFIG_PROC_CHILDREN)")
+    code, _, err = cli("run", "--profile", "python", "--cpu", "0.3", "--", python, "-c", "while True: pass")
+    assert code == 128 + 24 and "CPU time limit of 0.3 s" in err, (code, err)  # 24: SIGXCPU
+
+
 async def test_cpu_time_holds_the_whole_jail_without_a_cgroup(py_profile: aiogaol.Profile, python: str) -> None:
     """Four spinning processes under cpu_time=0.6: each had 1 s of RLIMIT_CPU (4 s together) before."""
     from aiogaol import _cputime
