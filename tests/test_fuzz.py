@@ -85,7 +85,7 @@ def no_traceback_cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
         assert e.code == 2, e
         return 2, out.getvalue(), err.getvalue()
     if code == 2:
-        lines = err.getvalue().splitlines()
+        lines = err.getvalue().rstrip("\n").split("\n")  # "\n" only: a path may hold U+0085 or U+2028
         assert len(lines) == 1 and lines[0].startswith("aiogaol: "), err.getvalue()
     return code, out.getvalue(), err.getvalue()
 
@@ -366,6 +366,23 @@ def test_the_canary_check_can_fail(tmp_path: Path, canary: Path) -> None:
     path.write_text(f'extends = "system"\nread = ["{canary.parent}"]\n')
     code, out, err = no_traceback_cli("run", "--profile", str(path), "--json", "--", "cat", str(canary))
     assert code == 0 and "CANARY-7f3a" in json.loads(out)["stdout"], (out, err)
+
+
+FLAGS = ["--timeout", "--cpu", "--memory", "--processes", "--output", "--nice", "--tmpfs", "--tcp", "--ro",
+         "--rw", "--metadata", "--unix", "--env", "--cwd", "--profile"]
+FLAG_TEXT = st.one_of(st.sampled_from(["0", "-1", "1", "0.5", "nan", "inf", "1e400", "9" * 40, "256M", "1.5G", "lots",
+                                       "/tmp", "/tmp:8M", "/etc", "relative", "A=1", "A", "=", "none", "system"]),
+                      st.text(max_size=6).filter(lambda t: "\0" not in t))
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(FLAGS), FLAG_TEXT), max_size=4))
+def test_run_flags_are_taken_or_refused_in_one_line(flags: list[tuple[str, str]]) -> None:
+    COUNTS["run flags"] += 1
+    argv = [part for flag, value in flags for part in (flag, value)]
+    code, out, err = no_traceback_cli("run", *argv, "--explain")
+    COUNTS[f"run flags --explain exit {code}"] += 1
+    assert code in (0, 2, 125), err
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
 
 
 def one_line(text: str) -> str:
-    lines = text.splitlines()
+    lines = text.rstrip("\n").split("\n")
     assert len(lines) == 1 and lines[0].startswith("aiogaol: "), text
     return lines[0]
 
