@@ -82,8 +82,9 @@ class Limits:
     memory caps the jail's memory (cgroup ``memory.max`` where available, else the address space of
     each process, RLIMIT_AS), processes counts the program's processes (cgroup ``pids.max`` and
     RLIMIT_NPROC in the jail's user namespace; the jail's init is not counted), file_size caps any one
-    file written, open_files the fd table, cpu_time the CPU seconds of each process (RLIMIT_CPU; with a
-    cgroup ``run`` also stops the jail when all its processes together used that much), wall_time the
+    file written, open_files the fd table, cpu_time the CPU seconds of each process (RLIMIT_CPU, which
+    rounds up to whole seconds; ``run``, ``Pool`` and ``aiogaol run`` also stop the jail when all its
+    processes together used that much, read from the cgroup's cpu.stat or from /proc), wall_time the
     seconds from spawn to exit, output the bytes ``run`` keeps of stdout and of stderr (more ends the
     run: status output-limit).  nice is the jail's CPU niceness, 0 to 19 (``None`` keeps the server's):
     by default 19, as in nsjail, so that untrusted programs and the building of their jails yield the

@@ -6,8 +6,8 @@ wait and its kill sequence, so that every limit is enforced in one place that ca
 
 Who enforces what: rlimits travel with the spawn (the C child applies them before exec); a cgroup v2 of
 the jail's own bounds memory and processes where one can be made (``_cgroup``); wall time, output caps
-and (with a cgroup) the jail-wide CPU time are enforced here, from the event loop, never with a blocking
-sleep.  The report says which mechanism enforced each limit and how the status was decided, because an
+and the jail-wide CPU time (cgroup cpu.stat, else the jail's process tree in /proc: ``_cputime``) are
+enforced here, from the event loop, never with a blocking sleep.  The report says which mechanism enforced each limit and how the status was decided, because an
 rlimit hit is seen from outside only through the way the program died.
 """
 
