@@ -84,6 +84,14 @@ def parse_seconds(text: object, what: str) -> float:
     return value
 
 
+def _one_line(message: str) -> str:
+    """A message as one printable line: a newline or a terminal escape in a path the user gave (or a
+    fuzzer) is shown escaped, as repr() would, never acted on by the terminal."""
+    if message.isprintable():
+        return message
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+
+
 def _show(value: object) -> str:
     """A value in an error message: its repr, cut short (a fuzzer's megabyte string stays one line)."""
     text = repr(value)
@@ -408,7 +416,7 @@ def _exit_status(returncode: int) -> int:
 
 
 def _setup_failure(e: OSError, stderr: TextIO) -> int:
-    print(f"aiogaol: {e}", file=stderr)
+    print(f"aiogaol: {_one_line(str(e))}", file=stderr)
     if isinstance(e, ProgramNotFoundError):
         return EXIT_NOT_FOUND
     if isinstance(e, ProgramPermissionError):
@@ -741,16 +749,16 @@ def main(argv: Sequence[str] | None = None, *, stdin: Any = None, stdout: TextIO
             return cmd_check(ns, stdout)
         return cmd_batch(ns, stdin, stdout, stderr)
     except UsageError as e:
-        print(f"aiogaol: {e}", file=stderr)
+        print(f"aiogaol: {_one_line(str(e))}", file=stderr)
         return EXIT_USAGE
     except UnsupportedOperation as e:  # the kernel cannot enforce the profile: the jail cannot be built
-        print(f"aiogaol: {e}", file=stderr)
+        print(f"aiogaol: {_one_line(str(e))}", file=stderr)
         return EXIT_SETUP_FAILED
     except ProfileError as e:  # an argument refused by the library (a relative --cwd, a NUL in --env...)
-        print(f"aiogaol: {e}", file=stderr)
+        print(f"aiogaol: {_one_line(str(e))}", file=stderr)
         return EXIT_USAGE
     except AiogaolError as e:
-        print(f"aiogaol: {e}", file=stderr)
+        print(f"aiogaol: {_one_line(str(e))}", file=stderr)
         return EXIT_SETUP_FAILED
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

@@ -178,6 +178,8 @@ BAD_ARGS = [
     (["run", "--cwd", "relative", "--", "true"], "cwd"),
     (["run", "--env", "A\x00=1", "--", "true"], "NUL"),
     (["run", "--", ""], "program is empty"),
+    (["run", "--profile", "no\nsuch", "--", "true"], "--profile no\\nsuch"),
+    (["run", "--rw", "/no/such\n\x1b[2J", "--", "true"], "/no/such\\n\\x1b[2J does not exist"),
     (["run", "--"], "nothing to run"),
     (["run", "--json", "--cwd", "rel", "--", "true"], "cwd"),
     (["batch", "/no/such/jobs.jsonl"], "No such file"),
