@@ -19,7 +19,7 @@ import errno
 import functools
 
 from . import _kernel, _landlock, _seccomp
-from ._errors import SandboxSetupError, UnsupportedOperation
+from ._errors import ProfileError, ProfileTypeError, SandboxSetupError, UnsupportedOperation
 from ._plan import JailPlan
 from ._profile import LocalSocket, NetworkOutbound, Profile, Tmpfs
 
@@ -40,9 +40,9 @@ GUARANTEES = {
 
 def check_isolation(isolation: object) -> str:
     if not isinstance(isolation, str):
-        raise TypeError(f"isolation must be a str, not {type(isolation).__name__}")
+        raise ProfileTypeError(f"isolation must be a str, not {type(isolation).__name__}")
     if isolation not in ISOLATIONS:
-        raise ValueError(f"isolation must be one of {', '.join(map(repr, ISOLATIONS))}, not {isolation!r}")
+        raise ProfileError(f"isolation must be one of {', '.join(map(repr, ISOLATIONS))}, not {isolation!r}")
     return isolation
 
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ._errors import ProfileError
+from ._errors import ProfileError, ProfileTypeError
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
                        NetworkOutbound, Profile, ResolvedPath, SystemInfoRead, Tcp, Tmpfs, check_path)
 
@@ -258,18 +258,21 @@ def _check_arg(value: object, what: str) -> bytes:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if isinstance(value, str):
-        value = os.fsencode(value)
+        try:
+            value = os.fsencode(value)
+        except UnicodeEncodeError:
+            raise ProfileError(f"{what} {value!r} cannot be encoded for the kernel (a lone surrogate?)") from None
     if not isinstance(value, bytes):
-        raise TypeError(f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}")
+        raise ProfileTypeError(f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}")
     if b"\0" in value:
-        raise ValueError(f"{what} {value!r} contains a NUL byte")
+        raise ProfileError(f"{what} {value!r} contains a NUL byte")
     return value
 
 
 def program_argv(program: object, args: Sequence[object]) -> list[bytes]:
     argv = [_check_arg(program, "program")]
     if not argv[0]:
-        raise ValueError("program is empty")
+        raise ProfileError("program is empty")
     argv += [_check_arg(a, f"argument {i}") for i, a in enumerate(args, 1)]
     return argv
 
@@ -279,11 +282,11 @@ def environment(env: Mapping[object, object] | None) -> list[bytes]:
     result: dict[bytes, bytes] = {}
     if env is not None:
         if not isinstance(env, Mapping):
-            raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+            raise ProfileTypeError(f"env must be a mapping, not {type(env).__name__}")
         for key, value in env.items():
             k = _check_arg(key, "environment name")
             if not k or b"=" in k:
-                raise ValueError(f"environment name {k!r} is empty or contains '='")
+                raise ProfileError(f"environment name {k!r} is empty or contains '='")
             result[k] = _check_arg(value, f"environment value of {k.decode(errors='replace')}")
     result.setdefault(b"PATH", MINIMAL_PATH.encode())
     return [k + b"=" + v for k, v in result.items()]
