@@ -7,7 +7,7 @@ here start programs under it.  See the README and docs/ for the model and its li
 from ._anyio_process import JailedProcess, spawn
 from ._asyncio_process import SandboxedProcess, create_sandboxed_subprocess
 from ._cgroup import CgroupReport
-from ._errors import (AiogaolError, ProfileError, ProgramNotFoundError, ProgramPermissionError,
+from ._errors import (AiogaolError, ProfileError, ProfileTypeError, ProgramNotFoundError, ProgramPermissionError,
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
 from ._jail import Usage
 from ._kernel import KernelReport, check
@@ -33,7 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AiogaolError", "AllAddresses", "CgroupReport", "DEFAULT_LIMITS", "DEVNULL", "FileReadAll", "FileReadMetadata",
     "FileWriteAll", "JailedProcess", "Job", "JobResult", "JobResults", "KernelReport", "Limits", "Literal", "LocalSocket", "NetworkOutbound",
-    "OperationSupportLevel", "PIPE", "Pool", "PoolStats", "Profile", "ProfileError", "ProgramNotFoundError",
+    "OperationSupportLevel", "PIPE", "Pool", "PoolStats", "Profile", "ProfileError",
+    "ProfileTypeError", "ProgramNotFoundError",
     "ProgramPermissionError", "STDOUT", "SandboxSetupError", "SandboxedProcess", "Subpath",
     "SystemInfoRead", "Tcp", "Tmpfs", "UNLIMITED", "UnsupportedOperation", "Usage",
     "UserNamespacesUnavailable", "check", "create_sandboxed_subprocess", "explain", "python_executable",

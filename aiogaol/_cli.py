@@ -12,30 +12,33 @@ file (``--profile FILE``, see examples/profiles/) or by name (``--profile system
 from __future__ import annotations
 
 import argparse
+import decimal
 import json
 import math
 import os
 import re
 import signal
+import stat
 import sys
 import time
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import anyio
 
-from . import _ready
+from . import _cputime, _ready
 from ._anyio_process import spawn
-from ._errors import (AiogaolError, ProgramNotFoundError, ProgramPermissionError, SandboxSetupError,
-                      UserNamespacesUnavailable)
+from ._errors import (AiogaolError, ProfileError, ProgramNotFoundError, ProgramPermissionError,
+                      SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
 from ._kernel import KernelReport, check
-from ._limits import DEFAULT_LIMITS, Limits
+from ._limits import DEFAULT_LIMITS, MAX_SECONDS, Limits, check_limit
 from ._plan import compile_profile
-from ._pool import STATUSES, Job, JobResult, Pool
+from ._pool import ERROR, OK, STATUSES, Job, JobResult, Pool
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
                        NetworkOutbound, Operation, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
+from ._run import _Outcome, _watch_cpu
 
 EXIT_TIMED_OUT, EXIT_SETUP_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 124, 125, 126, 127
 EXIT_USAGE = 2
@@ -51,29 +54,55 @@ class UsageError(Exception):
 
 
 def parse_size(text: object, what: str = "size") -> int:
-    """``1048576``, ``512k``, ``256M``, ``1G``, ``2GiB``: binary units, as ulimit and bubblewrap use."""
-    if isinstance(text, bool):
-        raise UsageError(f"{what}: expected a size such as 256M, not {text!r}")
+    """``1048576``, ``512k``, ``256M``, ``1G``, ``2GiB``: binary units, as ulimit and bubblewrap use.
+    Exact (Decimal, not float): a size of many digits is refused by the limit's range, not by an overflow."""
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise UsageError(f"{what}: expected a size such as 256M or a number of bytes, not {_show(text)}")
     if isinstance(text, int):
         value = text
     else:
-        m = _SIZE.match(str(text))
-        if not m:
-            raise UsageError(f"{what}: expected a size such as 64M or 1G, not {text!r}")
-        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        m = _SIZE.match(text)
+        if not m or len(text) > 64:
+            raise UsageError(f"{what}: expected a size such as 64M or 1G, not {_show(text)}")
+        value = int(decimal.Decimal(m.group(1)) * _UNITS[m.group(2).lower()])
     if value <= 0:
-        raise UsageError(f"{what} must be positive, not {text!r}")
+        raise UsageError(f"{what} must be positive, not {_show(text)}")
     return value
+
+
+def parse_shm_size(text: object, what: str) -> int:
+    """A size for the jail's /dev/shm, or 0 (also "0") for none."""
+    if not isinstance(text, bool) and text in (0, "0"):
+        return 0
+    return parse_size(text, what)
 
 
 def parse_seconds(text: object, what: str) -> float:
+    """Seconds from the command line (a string) or a profile file (a number: a bool or a string is refused)."""
+    if isinstance(text, bool) or not isinstance(text, (int, float, str)):
+        raise UsageError(f"{what}: expected a number of seconds, not {_show(text)}")
     try:
-        value = float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise UsageError(f"{what}: expected seconds, not {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise UsageError(f"{what} must be a positive number of seconds, not {text!r}")
+        value = float(text)
+    except (OverflowError, ValueError):
+        raise UsageError(f"{what}: expected a number of seconds, not {_show(text)}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise UsageError(f"{what} must be a number of seconds, more than 0 and at most {MAX_SECONDS:g}, "
+                         f"not {_show(text)}")
     return value
+
+
+def _one_line(message: str) -> str:
+    """A message as one printable line: a newline or a terminal escape in a path the user gave (or a
+    fuzzer) is shown escaped, as repr() would, never acted on by the terminal."""
+    if message.isprintable():
+        return message
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+
+
+def _show(value: object) -> str:
+    """A value in an error message: its repr, cut short (a fuzzer's megabyte string stays one line)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,10 +111,12 @@ def parse_seconds(text: object, what: str) -> float:
 
 @dataclass
 class ProfileSpec:
-    """What the command line and a profile file say, before it becomes a Profile and Limits."""
+    """What the command line and a profile file say, before it becomes a Profile and Limits.
+    ``options`` are Profile's keyword arguments (a profile file's top-level keys that are not operations)."""
 
     operations: list[Operation] = field(default_factory=list)
     limits: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # Profile's loopback, shm_size, devpts
 
 
 def ready_profile(name: str) -> list[Operation]:
@@ -98,89 +129,218 @@ def ready_profile(name: str) -> list[Operation]:
     raise UsageError(f"no ready-made profile {name!r}; the names are {', '.join(READY_PROFILES)}")
 
 
-_PROFILE_KEYS = {"extends", "read", "write", "metadata", "tmpfs", "network", "tcp", "unix", "system_info",
-                 "limits"}
-_LIMIT_KEYS = {"wall_time", "cpu_time", "memory", "processes", "file_size", "open_files", "output", "nice"}
-_SIZE_LIMITS = {"memory", "file_size", "output"}
+class _Bad(Exception):
+    """A value of a profile file that is not what its field takes: (what was expected, the value)."""
+
+    def __init__(self, expected: str, value: object) -> None:
+        super().__init__(expected, value)
+        self.expected = expected
+        self.value = value
 
 
-def _pattern(entry: object, where: str) -> Literal | Subpath:
-    """A path string is a Subpath (the tree); ``{path = "...", literal = true}`` the entry alone."""
-    if isinstance(entry, str):
-        return Subpath(entry)
-    if isinstance(entry, dict) and set(entry) <= {"path", "literal"} and isinstance(entry.get("path"), str):
-        return Literal(entry["path"]) if entry.get("literal") else Subpath(entry["path"])
-    raise UsageError(f"{where}: expected a path or {{path = \"...\", literal = true}}, not {entry!r}")
-
-
-def _list(doc: dict[str, Any], key: str, where: str) -> list[Any]:
-    value = doc.get(key, [])
-    if not isinstance(value, list):
-        raise UsageError(f"{where}: '{key}' must be a list")
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad("true or false", value)
     return value
 
 
-def load_profile_file(path: str) -> ProfileSpec:
-    """Read a TOML profile (format in docs/profiles.md and examples/profiles/).  Unknown keys are
-    errors: a misspelt rule in a sandbox policy must not pass unnoticed."""
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad("an integer", value)
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Bad("a string", value)
+    return value
+
+
+def _list_of(value: object, expected: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Bad(f"a list of {expected}", value)
+    return value
+
+
+_PATTERN = 'a path string or {path = "...", literal = true|false}'
+
+
+def _pattern(entry: object) -> Literal | Subpath:
+    """A path string is a Subpath (the tree); ``{path = "...", literal = true}`` the entry alone."""
+    if isinstance(entry, str):
+        return Subpath(entry)
+    if isinstance(entry, dict) and set(entry) <= {"path", "literal"} and isinstance(entry.get("path"), str) \
+            and isinstance(entry.get("literal", False), bool):
+        return Literal(entry["path"]) if entry.get("literal") else Subpath(entry["path"])
+    raise _Bad(_PATTERN, entry)
+
+
+def _paths(op: type[FileReadAll | FileWriteAll | FileReadMetadata]) -> Callable[[ProfileSpec, object], None]:
+    def parse(spec: ProfileSpec, value: object) -> None:
+        spec.operations += [op(_pattern(e)) for e in _list_of(value, _PATTERN + " entries")]
+    return parse
+
+
+_TMPFS = '"PATH[:SIZE]" or {path = "...", size = "16M" or bytes}'
+
+
+def _tmpfs(spec: ProfileSpec, value: object) -> None:
+    for entry in _list_of(value, _TMPFS + " entries"):
+        if isinstance(entry, str):
+            spec.operations.append(parse_tmpfs(entry))
+        elif isinstance(entry, dict) and set(entry) <= {"path", "size"} and isinstance(entry.get("path"), str):
+            size = parse_size(entry["size"], "size") if "size" in entry else None
+            spec.operations.append(Tmpfs(entry["path"], size) if size is not None else Tmpfs(entry["path"]))
+        else:
+            raise _Bad(_TMPFS, entry)
+
+
+def _network(spec: ProfileSpec, value: object) -> None:
+    if value == "all" and isinstance(value, str):
+        spec.operations.append(NetworkOutbound(AllAddresses()))
+    elif value != "none" or not isinstance(value, str):
+        raise _Bad('"none" or "all" (use tcp = [...] for ports)', value)
+
+
+def _tcp(spec: ProfileSpec, value: object) -> None:
+    spec.operations += [NetworkOutbound(Tcp(_int(port))) for port in _list_of(value, "port numbers")]
+
+
+def _unix(spec: ProfileSpec, value: object) -> None:
+    spec.operations += [NetworkOutbound(LocalSocket(_str(sock))) for sock in _list_of(value, "socket paths")]
+
+
+def _system_info(spec: ProfileSpec, value: object) -> None:
+    if _bool(value):
+        spec.operations.append(SystemInfoRead())
+
+
+def _option(name: str, check: Callable[[object], object]) -> Callable[[ProfileSpec, object], None]:
+    """A Profile keyword argument, checked for its type here and for its range by Profile itself."""
+    def parse(spec: ProfileSpec, value: object) -> None:
+        spec.options[name] = check(value)
+    return parse
+
+
+def _limit_seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad("a number of seconds", value)
+    return float(value)
+
+
+def _limit_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Bad('a size: bytes or a string such as "256M"', value)
+    return parse_size(value)
+
+
+def _shm_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Bad('a size: bytes, a string such as "64M", or 0 for no /dev/shm', value)
+    return parse_shm_size(value, "shm_size")
+
+
+# [limits]: key -> parser of its value; the range is Limits' own (check_limit).
+_LIMIT_FIELDS: dict[str, Callable[[object], object]] = {
+    "wall_time": _limit_seconds, "cpu_time": _limit_seconds, "memory": _limit_size, "file_size": _limit_size,
+    "output": _limit_size, "processes": _int, "open_files": _int, "nice": _int, "core_dumps": _bool,
+}
+
+
+def _limits(spec: ProfileSpec, value: object) -> None:
+    if not isinstance(value, dict):
+        raise _Bad("a table: [limits]", value)
+    for key, item in value.items():
+        if key not in _LIMIT_FIELDS:
+            raise UsageError(f"limits.{key}: unknown key; [limits] takes {', '.join(sorted(_LIMIT_FIELDS))}")
+        try:
+            parsed = _LIMIT_FIELDS[key](item)
+            check_limit(key, parsed)
+        except _Bad as e:
+            raise UsageError(f"limits.{key}: expected {e.expected}, not {_show(e.value)}") from None
+        except UsageError as e:
+            raise UsageError(f"limits.{key}: {e}") from None
+        except ProfileError as e:
+            raise UsageError(f"limits.{key}: {e}") from None
+        spec.limits[key] = parsed
+
+
+# Every key of a profile file and the parser of its value: one type each, anything else an error naming
+# the file, the key and what it takes.  ``extends`` is read first (the base comes before the rules).
+# A new key is one line here (a Profile keyword argument: ``"name": _option("name", _bool)``).
+PROFILE_FIELDS: dict[str, Callable[[ProfileSpec, object], None]] = {
+    "read": _paths(FileReadAll),
+    "write": _paths(FileWriteAll),
+    "metadata": _paths(FileReadMetadata),
+    "tmpfs": _tmpfs,
+    "network": _network,
+    "tcp": _tcp,
+    "unix": _unix,
+    "system_info": _system_info,
+    "limits": _limits,
+    "loopback": _option("loopback", _bool),
+    "shm_size": _option("shm_size", _shm_size),
+    "devpts": _option("devpts", _bool),
+}
+_PROFILE_KEYS = {"extends", *PROFILE_FIELDS}
+MAX_PROFILE_BYTES = 1 << 20  # a profile is a page of text; more is a mistake (or /dev/zero)
+
+
+def _read_profile_text(path: str) -> str:
+    """The file's text, or a UsageError naming the problem: missing, a directory, a device, too large,
+    unreadable, not UTF-8."""
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"profile {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            kind = "a directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "not a regular file"
+            raise UsageError(f"profile {path}: {kind}; a profile is a TOML file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_PROFILE_BYTES + 1)
     except OSError as e:
-        raise UsageError(f"profile {path}: {e.strerror}") from None
+        raise UsageError(f"profile {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PROFILE_BYTES:
+        raise UsageError(f"profile {path}: larger than {MAX_PROFILE_BYTES >> 20} MiB; a profile is a short TOML file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"profile {path}: not UTF-8 (byte {e.start}: {_show(data[e.start:e.start + 4])}); "
+                         "TOML files are UTF-8") from None
+
+
+def load_profile_file(path: str) -> ProfileSpec:
+    """Read a TOML profile (format in docs/profiles.md and examples/profiles/).  Every key has one type;
+    unknown keys are errors: a misspelt rule in a sandbox policy must not pass unnoticed.  Every problem
+    is a UsageError naming the file and the key."""
+    text = _read_profile_text(path)
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"profile {path}: {e}") from None
+    except RecursionError:
+        raise UsageError(f"profile {path}: nested too deeply to be a profile") from None
     unknown = set(doc) - _PROFILE_KEYS
     if unknown:
         raise UsageError(f"profile {path}: unknown key(s) {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(sorted(_PROFILE_KEYS))}")
     spec = ProfileSpec()
     base = doc.get("extends", "none")
-    if not isinstance(base, str):
-        raise UsageError(f"profile {path}: 'extends' must be a ready-made profile name")
+    if not isinstance(base, str) or base not in READY_PROFILES:
+        raise UsageError(f"profile {path}: extends: expected one of {', '.join(READY_PROFILES)}, not {_show(base)}")
     spec.operations += ready_profile(base)
-    try:
-        spec.operations += [FileReadAll(_pattern(e, f"{path}: read")) for e in _list(doc, "read", path)]
-        spec.operations += [FileWriteAll(_pattern(e, f"{path}: write")) for e in _list(doc, "write", path)]
-        spec.operations += [FileReadMetadata(_pattern(e, f"{path}: metadata"))
-                            for e in _list(doc, "metadata", path)]
-        for entry in _list(doc, "tmpfs", path):
-            if isinstance(entry, str):
-                spec.operations.append(parse_tmpfs(entry))
-            elif isinstance(entry, dict) and set(entry) <= {"path", "size"} and isinstance(entry.get("path"), str):
-                size = parse_size(entry["size"], f"{path}: tmpfs size") if "size" in entry else None
-                spec.operations.append(Tmpfs(entry["path"], size) if size else Tmpfs(entry["path"]))
-            else:
-                raise UsageError(f"{path}: tmpfs entries are \"PATH[:SIZE]\" or {{path = ..., size = ...}}")
-        network = doc.get("network", "none")
-        if network == "all":
-            spec.operations.append(NetworkOutbound(AllAddresses()))
-        elif network != "none":
-            raise UsageError(f"{path}: network is \"none\" or \"all\" (use tcp = [...] for ports), not {network!r}")
-        for port in _list(doc, "tcp", path):
-            spec.operations.append(NetworkOutbound(Tcp(port)))
-        for sock in _list(doc, "unix", path):
-            spec.operations.append(NetworkOutbound(LocalSocket(sock)))
-        if doc.get("system_info", False):
-            spec.operations.append(SystemInfoRead())
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"profile {path}: {e}") from None
-    limits = doc.get("limits", {})
-    if not isinstance(limits, dict) or set(limits) - _LIMIT_KEYS:
-        raise UsageError(f"profile {path}: [limits] takes {', '.join(sorted(_LIMIT_KEYS))}")
-    for key, value in limits.items():
-        if key in _SIZE_LIMITS:
-            spec.limits[key] = parse_size(value, f"{path}: limits.{key}")
-        elif key in ("wall_time", "cpu_time"):
-            spec.limits[key] = parse_seconds(value, f"{path}: limits.{key}")
-        elif key == "nice":
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
-                raise UsageError(f"{path}: limits.nice must be an integer from 0 to 19")
-            spec.limits[key] = value
-        else:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UsageError(f"{path}: limits.{key} must be a positive integer")
-            spec.limits[key] = value
+    for key, parse in PROFILE_FIELDS.items():
+        if key not in doc:
+            continue
+        try:
+            parse(spec, doc[key])
+        except _Bad as e:
+            raise UsageError(f"profile {path}: {key}: expected {e.expected}, not {_show(e.value)}") from None
+        except (UsageError, ProfileError) as e:  # ProfileTypeError too; range errors of the operations
+            raise UsageError(f"profile {path}: {'' if key == 'limits' else key + ': '}{e}") from None
     return spec
 
 
@@ -206,6 +366,11 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
                      help="TCP connections to this port only")
     g.add_argument("--unix", metavar="PATH", action="append", default=[], help="connect to this Unix socket")
     g.add_argument("--system-info", action="store_true", help="read /proc/sys (SystemInfoRead)")
+    g.add_argument("--no-loopback", action="store_true",
+                   help="no loopback in the jail's own network namespace (default: 127.0.0.1 and ::1 up)")
+    g.add_argument("--shm-size", metavar="SIZE",
+                   help="size of the jail's private /dev/shm (default 64M; 0 for none)")
+    g.add_argument("--no-devpts", action="store_true", help="no private devpts (no ptys) in the jail")
     lim = p.add_argument_group("limits")
     lim.add_argument("--timeout", metavar="S", help="wall-clock seconds, then SIGTERM, a grace, SIGKILL")
     lim.add_argument("--cpu", metavar="S", help="CPU seconds")
@@ -219,10 +384,12 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
 def build_profile(ns: argparse.Namespace) -> tuple[Profile, Limits]:
     """The Profile and Limits the options describe: the base profile, then each flag's operation."""
     spec = ProfileSpec()
+    source = "command line"
     if ns.profile in READY_PROFILES:
         spec.operations += ready_profile(ns.profile)
     elif os.path.exists(ns.profile) or ns.profile.endswith(".toml") or os.sep in ns.profile:
         spec = load_profile_file(ns.profile)
+        source = f"profile {ns.profile} with the command line"
     else:
         raise UsageError(f"--profile {ns.profile}: neither a file nor one of {', '.join(READY_PROFILES)}")
     try:
@@ -236,9 +403,18 @@ def build_profile(ns: argparse.Namespace) -> tuple[Profile, Limits]:
         spec.operations += [NetworkOutbound(LocalSocket(os.path.abspath(p))) for p in ns.unix]
         if ns.system_info:
             spec.operations.append(SystemInfoRead())
-        profile = Profile(spec.operations)
+        options = dict(spec.options)
+        if ns.no_loopback:
+            options["loopback"] = False
+        if ns.shm_size is not None:
+            options["shm_size"] = parse_shm_size(ns.shm_size, "--shm-size")
+        if ns.no_devpts:
+            options["devpts"] = False
+        profile = Profile(spec.operations, **options)
+    except UnsupportedOperation:
+        raise  # the kernel, not the input: exit 125 as a jail that cannot be built
     except (TypeError, ValueError) as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"{source}: {e}") from None
     limits = dict(spec.limits)
     if ns.timeout is not None:
         limits["wall_time"] = parse_seconds(ns.timeout, "--timeout")
@@ -255,7 +431,7 @@ def build_profile(ns: argparse.Namespace) -> tuple[Profile, Limits]:
     try:
         return profile, DEFAULT_LIMITS.replace(**limits)
     except (TypeError, ValueError) as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"{source}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,7 +444,7 @@ def _exit_status(returncode: int) -> int:
 
 
 def _setup_failure(e: OSError, stderr: TextIO) -> int:
-    print(f"aiogaol: {e}", file=stderr)
+    print(f"aiogaol: {_one_line(str(e))}", file=stderr)
     if isinstance(e, ProgramNotFoundError):
         return EXIT_NOT_FOUND
     if isinstance(e, ProgramPermissionError):
@@ -296,12 +472,20 @@ async def _run_inherited(profile: Profile, limits: Limits, argv: list[str], env:
                         proc.send_signal(signum)
 
             tg.start_soon(forward)
+            # --cpu as given and for the jail as a whole, as aiogaol.run enforces it (RLIMIT_CPU alone
+            # counts whole seconds of one process).
+            outcome = _Outcome()
+            if limits.cpu_time is not None and (proc._jail.cgroup is not None or _cputime.available()):
+                tg.start_soon(_watch_cpu, proc._jail, limits.cpu_time, outcome, anyio.CancelScope())
             with anyio.move_on_after(limits.wall_time if limits.wall_time else math.inf) as deadline:
                 returncode = await proc.wait()
             tg.cancel_scope.cancel()
     if deadline.cancelled_caught:
         print(f"aiogaol: timed out after {limits.wall_time:g} s", file=stderr)
         return EXIT_TIMED_OUT
+    if outcome.jail_cpu_capped:
+        print(f"aiogaol: CPU time limit of {limits.cpu_time:g} s reached ({outcome.cpu_source})", file=stderr)
+        return 128 + signal.SIGXCPU  # what RLIMIT_CPU's own SIGXCPU gives
     return _exit_status(returncode)
 
 
@@ -327,9 +511,10 @@ def cmd_run(ns: argparse.Namespace, stdin: Any, stdout: TextIO, stderr: TextIO) 
     argv = list(ns.command)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    bad_env = next((e for e in ns.env if "=" not in e), None)
+    if bad_env is not None:
+        raise UsageError(f"--env takes NAME=VALUE, not {_show(bad_env)}")
     env = dict(e.split("=", 1) for e in ns.env) if ns.env else None
-    if ns.env and any("=" not in e for e in ns.env):
-        raise UsageError("--env takes NAME=VALUE")
     if ns.explain:
         print(compile_profile(profile).explain(), file=stdout)
         shown = {k: v for k, v in vars(limits).items() if v is not None}
@@ -396,32 +581,67 @@ def cmd_check(ns: argparse.Namespace, stdout: TextIO) -> int:
 # aiogaol batch
 
 
-def read_jobs(lines: Iterator[str], bad: list[JobResult]) -> Iterator[Job]:
+_JOB_KEYS = ("argv", "id", "input", "timeout", "env", "cwd")
+
+
+def _job(item: object, number: int) -> Job:
+    """One decoded line as a Job, or ValueError saying what is wrong with it."""
+    if isinstance(item, list):
+        item = {"argv": item}
+    if not isinstance(item, dict):
+        raise ValueError(f"a line must be a JSON object or a list, not {type(item).__name__}")
+    unknown = set(item) - set(_JOB_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; a job takes {', '.join(_JOB_KEYS)}")
+    argv = item.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ValueError("argv must be a non-empty list of strings")
+    job_id = item.get("id", number)
+    if not (job_id is None or isinstance(job_id, (str, int, float))):
+        raise ValueError("id must be a string, a number or null")
+    data = item.get("input")
+    if data is not None and not isinstance(data, str):
+        raise ValueError("input must be a string")
+    timeout = item.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise ValueError("timeout must be a number of seconds")
+        if not (math.isfinite(timeout) and 0 < timeout <= MAX_SECONDS):
+            raise ValueError(f"timeout must be more than 0 and at most {MAX_SECONDS:g} seconds, not {timeout!r}")
+    env = item.get("env")
+    if env is not None and not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+        raise ValueError("env must be an object of strings")
+    cwd = item.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise ValueError("cwd must be a string (an absolute path in the jail)")
+    try:
+        encoded = data.encode() if data else None
+    except UnicodeEncodeError:
+        raise ValueError("input holds a lone surrogate (\\udXXX): not encodable as UTF-8") from None
+    return Job(argv, encoded, float(timeout) if timeout is not None else None, env, cwd, job_id)
+
+
+def read_jobs(lines: Iterable[bytes | str], bad: list[JobResult]) -> Iterator[Job]:
     """One JSON object a line: ``{"argv": [...], "id": ..., "input": "...", "timeout": S, "env": {...},
-    "cwd": "..."}``, or a bare JSON list (the argv).  A bad line becomes an "error" result, not a crash."""
-    for number, line in enumerate(lines, 1):
+    "cwd": "..."}``, or a bare JSON list (the argv).  Lines are bytes (or str) decoded one by one, so a
+    bad line (not UTF-8, not JSON, nested too deeply, a wrong type) becomes an "error" result for that
+    line and the others still run."""
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as e:
+            bad.append(JobResult(number, (), ERROR, error=f"line {number}: not UTF-8 (byte {e.start})",
+                                 evidence="the line was refused"))
+            continue
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            item = json.loads(line)
-            if isinstance(item, list):
-                item = {"argv": item}
-            if not isinstance(item, dict):
-                raise ValueError("a line must be a JSON object or a list")
-            unknown = set(item) - {"argv", "id", "input", "timeout", "env", "cwd"}
-            if unknown:
-                raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}")
-            argv = item.get("argv")
-            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-                raise ValueError("argv must be a non-empty list of strings")
-            data = item.get("input")
-            if data is not None and not isinstance(data, str):
-                raise ValueError("input must be a string")
-            timeout = item.get("timeout")
-            yield Job(argv, data.encode() if data else None, float(timeout) if timeout is not None else None,
-                      item.get("env"), item.get("cwd"), item.get("id", number))
-        except (ValueError, TypeError) as e:
-            bad.append(JobResult(number, (), "error", error=f"line {number}: {e}"))
+            yield _job(json.loads(line), number)
+        except RecursionError:
+            bad.append(JobResult(number, (), ERROR, error=f"line {number}: nested too deeply",
+                                 evidence="the line was refused"))
+        except ValueError as e:  # json.JSONDecodeError included
+            bad.append(JobResult(number, (), ERROR, error=f"line {number}: {e}", evidence="the line was refused"))
 
 
 class Progress:
@@ -459,14 +679,14 @@ def _fmt_seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
 
 
-async def _batch(profile: Profile, limits: Limits, source: TextIO, total: int | None, jobs_n: int,
+async def _batch(profile: Profile, limits: Limits, source: Iterable[bytes | str], total: int | None, jobs_n: int,
                  stdout: TextIO, stderr: TextIO) -> int:
     bad: list[JobResult] = []
     counts = dict.fromkeys(STATUSES, 0)
     progress = Progress(stderr, total)
     started = time.monotonic()
     async with Pool(profile, size=jobs_n, limits=limits) as pool:
-        async for result in pool.map(read_jobs(iter(source), bad)):
+        async for result in pool.map(read_jobs(source, bad)):
             while bad:
                 early = bad.pop(0)
                 counts[early.status] += 1
@@ -484,7 +704,7 @@ async def _batch(profile: Profile, limits: Limits, source: TextIO, total: int | 
     print(f"aiogaol batch: {done} jobs in {time.monotonic() - started:.2f}s with {jobs_n} at a time: "
           f"{parts or 'nothing to do'}; latency p50 {_fmt_seconds(stats.p50)} p90 {_fmt_seconds(stats.p90)} "
           f"p99 {_fmt_seconds(stats.p99)}", file=stderr)
-    return 0 if counts["ok"] == done else 1
+    return 0 if counts[OK] == done else 1
 
 
 def cmd_batch(ns: argparse.Namespace, stdin: Any, stdout: TextIO, stderr: TextIO) -> int:
@@ -492,14 +712,22 @@ def cmd_batch(ns: argparse.Namespace, stdin: Any, stdout: TextIO, stderr: TextIO
     if ns.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     if ns.file == "-":
-        return anyio.run(_batch, profile, limits, stdin, None, ns.jobs, stdout, stderr)
+        # Bytes, decoded line by line: one line that is not UTF-8 must not take the others with it.
+        source = stdin.buffer if hasattr(stdin, "buffer") else stdin
+        return anyio.run(_batch, profile, limits, source, None, ns.jobs, stdout, stderr)
     try:
-        with open(ns.file, encoding="utf-8") as f:
-            total = sum(1 for line in f if line.strip() and not line.lstrip().startswith("#"))
+        f = open(ns.file, "rb")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{ns.file}: {getattr(e, 'strerror', None) or e}") from None
+    with f:
+        try:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UsageError(f"{ns.file}: not a regular file; give a JSON-lines file, or - for stdin")
+            total = sum(1 for line in f if line.strip() and not line.lstrip().startswith(b"#"))
             f.seek(0)
-            return anyio.run(_batch, profile, limits, f, total, ns.jobs, stdout, stderr)
-    except OSError as e:
-        raise UsageError(f"{ns.file}: {e.strerror}") from None
+        except OSError as e:
+            raise UsageError(f"{ns.file}: {e.strerror or e}") from None
+        return anyio.run(_batch, profile, limits, f, total, ns.jobs, stdout, stderr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -549,10 +777,27 @@ def main(argv: Sequence[str] | None = None, *, stdin: Any = None, stdout: TextIO
             return cmd_check(ns, stdout)
         return cmd_batch(ns, stdin, stdout, stderr)
     except UsageError as e:
-        print(f"aiogaol: {e}", file=stderr)
+        print(f"aiogaol: {_one_line(str(e))}", file=stderr)
+        return EXIT_USAGE
+    except UnsupportedOperation as e:  # the kernel cannot enforce the profile: the jail cannot be built
+        print(f"aiogaol: {_one_line(str(e))}", file=stderr)
+        return EXIT_SETUP_FAILED
+    except ProfileError as e:  # an argument refused by the library (a relative --cwd, a NUL in --env...)
+        print(f"aiogaol: {_one_line(str(e))}", file=stderr)
         return EXIT_USAGE
     except AiogaolError as e:
-        print(f"aiogaol: {e}", file=stderr)
+        print(f"aiogaol: {_one_line(str(e))}", file=stderr)
         return EXIT_SETUP_FAILED
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # Whoever read our output went away (``aiogaol batch ... | head``): stop quietly, as a program
+        # killed by SIGPIPE would, and keep the interpreter's final flush from raising again.
+        if stdout is sys.stdout:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
+        return 128 + signal.SIGPIPE

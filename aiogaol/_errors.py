@@ -19,6 +19,11 @@ class ProfileError(AiogaolError, ValueError):
     """A profile or an argument is malformed (relative path, NUL byte, wrong type...)."""
 
 
+class ProfileTypeError(ProfileError, TypeError):
+    """A profile field or an argument has the wrong type (a bool where an int is wanted, a list for a
+    path...).  Both a ``ProfileError`` and the ``TypeError`` Python code would expect."""
+
+
 class UnsupportedOperation(ProfileError):
     """The running kernel cannot enforce this operation exactly as written.
 

@@ -19,7 +19,7 @@ import errno
 import functools
 
 from . import _kernel, _landlock, _seccomp
-from ._errors import SandboxSetupError, UnsupportedOperation
+from ._errors import ProfileError, ProfileTypeError, SandboxSetupError, UnsupportedOperation
 from ._plan import JailPlan
 from ._profile import LocalSocket, NetworkOutbound, Profile, ResolvedPath, Tmpfs
 
@@ -40,9 +40,9 @@ GUARANTEES = {
 
 def check_isolation(isolation: object) -> str:
     if not isinstance(isolation, str):
-        raise TypeError(f"isolation must be a str, not {type(isolation).__name__}")
+        raise ProfileTypeError(f"isolation must be a str, not {type(isolation).__name__}")
     if isolation not in ISOLATIONS:
-        raise ValueError(f"isolation must be one of {', '.join(map(repr, ISOLATIONS))}, not {isolation!r}")
+        raise ProfileError(f"isolation must be one of {', '.join(map(repr, ISOLATIONS))}, not {isolation!r}")
     return isolation
 
 
@@ -79,6 +79,8 @@ def _compile_fallback(profile: Profile, resolution: tuple[ResolvedPath, ...]) ->
     rules = _landlock.rules_for(profile, abi=abi, jail=False)
     assert rules is not None
     seccomp = _seccomp.compile_filter(_seccomp.policy_for(profile, jail=False))
-    args = ("--no-namespaces", *rules.args())
+    from ._init_filter import init_filter_args
+
+    args = ("--no-namespaces", *init_filter_args(), *rules.args())
     return JailPlan(unshare_net=False, steps=(), args=args, seccomp=seccomp, isolation=LANDLOCK,
                     security=tuple(rules.describe()))

@@ -154,6 +154,9 @@ def rules_for(profile: Profile, *, abi: int, jail: bool) -> LandlockRules | None
     if jail:
         grants["/dev"] = grants.get("/dev", 0) | (JAIL_DEV & fs)
         grants["/proc"] = grants.get("/proc", 0) | (JAIL_PROC & fs)
+        # The jail's own /dev/shm (Profile.shm_size): written like a Tmpfs rule's tree (noexec anyway).
+        if profile.shm_size:
+            grants["/dev/shm"] = grants.get("/dev/shm", 0) | (WRITE & fs)
         # The jail's skeleton (its root and the directories leading to the binds) may be listed: it
         # holds nothing but mount points.  Not when a metadata-only tree exists, which would become
         # listable too.
@@ -172,8 +175,13 @@ def rules_for(profile: Profile, *, abi: int, jail: bool) -> LandlockRules | None
 
     net = 0
     ports: list[tuple[int, int]] = []
-    if abi >= 4 and not any(isinstance(op, NetworkOutbound) and isinstance(op.address, AllAddresses)
-                            for op in profile.operations):
+    # In the jail without a network rule the program has a network namespace of its own, whose only
+    # interface is its loopback: nothing outside to reach, so TCP is left unhandled there (a server on
+    # 127.0.0.1 inside the jail works).  With Tcp(port) it shares the host's, and TCP stays handled.
+    host_net = not jail or any(isinstance(op, NetworkOutbound) and isinstance(op.address, (AllAddresses, Tcp))
+                               for op in profile.operations)
+    if abi >= 4 and host_net and not any(isinstance(op, NetworkOutbound) and isinstance(op.address, AllAddresses)
+                                         for op in profile.operations):
         net = NET_BIND_TCP | NET_CONNECT_TCP
         for op in profile.operations:
             if isinstance(op, NetworkOutbound) and isinstance(op.address, Tcp):

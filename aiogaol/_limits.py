@@ -8,10 +8,71 @@ jail as a whole instead of each process.
 
 from __future__ import annotations
 
+import math
 import resource
 from dataclasses import dataclass, fields, replace
 
-from ._errors import ProfileError
+from ._errors import ProfileError, ProfileTypeError
+
+# The accepted range of each numeric limit, checked when ``Limits`` is made so that a value the kernel
+# cannot take (or a NaN, an infinity, a bool) is refused by name there, not by a spawn much later.
+# Seconds stop at a billion (31 years): far beyond any use, and exact in a float.  Byte and count
+# limits stop at 2**63 - 1, the largest rlimit/cgroup value that is not RLIM_INFINITY's neighbourhood.
+# processes + 1 (init) must fit pids.max, which the kernel caps at PID_MAX_LIMIT (2**22).
+MAX_SECONDS = 1e9
+MAX_INT = (1 << 63) - 1
+MAX_PROCESSES = (1 << 22) - 1
+_SECONDS = ("wall_time", "cpu_time")
+_INTEGERS = {"memory": MAX_INT, "processes": MAX_PROCESSES, "file_size": MAX_INT, "open_files": MAX_INT,
+             "output": MAX_INT}
+
+
+def _nr_open() -> int:
+    """The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open): setrlimit refuses more with EPERM."""
+    try:
+        with open("/proc/sys/fs/nr_open", "rb") as f:
+            return int(f.read().strip() or b"0") or 1 << 20
+    except (OSError, ValueError):
+        return 1 << 20  # the kernel's default
+
+
+def check_limit(name: str, value: object) -> None:
+    """One field of ``Limits``: its type, then its range; ProfileError (or ProfileTypeError) naming both."""
+    if name == "cgroup":
+        if not isinstance(value, str) or not value:
+            raise ProfileTypeError('Limits.cgroup must be "auto", "none" or the path of a cgroup directory, '
+                                   f"not {value!r}")
+        if value not in ("auto", "none") and (not value.startswith("/") or "\0" in value):
+            raise ProfileError(f"Limits.cgroup must be \"auto\", \"none\" or an absolute path, not {value!r}")
+        return
+    if name == "core_dumps":
+        if not isinstance(value, bool):
+            raise ProfileTypeError(f"Limits.core_dumps must be a bool, not {type(value).__name__}")
+        return
+    if value is None:
+        return
+    if name == "nice":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProfileTypeError(f"Limits.nice must be an int from 0 to 19 or None, not {type(value).__name__}")
+        if not 0 <= value <= 19:
+            raise ProfileError(f"Limits.nice must be between 0 and 19, not {value}")
+        return
+    if name in _SECONDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProfileTypeError(f"Limits.{name} must be a number of seconds (int or float) or None, "
+                                   f"not {type(value).__name__}")
+        if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+            raise ProfileError(f"Limits.{name} must be a finite number of seconds, more than 0 and at most "
+                               f"{MAX_SECONDS:g}, not {value!r}")
+        return
+    top = _INTEGERS[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProfileTypeError(f"Limits.{name} must be an int or None, not {type(value).__name__}")
+    if name == "open_files":
+        top = _nr_open()
+    if not 0 < value <= top:
+        where = " (fs.nr_open, the kernel's ceiling)" if name == "open_files" else ""
+        raise ProfileError(f"Limits.{name} must be from 1 to {top}{where}, not {value}")
 
 
 @dataclass(frozen=True)
@@ -21,8 +82,9 @@ class Limits:
     memory caps the jail's memory (cgroup ``memory.max`` where available, else the address space of
     each process, RLIMIT_AS), processes counts the program's processes (cgroup ``pids.max`` and
     RLIMIT_NPROC in the jail's user namespace; the jail's init is not counted), file_size caps any one
-    file written, open_files the fd table, cpu_time the CPU seconds of each process (RLIMIT_CPU; with a
-    cgroup ``run`` also stops the jail when all its processes together used that much), wall_time the
+    file written, open_files the fd table, cpu_time the CPU seconds of each process (RLIMIT_CPU, which
+    rounds up to whole seconds; ``run``, ``Pool`` and ``aiogaol run`` also stop the jail when all its
+    processes together used that much, read from the cgroup's cpu.stat or from /proc), wall_time the
     seconds from spawn to exit, output the bytes ``run`` keeps of stdout and of stderr (more ends the
     run: status output-limit).  nice is the jail's CPU niceness, 0 to 19 (``None`` keeps the server's):
     by default 19, as in nsjail, so that untrusted programs and the building of their jails yield the
@@ -46,31 +108,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "cgroup":
-                if not isinstance(value, str) or not value:
-                    raise TypeError('Limits.cgroup must be "auto", "none" or the path of a cgroup directory')
-                if value not in ("auto", "none") and not value.startswith("/"):
-                    raise ProfileError(f"Limits.cgroup must be an absolute path, not {value!r}")
-                continue
-            if f.name == "core_dumps":
-                if not isinstance(value, bool):
-                    raise TypeError("core_dumps must be a bool")
-                continue
-            if value is None:
-                continue
-            if f.name == "nice":
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise TypeError(f"Limits.nice must be an int or None, not {type(value).__name__}")
-                if not 0 <= value <= 19:
-                    raise ProfileError(f"Limits.nice must be between 0 and 19, not {value}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"Limits.{f.name} must be a number or None, not {type(value).__name__}")
-            if value <= 0:
-                raise ProfileError(f"Limits.{f.name} must be positive, not {value}")
-            if f.name not in ("wall_time", "cpu_time") and not isinstance(value, int):
-                raise TypeError(f"Limits.{f.name} must be an int")
+            check_limit(f.name, getattr(self, f.name))
 
     def rlimits(self, *, cgroup_memory: bool = False, cgroup_pids: bool = False) -> list[tuple[int, int, int]]:
         """setrlimit triples for the program.  With ``cgroup_memory`` (memory.max holds the jail) no
@@ -92,7 +130,12 @@ class Limits:
         return out
 
     def replace(self, **changes: object) -> "Limits":
-        """A copy with some limits changed: ``DEFAULT_LIMITS.replace(wall_time=5)``."""
+        """A copy with some limits changed: ``DEFAULT_LIMITS.replace(wall_time=5)``; an unknown name is a
+        ProfileTypeError naming it (not dataclasses' bare TypeError)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ProfileTypeError(f"Limits has no field(s) {', '.join(sorted(unknown))}; the fields are "
+                                   f"{', '.join(f.name for f in fields(self))}")
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
@@ -105,5 +148,5 @@ def resolve_limits(limits: Limits | None) -> Limits:
     if limits is None:
         return DEFAULT_LIMITS
     if not isinstance(limits, Limits):
-        raise TypeError(f"limits must be an aiogaol.Limits, not {type(limits).__name__}")
+        raise ProfileTypeError(f"limits must be an aiogaol.Limits or None, not {type(limits).__name__}")
     return limits

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ._errors import ProfileError
+from ._errors import ProfileError, ProfileTypeError
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
                        NetworkOutbound, Profile, ResolvedPath, SystemInfoRead, Tcp, Tmpfs, check_path)
 
@@ -25,7 +25,7 @@ JAIL_ROOT_SIZE = 1 << 20  # the jail's own root holds only mount points
 class MountStep:
     """One entry of the helper's set-up list."""
 
-    kind: str  # dir, symlink, ro, rw, tmpfs, proc, dev, mask
+    kind: str  # dir, symlink, ro, rw, tmpfs, proc, dev, mask, ro-self, shm, devpts
     target: str
     source: str = ""
     size: int = 0
@@ -44,6 +44,8 @@ class MountStep:
             return [f"--{self.kind}", self.source, self.target, str(self.dev), str(self.ino)]
         if self.kind == "tmpfs":
             return ["--tmpfs", self.target, str(self.size), format(self.mode, "o")]
+        if self.kind == "shm":
+            return ["--shm", self.target, str(self.size)]
         return [f"--{self.kind}", self.target]
 
     def describe(self) -> str:
@@ -54,7 +56,13 @@ class MountStep:
         if self.kind == "tmpfs":
             return f"tmpfs   {self.target} ({self.size} bytes)"
         if self.kind == "mask":
-            return f"mask    {self.target} (empty, read-only)"
+            return f"mask    {self.target} (empty, read-only; skipped where this kernel lacks it)"
+        if self.kind == "ro-self":
+            return f"ro      {self.target} (bound read-only over itself; skipped where absent)"
+        if self.kind == "shm":
+            return f"shm     {self.target} (tmpfs, {self.size} bytes, writable, nosuid, nodev, noexec)"
+        if self.kind == "devpts":
+            return f"devpts  {self.target} (a private instance: the jail's ptys only; /dev/ptmx -> pts/ptmx)"
         return f"{self.kind:<7} {self.target}"
 
 
@@ -68,6 +76,7 @@ class JailPlan:
     seccomp: bytes = b""  # BPF, written into a fresh pipe for each spawn (see _jail.launch)
     isolation: str = "namespaces"  # or "landlock", the fallback (see _fallback)
     security: tuple[str, ...] = ()  # the Landlock ruleset and filter, described for people
+    loopback: bool = False  # the jail's own network namespace has lo up
 
     @functools.cached_property
     def args_bytes(self) -> tuple[bytes, ...]:
@@ -76,14 +85,48 @@ class JailPlan:
 
     def explain(self) -> str:
         if self.isolation == "namespaces":
-            lines = ["namespaces: user, pid, mount, ipc, uts, cgroup" + (", net" if self.unshare_net else " (host network)")]
+            net = (", net (its own loopback, 127.0.0.1 and ::1, up; nothing else)" if self.loopback else
+                   ", net (no interface up)") if self.unshare_net else " (host network)"
+            lines = ["namespaces: user, pid, mount, ipc, uts, cgroup" + net]
         else:
             lines = ["isolation: landlock only (no namespaces; the host's tree, PIDs, network and IPC)"]
+        lines.append(identity_line(self.isolation == "namespaces"))
         lines += [f"  {step.describe()}" for step in self.steps]
         lines += list(self.security)
         if self.seccomp:
             lines.append(f"seccomp: {len(self.seccomp) // 8} BPF instructions, native architecture only")
         return "\n".join(lines)
+
+
+# Docker's masked paths, and a few more kernel interfaces a program has no business reading (symbols,
+# kernel memory and page maps, the kernel log, keys, the interrupt and timer tables).  A directory gets
+# an empty read-only tmpfs, a file /dev/null bound read-only; a path this kernel lacks is skipped.
+PROC_MASKED = ("/proc/acpi", "/proc/asound", "/proc/config.gz", "/proc/interrupts", "/proc/iomem",
+               "/proc/ioports", "/proc/kallsyms", "/proc/kcore", "/proc/key-users", "/proc/keys",
+               "/proc/kmsg", "/proc/kpagecgroup", "/proc/kpagecount", "/proc/kpageflags",
+               "/proc/latency_stats", "/proc/modules", "/proc/sched_debug", "/proc/scsi", "/proc/slabinfo",
+               "/proc/timer_list", "/proc/timer_stats", "/proc/vmallocinfo")
+# Docker's read-only paths, bound read-only over themselves.  /proc/sys is masked outright unless the
+# profile has SystemInfoRead, which makes it readable (read-only).
+PROC_READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger")
+# Masked wherever a bind of the host's /sys would show them.
+SYS_MASKED = ("/sys/firmware", "/sys/devices/virtual/powercap")
+
+
+def identity_line(jail: bool = True) -> str:
+    """Who the jail's processes are on the host, for explain(): it depends on the server, not the plan."""
+    if os.geteuid() == 0 and _nobody_mapped() and not jail:
+        return (f"identity: init starts as the server (root) and becomes nobody ({NOBODY}:{NOBODY}) before the "
+                f"program starts; the program runs as nobody; once the program has exec'd, init holds no "
+                f"capability, has no_new_privs, is not dumpable and runs under a seccomp filter of its own")
+    if os.geteuid() == 0 and _nobody_mapped():
+        return (f"identity: init builds the jail as root in its user namespace (the server's uid 0), then, "
+                f"before the program starts, becomes nobody ({NOBODY}:{NOBODY}) as the program is; once the program "
+                f"has exec'd, init holds no capability, has no_new_privs, is not dumpable and runs under "
+                f"a seccomp filter of its own")
+    return (f"identity: init and the program run as the server's user ({os.geteuid()}:{os.getegid()}) on "
+            f"the host; once the program has exec'd, init holds no capability, has no_new_privs, is "
+            f"not dumpable and runs under a seccomp filter of its own")
 
 
 def _depth(path: str) -> int:
@@ -166,8 +209,14 @@ def _compile(profile: Profile, resolution: tuple[ResolvedPath, ...]) -> JailPlan
                 del binds[key]
                 break
     steps: list[MountStep] = [MountStep("proc", "/proc"), MountStep("dev", "/dev")]
-    if not system_info:
-        steps.append(MountStep("mask", "/proc/sys"))
+    steps.append(MountStep("ro-self", "/proc/sys") if system_info else MountStep("mask", "/proc/sys"))
+    steps += [MountStep("ro-self", path) for path in PROC_READ_ONLY]
+    steps += [MountStep("mask", path) for path in PROC_MASKED]
+    # An explicit Tmpfs("/dev/shm") rule wins over the default /dev/shm (its size, its mode).
+    if profile.shm_size and not any(s.target == "/dev/shm" for s in extra):
+        steps.append(MountStep("shm", "/dev/shm", size=profile.shm_size))
+    if profile.devpts:
+        steps.append(MountStep("devpts", "/dev/pts"))
     ordered = sorted([*binds.values(), *extra], key=lambda s: (_depth(s.target), s.target))
     for s in ordered:
         if s.target == "/" and s.kind in ("ro", "rw"):
@@ -175,6 +224,11 @@ def _compile(profile: Profile, resolution: tuple[ResolvedPath, ...]) -> JailPlan
         if _under(s.target, "/proc") or (_under(s.target, "/dev") and s.kind != "tmpfs"):
             continue  # the jail brings its own /proc and /dev
         steps.append(s)
+    # A bind of the host's /sys (or a tree above these) would show the firmware tables and the power
+    # capping controls: masked after the binds, as under /proc.  An explicit bind beneath one is kept.
+    for path in SYS_MASKED:
+        if any(_under(path, tree) and path != tree for tree in trees):
+            steps.append(MountStep("mask", path))
     # The host's top-level symlinks into a tree the jail already has (merged /usr: /lib64 -> usr/lib64,
     # where the ELF interpreter lives) grant nothing new, and without them no binary would start.
     for link, text in _root_symlinks():
@@ -188,6 +242,11 @@ def _compile(profile: Profile, resolution: tuple[ResolvedPath, ...]) -> JailPlan
     args: list[str] = ["--root-size", str(JAIL_ROOT_SIZE)]
     if unshare_net:
         args.append("--unshare-net")
+        if profile.loopback:
+            args.append("--loopback")
+    from ._init_filter import init_filter_args
+
+    args += init_filter_args()
     for s in steps:
         args += s.args()
     # The second and third walls: Landlock over the jail's paths, and the seccomp filter.
@@ -198,7 +257,8 @@ def _compile(profile: Profile, resolution: tuple[ResolvedPath, ...]) -> JailPlan
         args += rules.args()
     seccomp = _seccomp.compile_filter(_seccomp.policy_for(profile, jail=True))
     return JailPlan(unshare_net, tuple(steps), tuple(args), seccomp=seccomp,
-                    security=tuple(rules.describe()) if rules is not None else ("landlock: absent",))
+                    security=tuple(rules.describe()) if rules is not None else ("landlock: absent",),
+                    loopback=unshare_net and profile.loopback)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,18 +269,21 @@ def _check_arg(value: object, what: str) -> bytes:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if isinstance(value, str):
-        value = os.fsencode(value)
+        try:
+            value = os.fsencode(value)
+        except UnicodeEncodeError:
+            raise ProfileError(f"{what} {value!r} cannot be encoded for the kernel (a lone surrogate?)") from None
     if not isinstance(value, bytes):
-        raise TypeError(f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}")
+        raise ProfileTypeError(f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}")
     if b"\0" in value:
-        raise ValueError(f"{what} {value!r} contains a NUL byte")
+        raise ProfileError(f"{what} {value!r} contains a NUL byte")
     return value
 
 
 def program_argv(program: object, args: Sequence[object]) -> list[bytes]:
     argv = [_check_arg(program, "program")]
     if not argv[0]:
-        raise ValueError("program is empty")
+        raise ProfileError("program is empty")
     argv += [_check_arg(a, f"argument {i}") for i, a in enumerate(args, 1)]
     return argv
 
@@ -230,11 +293,11 @@ def environment(env: Mapping[object, object] | None) -> list[bytes]:
     result: dict[bytes, bytes] = {}
     if env is not None:
         if not isinstance(env, Mapping):
-            raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+            raise ProfileTypeError(f"env must be a mapping, not {type(env).__name__}")
         for key, value in env.items():
             k = _check_arg(key, "environment name")
             if not k or b"=" in k:
-                raise ValueError(f"environment name {k!r} is empty or contains '='")
+                raise ProfileError(f"environment name {k!r} is empty or contains '='")
             result[k] = _check_arg(value, f"environment value of {k.decode(errors='replace')}")
     result.setdefault(b"PATH", MINIMAL_PATH.encode())
     return [k + b"=" + v for k, v in result.items()]

@@ -16,6 +16,7 @@ What a pool adds over calling ``spawn`` in a loop is control over the server's o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -28,20 +29,24 @@ from typing import Any, Union
 import anyio
 import anyio.abc
 
-from . import _stdio
-from ._run import _classify
+from . import _cputime, _stdio
+from ._run import Status, _classify, _Outcome, _watch_cpu
 from ._anyio_process import JailedProcess, spawn
 from ._jail import Usage
-from ._limits import Limits, resolve_limits
+from ._errors import ProfileError, ProfileTypeError
+from ._fallback import check_isolation
+from ._limits import MAX_SECONDS, Limits, resolve_limits
+from ._spawnargs import check_grace
 from ._profile import Profile
 
 Argv = Sequence[Union[str, bytes, "os.PathLike[str]"]]
 
-OK, NONZERO_EXIT, SIGNALLED = "ok", "nonzero-exit", "signalled"
-TIMED_OUT, OUTPUT_LIMIT, CANCELLED, ERROR = "timed-out", "output-limit", "cancelled", "error"
-STATUSES = (OK, NONZERO_EXIT, SIGNALLED, TIMED_OUT, OUTPUT_LIMIT, CANCELLED, ERROR)
+OK, NONZERO_EXIT, SIGNALLED = Status.OK, Status.NONZERO_EXIT, Status.SIGNALLED
+TIMED_OUT, OUTPUT_LIMIT, CANCELLED, ERROR = Status.TIMED_OUT, Status.OUTPUT_LIMIT, Status.CANCELLED, Status.ERROR
+STATUSES = tuple(Status)  # every status a job can end in: run's, plus cancelled and error
 
 DEFAULT_POOL_GRACE = 0.5  # a job past its deadline has had its chance; do not wait long for it
+_MAX_SIZE = 1 << 16  # jails at once; far more than any host runs, and a bound for anyio's Semaphore
 _LATENCY_WINDOW = 10_000  # percentiles over the most recent jobs, so a long-lived pool stays cheap
 
 
@@ -60,7 +65,9 @@ class Job:
 
 @dataclass(frozen=True)
 class JobResult:
-    """What became of one job.  ``status`` is one of ``STATUSES``; ``error`` says why for "error".
+    """What became of one job.  ``status`` is a ``Status`` (a str: ``str(status) == "ok"``); ``error``
+    says why for "error"; ``evidence`` how the status was decided, as ``Result.evidence`` does
+    ("inferred: ..." when it rests on the program's words or its death, not on a kernel counter).
 
     ``returncode`` is -N when signal N ended the program (``signal`` is then N); ``wall_time`` is the
     jail's life, ``latency`` the time from the call (including any wait for a free slot) to the result.
@@ -68,7 +75,7 @@ class JobResult:
 
     id: Any
     argv: tuple[str, ...]
-    status: str
+    status: Status
     returncode: int | None = None
     stdout: bytes = b""
     stderr: bytes = b""
@@ -78,6 +85,7 @@ class JobResult:
     # The exception behind an "error" (``ProgramNotFoundError``, ``SandboxSetupError``...), for callers
     # that react to its type; not part of ``to_dict``.
     exception: Exception | None = field(default=None, repr=False, compare=False)
+    evidence: str = ""
 
     @property
     def ok(self) -> bool:
@@ -106,6 +114,7 @@ class JobResult:
             "signal": self.signal, "stdout": self.stdout.decode(errors="replace"),
             "stderr": self.stderr.decode(errors="replace"), "wall_time": self.wall_time,
             "cpu_time": self.cpu_time, "max_rss": self.max_rss, "latency": self.latency, "error": self.error,
+            "evidence": self.evidence,
         }
 
 
@@ -136,12 +145,14 @@ def _text_argv(argv: Argv) -> tuple[str, ...]:
 
 
 def _check_timeout(timeout: object, what: str) -> float | None:
+    """A deadline: None, or a finite number of seconds in (0, MAX_SECONDS], the range of Limits.wall_time."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
-    if not timeout > 0:
-        raise ValueError(f"{what} must be positive, not {timeout}")
+        raise ProfileTypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_SECONDS):
+        raise ProfileError(f"{what} must be a finite number of seconds, more than 0 and at most "
+                           f"{MAX_SECONDS:g}, not {timeout!r}")
     return float(timeout)
 
 
@@ -170,11 +181,17 @@ class Pool:
                  timeout: float | None = None, grace_period: float = DEFAULT_POOL_GRACE,
                  env: Mapping[str, str] | None = None, isolation: str = "namespaces") -> None:
         if not isinstance(profile, Profile):
-            raise TypeError(f"profile must be an aiogaol.Profile, not {type(profile).__name__}")
+            raise ProfileTypeError(f"profile must be an aiogaol.Profile, not {type(profile).__name__}")
         if size is None:
             size = os.cpu_count() or 4
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int, not {size!r}")
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise ProfileTypeError(f"size must be a positive int, not {type(size).__name__}")
+        if not 1 <= size <= _MAX_SIZE:
+            raise ProfileError(f"size must be from 1 to {_MAX_SIZE}, not {size}")
+        if env is not None and not isinstance(env, Mapping):
+            raise ProfileTypeError(f"env must be a mapping or None, not {type(env).__name__}")
+        grace_period = check_grace(grace_period)
+        check_isolation(isolation)
         self.profile = profile
         self.size = size
         self.limits = resolve_limits(limits)
@@ -313,11 +330,12 @@ class Pool:
         try:
             deadline = _check_timeout(job.timeout, "timeout") or self.timeout
             if job.input is not None and not isinstance(job.input, (bytes, bytearray, memoryview)):
-                raise TypeError(f"input must be bytes, not {type(job.input).__name__}")
+                raise ProfileTypeError(f"input must be bytes or None, not {type(job.input).__name__}")
         except (TypeError, ValueError) as e:
             if raise_invalid:
                 raise
-            return self._record(JobResult(job.id, argv, ERROR, error=f"{type(e).__name__}: {e}"), submitted)
+            return self._record(JobResult(job.id, argv, ERROR, error=f"{type(e).__name__}: {e}",
+                                          evidence="the job's arguments were refused"), submitted)
         self._waiting += 1
         try:
             await self._slots.acquire()
@@ -326,7 +344,8 @@ class Pool:
         try:
             if self._closed:
                 # Closing finishes what runs; what was still waiting for a slot is turned away.
-                return self._record(JobResult(job.id, argv, CANCELLED, error="the pool closed"), submitted)
+                return self._record(JobResult(job.id, argv, CANCELLED, error="the pool closed",
+                                              evidence="the pool closed before a slot was free"), submitted)
             self._running += 1
             try:
                 return self._record(await self._execute(job, argv, deadline, raise_invalid), submitted)
@@ -339,8 +358,7 @@ class Pool:
 
     def _record(self, result: JobResult, submitted: float) -> JobResult:
         latency = time.monotonic() - submitted
-        result = JobResult(result.id, result.argv, result.status, result.returncode, result.stdout,
-                           result.stderr, result.usage, latency, result.error, result.exception)
+        result = dataclasses.replace(result, latency=latency)
         self._done += 1
         if result.status != OK:
             self._failed += 1
@@ -352,6 +370,7 @@ class Pool:
         env = job.env if job.env is not None else self.env
         out, err = _Capture(self.limits.output), _Capture(self.limits.output)
         proc: JailedProcess | None = None
+        outcome, watch = _Outcome(), anyio.CancelScope()
         scope = anyio.CancelScope(deadline=anyio.current_time() + deadline if deadline else math.inf)
         self._job_scopes.add(scope)
         if self._cancelling:
@@ -365,10 +384,17 @@ class Pool:
                 except (TypeError, ValueError) as e:
                     if raise_invalid:
                         raise
-                    return JobResult(job.id, argv, ERROR, error=f"{type(e).__name__}: {e}", exception=e)
+                    return JobResult(job.id, argv, ERROR, error=f"{type(e).__name__}: {e}", exception=e,
+                                     evidence="the job's arguments were refused")
                 except OSError as e:
-                    return JobResult(job.id, argv, ERROR, error=str(e) or type(e).__name__, exception=e)
-                async with proc:
+                    return JobResult(job.id, argv, ERROR, error=str(e) or type(e).__name__, exception=e,
+                                     evidence="the jail could not be built")
+                async with proc, anyio.create_task_group() as watching:
+                    # The jail's CPU time as a whole and to the tick (RLIMIT_CPU: whole seconds, per
+                    # process), read as aiogaol.run reads it, until the program has exited.
+                    jail = proc._jail
+                    if self.limits.cpu_time is not None and (jail.cgroup is not None or _cputime.available()):
+                        watching.start_soon(_watch_cpu, jail, self.limits.cpu_time, outcome, watch)
                     async with anyio.create_task_group() as tg:
                         if job.input and proc.stdin is not None:
                             tg.start_soon(_feed_stdin, proc, bytes(job.input))
@@ -376,21 +402,30 @@ class Pool:
                         tg.start_soon(_capture, proc, proc.stdout, out)
                         tg.start_soon(_capture, proc, proc.stderr, err)
                     await proc.wait()
+                    watch.cancel()
         finally:
             self._job_scopes.discard(scope)
         if proc is None:  # cancelled or timed out while the jail was being built
-            return JobResult(job.id, argv, CANCELLED if self._cancelling else TIMED_OUT)
+            return (JobResult(job.id, argv, CANCELLED, evidence="cancelled while the jail was being built")
+                    if self._cancelling else
+                    JobResult(job.id, argv, TIMED_OUT, evidence=f"the deadline of {deadline} s passed while the "
+                                                               "jail was being built"))
         # ``async with proc`` has reaped the jail whichever way the block was left.
         returncode = proc.returncode
         if scope.cancelled_caught:
-            status = CANCELLED if self._cancelling else TIMED_OUT
+            status, evidence = ((CANCELLED, "the pool was cancelled; the jail was ended") if self._cancelling else
+                                (TIMED_OUT, f"deadline {deadline} s ran out; the pool ended the jail"))
         elif out.overflowed or err.overflowed:
-            status = OUTPUT_LIMIT
+            status, evidence = OUTPUT_LIMIT, f"more than {self.limits.output} bytes on one stream; the jail was killed"
         else:
             # The same reading of an ending as aiogaol.run's: cpu-limit, memory-limit, ... or plain exits.
             assert returncode is not None and proc.usage is not None
-            status = _classify(self.limits, returncode, err.value(), proc.usage.cpu_time, False, False)[0].value
-        return JobResult(job.id, argv, status, returncode, out.value(), err.value(), proc.usage)
+            cg = proc._jail.cgroup
+            status, evidence = _classify(self.limits, returncode, err.value(), proc.usage.cpu_time, False, False,
+                                         max_rss=proc.usage.max_rss, cgroup=cg.report if cg is not None else None,
+                                         jail_cpu_capped=outcome.jail_cpu_capped, cpu_source=outcome.cpu_source)
+        return JobResult(job.id, argv, status, returncode, out.value(), err.value(), proc.usage,
+                         evidence=evidence)
 
 
 class JobResults:

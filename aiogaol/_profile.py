@@ -9,13 +9,14 @@ gaol asks its platform module for ``OperationSupport``.
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Union
 
-from ._errors import ProfileError, UnsupportedOperation
+from ._errors import ProfileError, ProfileTypeError, UnsupportedOperation
 
 
 def check_path(value: object, what: str) -> str:
@@ -25,9 +26,13 @@ def check_path(value: object, what: str) -> str:
     if isinstance(value, bytes):
         value = os.fsdecode(value)
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, bytes or os.PathLike path, not {type(value).__name__}")
+        raise ProfileTypeError(f"{what} must be a str, bytes or os.PathLike path, not {type(value).__name__}")
     if "\0" in value:
         raise ProfileError(f"{what} {value!r} contains a NUL byte")
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        raise ProfileError(f"{what} {value!r} cannot be encoded for the kernel (a lone surrogate?)") from None
     if not value.startswith("/"):
         raise ProfileError(f"{what} {value!r} is relative: profiles take absolute paths")
     normal = os.path.normpath(value)
@@ -76,7 +81,7 @@ class Tcp:
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int):
-            raise TypeError(f"Tcp port must be an int, not {type(self.port).__name__}")
+            raise ProfileTypeError(f"Tcp port must be an int, not {type(self.port).__name__}")
         if not 0 < self.port < 65536:
             raise ProfileError(f"Tcp port {self.port} is outside 1..65535")
 
@@ -100,7 +105,7 @@ AddressPattern = Union[AllAddresses, Tcp, LocalSocket]
 
 def _check_pattern(value: object, op: str) -> None:
     if not isinstance(value, (Literal, Subpath)):
-        raise TypeError(f"{op} takes Literal(...) or Subpath(...), not {value!r}")
+        raise ProfileTypeError(f"{op} takes Literal(...) or Subpath(...), not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,8 @@ class NetworkOutbound:
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, (AllAddresses, Tcp, LocalSocket)):
-            raise TypeError(f"NetworkOutbound takes AllAddresses(), Tcp(port) or LocalSocket(path), not {self.address!r}")
+            raise ProfileTypeError("NetworkOutbound takes AllAddresses(), Tcp(port) or LocalSocket(path), "
+                                   f"not {self.address!r}")
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,7 @@ class FileWriteAll:
 
 
 DEFAULT_TMPFS_SIZE = 64 << 20
+MAX_TMPFS_SIZE = (1 << 63) - 1  # what the mount option's size= can say
 
 
 @dataclass(frozen=True)
@@ -162,9 +169,9 @@ class Tmpfs:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", check_path(self.path, "Tmpfs path"))
         if isinstance(self.size, bool) or not isinstance(self.size, int):
-            raise TypeError(f"Tmpfs size must be an int (bytes), not {type(self.size).__name__}")
-        if self.size <= 0:
-            raise ProfileError(f"Tmpfs size must be positive, not {self.size}")
+            raise ProfileTypeError(f"Tmpfs size must be an int (bytes), not {type(self.size).__name__}")
+        if not 0 < self.size <= MAX_TMPFS_SIZE:
+            raise ProfileError(f"Tmpfs size must be from 1 to {MAX_TMPFS_SIZE} bytes, not {self.size}")
         if self.path == "/":
             raise ProfileError("Tmpfs('/') would replace the jail's root; pick a directory")
 
@@ -260,6 +267,9 @@ def resolve(path: str) -> ResolvedPath:
 # --------------------------------------------------------------------------------------------------
 # Profile
 
+DEFAULT_SHM_SIZE = 64 << 20  # the jail's /dev/shm: enough for multiprocessing, capped like Docker's
+MAX_SHM_SIZE = 1 << 40
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -271,14 +281,35 @@ class Profile:
 
     operations: tuple[Operation, ...]
     resolved: dict[str, ResolvedPath] = field(compare=False, hash=False, repr=False)
+    # What programs expect of a machine, inside the jail only (see docs/security.md): a loopback of the
+    # jail's own, a size-capped /dev/shm, a devpts instance of its own.  Each can be turned off.
+    loopback: bool = True
+    shm_size: int = DEFAULT_SHM_SIZE
+    devpts: bool = True
 
-    def __init__(self, operations: Iterable[Operation] = ()) -> None:
+    def __init__(self, operations: Iterable[Operation] = (), *, loopback: bool = True,
+                 shm_size: int = DEFAULT_SHM_SIZE, devpts: bool = True) -> None:
         if isinstance(operations, (str, bytes)):
-            raise TypeError("Profile takes an iterable of operations, not a string")
+            raise ProfileTypeError("Profile takes an iterable of operations, not a string")
+        for name, flag in (("loopback", loopback), ("devpts", devpts)):
+            if not isinstance(flag, bool):
+                raise ProfileTypeError(f"Profile {name} must be True or False, not {flag!r}")
+        if isinstance(shm_size, bool) or not isinstance(shm_size, int):
+            raise ProfileTypeError(f"Profile shm_size must be an int (bytes; 0 for no /dev/shm), not {shm_size!r}")
+        if not 0 <= shm_size <= MAX_SHM_SIZE:
+            raise ProfileError(f"Profile shm_size must be between 0 (no /dev/shm) and {MAX_SHM_SIZE} bytes, "
+                               f"not {shm_size}")
+        if 0 < shm_size < 4096:
+            raise ProfileError(f"Profile shm_size {shm_size} is below one page (4096 bytes); 0 turns /dev/shm off")
+        try:
+            items = list(operations)
+        except TypeError:
+            raise ProfileTypeError("Profile takes an iterable of operations (FileReadAll(...), Tmpfs(...), ...), "
+                                   f"not {type(operations).__name__}") from None
         ops: list[Operation] = []
-        for op in operations:
+        for op in items:
             if not isinstance(op, OPERATION_TYPES):
-                raise TypeError(f"not a profile operation: {op!r}")
+                raise ProfileTypeError(f"not a profile operation: {op!r}")
             if op not in ops:
                 ops.append(op)
         from . import _kernel  # a platform fact, asked once per operation
@@ -295,6 +326,9 @@ class Profile:
             _check_against_host(op, resolved)
         object.__setattr__(self, "operations", tuple(ops))
         object.__setattr__(self, "resolved", resolved)
+        object.__setattr__(self, "loopback", loopback)
+        object.__setattr__(self, "shm_size", shm_size)
+        object.__setattr__(self, "devpts", devpts)
 
     def __iter__(self) -> Iterator[Operation]:
         return iter(self.operations)
@@ -303,13 +337,17 @@ class Profile:
         return len(self.operations)
 
     def __add__(self, other: "Profile | Iterable[Operation]") -> "Profile":
-        return Profile([*self.operations, *other])
+        return Profile(itertools.chain(self.operations, other), loopback=self.loopback,
+                       shm_size=self.shm_size, devpts=self.devpts)
 
     def allows_network(self) -> bool:
         return any(isinstance(op, NetworkOutbound) and isinstance(op.address, AllAddresses) for op in self.operations)
 
     def __repr__(self) -> str:
-        return f"Profile({list(self.operations)!r})"
+        options = "".join(f", {name}={getattr(self, name)!r}" for name, default in
+                          (("loopback", True), ("shm_size", DEFAULT_SHM_SIZE), ("devpts", True))
+                          if getattr(self, name) != default)
+        return f"Profile({list(self.operations)!r}{options})"
 
 
 def _paths_of(ops: Iterable[Operation]) -> Iterator[str]:

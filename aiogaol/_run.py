@@ -6,8 +6,8 @@ wait and its kill sequence, so that every limit is enforced in one place that ca
 
 Who enforces what: rlimits travel with the spawn (the C child applies them before exec); a cgroup v2 of
 the jail's own bounds memory and processes where one can be made (``_cgroup``); wall time, output caps
-and (with a cgroup) the jail-wide CPU time are enforced here, from the event loop, never with a blocking
-sleep.  The report says which mechanism enforced each limit and how the status was decided, because an
+and the jail-wide CPU time (cgroup cpu.stat, else the jail's process tree in /proc: ``_cputime``) are
+enforced here, from the event loop, never with a blocking sleep.  The report says which mechanism enforced each limit and how the status was decided, because an
 rlimit hit is seen from outside only through the way the program died.
 """
 
@@ -23,9 +23,10 @@ from typing import Any
 
 import anyio
 
-from . import _pacing
+from . import _cputime, _pacing
 from ._cgroup import CgroupReport
 from ._jail import RunningJail, launch
+from ._errors import ProfileTypeError
 from ._limits import Limits, resolve_limits
 from ._profile import Profile
 from ._spawnargs import SpawnArgs, check_argv, check_grace
@@ -37,8 +38,14 @@ _DRAIN_TIMEOUT = 5.0
 _READ_SIZE = 65536
 
 
-class Status(str, enum.Enum):
-    """How a run ended, in the manner of isolate's status codes."""
+class Status(enum.StrEnum):
+    """How a run ended, in the manner of isolate's status codes.
+
+    A str-valued enum with one spelling everywhere: ``str(Status.OK) == "ok" == Status.OK``, as
+    ``aiogaol batch``, ``Result.meta()`` and the pool's results print it.  ``run`` never ends in the
+    last two: ``cancelled`` (a pool job that never ran, or was cancelled) and ``error`` (a pool job whose
+    jail could not be built) are the pool's.
+    """
 
     OK = "ok"
     NONZERO_EXIT = "nonzero-exit"
@@ -51,6 +58,8 @@ class Status(str, enum.Enum):
     DISK_LIMIT = "disk-limit"
     PROCESS_LIMIT = "process-limit"
     OPEN_FILES_LIMIT = "open-files-limit"
+    CANCELLED = "cancelled"
+    ERROR = "error"
 
 
 class RunError(Exception):
@@ -131,6 +140,8 @@ def enforcement(limits: Limits, jail: RunningJail | None = None) -> dict[str, st
         out["cpu_time"] = "rlimit RLIMIT_CPU (per process: SIGXCPU, then SIGKILL a second later)"
         if cg is not None:
             out["cpu_time"] += "; event loop on cgroup cpu.stat (the whole jail)"
+        elif _cputime.available():
+            out["cpu_time"] += "; event loop on /proc/PID/stat of the jail's processes (the whole jail, to the tick)"
     if limits.memory is not None:
         out["memory"] = ("cgroup memory.max (the whole jail; OOM kills counted in memory.events)"
                          if "memory" in controllers else
@@ -156,8 +167,11 @@ def enforcement(limits: Limits, jail: RunningJail | None = None) -> dict[str, st
 # What a program's stderr says when an rlimit refused it something.  rlimits leave no other trace the
 # server can see: an allocation that fails is the program's business, so the status is an inference,
 # and ``Result.evidence`` says so.
+# V8 (node) cannot even reserve its code range under a small RLIMIT_AS: it prints "Fatal process OOM in
+# Failed to reserve virtual memory for CodeRange" and dies of SIGTRAP; Go says "runtime: out of memory".
 _MEMORY_SIGNS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory",
-                 b"Out of memory", b"cannot allocate", b"memory exhausted")
+                 b"Out of memory", b"cannot allocate", b"memory exhausted", b"Fatal process OOM",
+                 b"Failed to reserve virtual memory")
 _PROCESS_SIGNS = (b"Resource temporarily unavailable", b"fork: retry", b"can't fork", b"Cannot fork")
 _FILES_SIGNS = (b"Too many open files",)
 _DISK_SIGNS = (b"No space left on device",)
@@ -165,8 +179,9 @@ _DISK_SIGNS = (b"No space left on device",)
 _FSIZE_SIGNS = (b"File too large", b"File size limit exceeded")
 _CPU_SIGNS = (b"CPU time limit exceeded",)  # the shell's words for a child SIGXCPU killed
 # How a C program usually dies when malloc returns NULL under RLIMIT_AS: it uses the NULL (SIGSEGV),
-# its runtime aborts (SIGABRT), or a touched mapping cannot be backed (SIGBUS).
-_MEMORY_DEATHS = (_signal.SIGSEGV, _signal.SIGABRT, _signal.SIGBUS)
+# its runtime aborts (SIGABRT, or SIGTRAP for V8's and some runtimes' fatal-error traps), or a touched
+# mapping cannot be backed (SIGBUS).
+_MEMORY_DEATHS = (_signal.SIGSEGV, _signal.SIGABRT, _signal.SIGBUS, _signal.SIGTRAP)
 _RSS_NEAR_LIMIT = 0.8
 
 
@@ -179,7 +194,7 @@ def _signame(sig: int) -> str:
 
 def _classify(limits: Limits, returncode: int, stderr: bytes, cpu_time: float, timed_out: bool,
               output_capped: bool, *, max_rss: int = 0, cgroup: CgroupReport | None = None,
-              jail_cpu_capped: bool = False) -> tuple[Status, str]:
+              jail_cpu_capped: bool = False, cpu_source: str = "cgroup cpu.stat") -> tuple[Status, str]:
     """The status and the evidence for it: certain causes first (our own kills, the kernel's counters,
     the rlimit signals), then inferences from the program's stderr and its last resident size."""
     sig = -returncode if returncode < 0 else None
@@ -188,8 +203,8 @@ def _classify(limits: Limits, returncode: int, stderr: bytes, cpu_time: float, t
     if output_capped:
         return Status.OUTPUT_LIMIT, f"more than {limits.output} bytes on one stream; the jail was killed"
     if jail_cpu_capped:
-        return Status.CPU_LIMIT, (f"the jail's processes used {cpu_time:.2f} s of CPU together (cgroup "
-                                  f"cpu.stat), past cpu_time = {limits.cpu_time}; the event loop killed it")
+        return Status.CPU_LIMIT, (f"the jail's processes used {cpu_time:.2f} s of CPU together ({cpu_source}), "
+                                  f"past cpu_time = {limits.cpu_time}; the event loop killed it")
     if cgroup is not None and cgroup.oom_kills and returncode != 0:
         return Status.MEMORY_LIMIT, (f"cgroup memory.events: {cgroup.oom_kills} process(es) killed at "
                                      f"memory.max = {limits.memory}")
@@ -209,7 +224,10 @@ def _classify(limits: Limits, returncode: int, stderr: bytes, cpu_time: float, t
                                       (Status.DISK_LIMIT, _DISK_SIGNS, True)):
             hit = next((s for s in signs if s in stderr), None)
             if wanted is not None and hit is not None:
-                return status, f"inferred: exit {returncode} and stderr says {hit.decode()!r}"
+                ending = f"killed by {_signame(sig)}" if sig is not None else f"exit {returncode}"
+                under = (" under RLIMIT_AS" if status is Status.MEMORY_LIMIT and cgroup is None
+                         else "")
+                return status, f"inferred: {ending}{under} and stderr says {hit.decode()!r}"
     if (sig in _MEMORY_DEATHS and limits.memory is not None and cgroup is None
             and max_rss >= _RSS_NEAR_LIMIT * limits.memory):
         return Status.MEMORY_LIMIT, (f"inferred: killed by {_signame(sig)} with max RSS {max_rss >> 20} MiB, "
@@ -227,6 +245,7 @@ class _Outcome:
 
     timed_out: bool = False
     jail_cpu_capped: bool = False
+    cpu_source: str = "cgroup cpu.stat"
     capped: dict[str, bool] = field(default_factory=lambda: {"stdout": False, "stderr": False})
 
 
@@ -319,14 +338,19 @@ async def _feed(ours: list[int], data: bytes, scope: anyio.CancelScope) -> None:
 
 
 async def _watch_cpu(jail: RunningJail, limit: float, outcome: _Outcome, scope: anyio.CancelScope) -> None:
-    """With a cgroup, the CPU time of all the jail's processes together: RLIMIT_CPU alone lets a program
-    that forks spend ``processes × cpu_time``."""
+    """The CPU time of all the jail's processes together, from the cgroup's cpu.stat or, without one,
+    from /proc (``_cputime``): RLIMIT_CPU alone lets a program that forks spend ``processes × cpu_time``,
+    and counts whole seconds only (0.5 s would be enforced at about 1 s)."""
     period = min(0.1, max(0.01, limit / 20))
     with scope:
-        while jail.cgroup is not None:
-            used = jail.cgroup.cpu_time()
+        while jail.returncode is None:
+            if jail.cgroup is not None:
+                used, source = jail.cgroup.cpu_time(), "cgroup cpu.stat"
+            else:
+                used, source = _cputime.tree_cpu_seconds(jail.pid), "/proc/PID/stat of the jail's processes"
             if used is not None and used >= limit:
                 outcome.jail_cpu_capped = True
+                outcome.cpu_source = source
                 _signal_quietly(jail, _signal.SIGRTMAX)
                 return
             await anyio.sleep(period)
@@ -360,7 +384,7 @@ async def run(
     """
     check_argv(argv)
     if input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
-        raise TypeError(f"input must be bytes, not {type(input).__name__}")
+        raise ProfileTypeError(f"input must be bytes or None, not {type(input).__name__}")
     grace = check_grace(grace_period)
     limits = resolve_limits(limits)
     ours: list[int] = []  # our ends: stdin (write) or -1, stdout, stderr
@@ -400,7 +424,7 @@ async def run(
                 tg.start_soon(_pump, fd, name, limits.output, outputs[name], jail, outcome, scope)
             if input is not None:
                 tg.start_soon(_feed, ours, bytes(input), helper_scopes[0])
-            if jail.cgroup is not None and limits.cpu_time is not None:
+            if limits.cpu_time is not None and (jail.cgroup is not None or _cputime.available()):
                 tg.start_soon(_watch_cpu, jail, limits.cpu_time, outcome, helper_scopes[1])
             await _supervise(jail, limits, grace, outcome)
             # The jail is gone and init took its orphans with it: the pumps reach EOF once drained.
@@ -424,7 +448,8 @@ async def run(
     cpu_time = report.cpu_time if report is not None and report.cpu_time is not None else usage.cpu_time
     status, evidence = _classify(limits, returncode, stderr, cpu_time, outcome.timed_out,
                                  outcome.capped["stdout"] or outcome.capped["stderr"], max_rss=usage.max_rss,
-                                 cgroup=report, jail_cpu_capped=outcome.jail_cpu_capped)
+                                 cgroup=report, jail_cpu_capped=outcome.jail_cpu_capped,
+                                 cpu_source=outcome.cpu_source)
     return Result(
         args=tuple(os.fsdecode(a) for a in argv),
         returncode=returncode,

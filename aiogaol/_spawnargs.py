@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _fallback, _plan, _stdio
-from ._limits import Limits, resolve_limits
+from ._errors import ProfileError, ProfileTypeError
+from ._limits import MAX_SECONDS, Limits, resolve_limits
 from ._profile import Profile
 
 if TYPE_CHECKING:
@@ -61,32 +62,34 @@ def check_popen_kwargs(kwds: dict[str, Any]) -> int:
 def check_argv(argv: object) -> Sequence[object]:
     """The anyio faces take argv as one sequence (no shell); refuse a string before it is split."""
     if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
-        raise TypeError("argv must be a sequence of arguments (no shell here), not a string")
+        raise ProfileTypeError("argv must be a sequence of arguments (no shell here), not "
+                               f"{'a string' if isinstance(argv, (str, bytes)) else type(argv).__name__}")
     if not argv:
-        raise ValueError("argv is empty")
+        raise ProfileError("argv is empty")
     return argv
 
 
 def check_grace(grace_period: object) -> float:
-    """Seconds between SIGTERM and SIGKILL: a finite number >= 0."""
+    """Seconds between SIGTERM and SIGKILL: a finite number from 0 to MAX_SECONDS."""
     if isinstance(grace_period, bool) or not isinstance(grace_period, (int, float)):
-        raise TypeError(f"grace_period must be a number of seconds, not {type(grace_period).__name__}")
-    if not (grace_period >= 0 and math.isfinite(grace_period)):
-        raise ValueError(f"grace_period must be a finite number >= 0, not {grace_period}")
+        raise ProfileTypeError(f"grace_period must be a number of seconds, not {type(grace_period).__name__}")
+    if not (math.isfinite(grace_period) and 0 <= grace_period <= MAX_SECONDS):
+        raise ProfileError(f"grace_period must be a finite number of seconds from 0 to {MAX_SECONDS:g}, "
+                           f"not {grace_period!r}")
     return float(grace_period)
 
 
 def check_pass_fds(pass_fds: Sequence[int]) -> tuple[int, ...]:
     if isinstance(pass_fds, (str, bytes)) or not isinstance(pass_fds, (Sequence, set, frozenset)):
-        raise TypeError("pass_fds must be a sequence of file descriptors")
+        raise ProfileTypeError("pass_fds must be a sequence of file descriptors")
     fds: list[int] = []
     for fd in pass_fds:
         if isinstance(fd, bool) or not isinstance(fd, int):
-            raise TypeError(f"pass_fds must hold ints, not {type(fd).__name__}")
+            raise ProfileTypeError(f"pass_fds must hold ints, not {type(fd).__name__}")
         if fd < 3:
-            raise ValueError(f"pass_fds: {fd} is a standard stream; use stdin/stdout/stderr")
+            raise ProfileError(f"pass_fds: {fd} is a standard stream; use stdin/stdout/stderr")
         if not _stdio.is_open(fd):
-            raise ValueError(f"pass_fds: {fd} is not an open file descriptor")
+            raise ProfileError(f"pass_fds: {fd} is not an open file descriptor")
         if fd not in fds:
             fds.append(fd)
     return tuple(sorted(fds))
@@ -109,7 +112,7 @@ class SpawnArgs:
         "landlock" (the weaker fallback, only when the caller asks for it) or "auto" (the jail when
         possible, else the fallback)."""
         if not isinstance(profile, Profile):
-            raise TypeError(f"profile must be an aiogaol.Profile, not {type(profile).__name__}")
+            raise ProfileTypeError(f"profile must be an aiogaol.Profile, not {type(profile).__name__}")
         mode = _fallback.resolve_isolation(_fallback.check_isolation(isolation))
         return cls(
             plan=_plan.compile_profile(profile) if mode == _fallback.NAMESPACES else _fallback.compile_fallback(profile),

@@ -57,6 +57,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <dirent.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #ifndef SECBIT_NOROOT
@@ -197,7 +199,7 @@ static pid_t host_pid(void);
 /* ------------------------------------------------------------------------------------------------ */
 /* The plan, as parsed from the helper's arguments                                                  */
 
-enum op_kind { OP_DIR, OP_SYMLINK, OP_RO, OP_RW, OP_TMPFS, OP_PROC, OP_DEV, OP_MASK };
+enum op_kind { OP_DIR, OP_SYMLINK, OP_RO, OP_RW, OP_TMPFS, OP_PROC, OP_DEV, OP_MASK, OP_RO_SELF, OP_SHM, OP_DEVPTS };
 
 struct op {
     enum op_kind kind;
@@ -226,6 +228,7 @@ struct plan {
     int n_keep;
     long inside_uid, inside_gid;
     int unshare_net;
+    int loopback;      /* --loopback: bring up lo in the jail's own network namespace */
     int no_namespaces; /* the fallback: Landlock, seccomp, no_new_privs and rlimits only */
     const char *hostname;
     unsigned long long root_size;
@@ -297,6 +300,35 @@ static unsigned long long parse_num(const char *s, int base)
     return v;
 }
 
+/* Init's own seccomp filter (--init-filter HEX), compiled by the server (aiogaol/_init_filter.py) and
+ * loaded by init once the program has exec'd (see drop_init). */
+static struct sock_filter init_insns[256];
+static unsigned short init_len;
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+static void parse_init_filter(const char *hex)
+{
+    size_t n = str_len(hex), i;
+    unsigned char *out = (unsigned char *)init_insns;
+    if (n == 0 || n % 16 != 0 || n / 2 > sizeof init_insns)
+        fail(AIOGAOL_STEP_ARGS, EINVAL, "--init-filter size");
+    for (i = 0; i < n; i += 2) {
+        int hi = hex_digit(hex[i]), lo = hex_digit(hex[i + 1]);
+        if (hi < 0 || lo < 0)
+            fail(AIOGAOL_STEP_ARGS, EINVAL, "--init-filter");
+        out[i / 2] = (unsigned char)(hi * 16 + lo);
+    }
+    init_len = (unsigned short)(n / 16);
+}
+
 static void parse_args(int argc, char **argv, char **envp)
 {
     int i = 1;
@@ -313,6 +345,7 @@ static void parse_args(int argc, char **argv, char **envp)
     plan.hostname = "aiogaol";
     plan.root_size = 1 << 20;
     plan.envp = envp;
+    init_len = 0;
 
 #define NEED(n)                                                                                    \
     do {                                                                                           \
@@ -367,6 +400,11 @@ static void parse_args(int argc, char **argv, char **envp)
             plan.no_namespaces = 1;
         } else if (strcmp(o, "--unshare-net") == 0) {
             plan.unshare_net = 1;
+        } else if (strcmp(o, "--loopback") == 0) {
+            plan.loopback = 1;
+        } else if (strcmp(o, "--init-filter") == 0) {
+            NEED(1);
+            parse_init_filter(argv[++i]);
         } else if (strcmp(o, "--hostname") == 0) {
             NEED(1);
             plan.hostname = argv[++i];
@@ -415,6 +453,18 @@ static void parse_args(int argc, char **argv, char **envp)
         } else if (strcmp(o, "--mask") == 0) {
             NEED(1);
             OP(OP_MASK, NULL, argv[i + 1], 0, 0);
+            i += 1;
+        } else if (strcmp(o, "--ro-self") == 0) {
+            NEED(1);
+            OP(OP_RO_SELF, NULL, argv[i + 1], 0, 0);
+            i += 1;
+        } else if (strcmp(o, "--shm") == 0) {
+            NEED(2);
+            OP(OP_SHM, NULL, argv[i + 1], parse_num(argv[i + 2], 10), 01777);
+            i += 2;
+        } else if (strcmp(o, "--devpts") == 0) {
+            NEED(1);
+            OP(OP_DEVPTS, NULL, argv[i + 1], 0, 0);
             i += 1;
         } else if (strcmp(o, "--rlimit") == 0) {
             NEED(3);
@@ -713,10 +763,18 @@ static void make_dev(const char *dst)
                 fail(AIOGAOL_STEP_SYMLINK, errno, node + 8);
         }
     }
-    /* A mount point for a Tmpfs("/dev/shm") rule; empty and unwritable otherwise. */
+    /* Mount points for the jail's /dev/shm (--shm, or a Tmpfs("/dev/shm") rule) and its own devpts
+     * (--devpts), empty and unwritable when the profile turns them off; /dev/ptmx is the devpts
+     * instance's own ptmx, as with newinstance it must be (dangling when there is no devpts). */
     join(node, dir, "/shm");
     if (mkdir(node, 0755) < 0)
         fail(AIOGAOL_STEP_MKDIR, errno, node + 8);
+    join(node, dir, "/pts");
+    if (mkdir(node, 0755) < 0)
+        fail(AIOGAOL_STEP_MKDIR, errno, node + 8);
+    join(node, dir, "/ptmx");
+    if (symlink("pts/ptmx", node) < 0)
+        fail(AIOGAOL_STEP_SYMLINK, errno, node + 8);
     set_attr(dir, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, dst);
 }
 
@@ -773,8 +831,12 @@ static void bind_op(const struct op *op, const char *dst)
     close(tree);
 }
 
+/* The first masked directory and file of this build, in /newroot (see OP_MASK); empty: none yet. */
+static char mask_dir[PATH_MAX], mask_file[PATH_MAX];
+
 static void run_op(const struct op *op)
 {
+    struct stat st;
     const char *dst = join(pathbuf, "/newroot", op->b);
     char opts[64], *p;
     switch (op->kind) {
@@ -817,9 +879,64 @@ static void run_op(const struct op *op)
         make_dev(op->b);
         break;
     case OP_MASK:
-        if (mount("tmpfs", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                  "size=4096,mode=0555") < 0)
+        /* Docker's masked paths: a directory gets an empty read-only tmpfs, anything else the host's
+         * /dev/null bound read-only (reads empty, writes EROFS).  A path this kernel lacks is skipped;
+         * any other failure fails the spawn, since an unmasked path would be a silent widening. */
+        if (lstat(dst, &st) < 0) {
+            if (errno == ENOENT)
+                break;
+            fail(AIOGAOL_STEP_MASK, errno, op->b);
+        }
+        /* The first of each kind is made, the others are binds of it (a bind keeps the read-only flag
+         * of its source mount): a bind costs less than a new tmpfs, or than a bind and a setattr. */
+        if (S_ISDIR(st.st_mode)) {
+            if (mask_dir[0]) {
+                if (mount(mask_dir, dst, NULL, MS_BIND, NULL) < 0)
+                    fail(AIOGAOL_STEP_MASK, errno, op->b);
+            } else {
+                if (mount("tmpfs", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                          "size=4096,mode=0555") < 0)
+                    fail(AIOGAOL_STEP_MASK, errno, op->b);
+                copy_str(mask_dir, sizeof mask_dir, dst);
+            }
+        } else if (mask_file[0]) {
+            if (mount(mask_file, dst, NULL, MS_BIND, NULL) < 0)
+                fail(AIOGAOL_STEP_MASK, errno, op->b);
+        } else {
+            /* Not nodev: it is the null device, and reads of it must be empty, not EACCES. */
+            if (mount("/oldroot/dev/null", dst, NULL, MS_BIND, NULL) < 0)
+                fail(AIOGAOL_STEP_MASK, errno, op->b);
+            set_attr(dst, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, op->b);
+            copy_str(mask_file, sizeof mask_file, dst);
+        }
+        break;
+    case OP_RO_SELF:
+        /* Docker's read-only paths: bound read-only over themselves (skipped where absent). */
+        if (lstat(dst, &st) < 0) {
+            if (errno == ENOENT)
+                break;
+            fail(AIOGAOL_STEP_MASK, errno, op->b);
+        }
+        if (mount(dst, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
+            fail(AIOGAOL_STEP_MASK, errno, op->b);
+        set_attr(dst, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+                 AT_RECURSIVE, op->b);
+        break;
+    case OP_SHM:
+        /* The jail's POSIX shared memory (multiprocessing's semaphores and queues): a size-capped
+         * tmpfs of its own, sticky and world-writable like the host's, nosuid, nodev, noexec. */
+        p = opts;
+        memcpy(p, "size=", 5);
+        p = fmt_ulong(p + 5, (unsigned long)op->size);
+        memcpy(p, ",mode=1777", 11);
+        if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) < 0)
             fail(AIOGAOL_STEP_TMPFS, errno, op->b);
+        break;
+    case OP_DEVPTS:
+        /* A devpts instance of the jail's own: its ptys only, none of the host's.  No gid= option, as
+         * the tty group need not be mapped in the jail's user namespace. */
+        if (mount("devpts", dst, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") < 0)
+            fail(AIOGAOL_STEP_DEVPTS, errno, op->b);
         break;
     }
 }
@@ -833,6 +950,7 @@ static void build_prefix(unsigned long long root_size)
 {
     char opts[64], *p;
 
+    mask_dir[0] = mask_file[0] = '\0';
     /* Nothing we mount may propagate back to the host. */
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         fail(AIOGAOL_STEP_MAKE_PRIVATE, errno, "/");
@@ -1166,38 +1284,52 @@ static void __attribute__((noreturn)) run_program(void)
  * read after the last ')' since the command name may hold anything. */
 static int kill_children(void)
 {
-    DIR *d = opendir("/proc");
-    struct dirent *e;
+    /* getdents64 on a buffer of its own rather than opendir, which allocates: init runs under a filter
+     * of its own by now (see drop_init), which allows no memory management. */
+    static char dents[8192] __attribute__((aligned(8)));
+    int dfd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     int found = 0;
     char path[64], buf[512];
-    if (!d)
+    long got_dents;
+    if (dfd < 0)
         return 0;
-    while ((e = readdir(d)) != NULL) {
-        int fd;
-        ssize_t got;
-        char *p;
-        if (e->d_name[0] < '1' || e->d_name[0] > '9' || str_len(e->d_name) > 20)
-            continue;
-        memcpy(path, "/proc/", 6);
-        memcpy(path + 6, e->d_name, str_len(e->d_name));
-        memcpy(path + 6 + str_len(e->d_name), "/stat", 6);
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        got = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (got <= 0)
-            continue;
-        buf[got] = '\0';
-        p = strrchr(buf, ')');
-        if (!p || p[1] != ' ' || !p[2] || p[3] != ' ')
-            continue;
-        if (strtol(p + 4, NULL, 10) == (long)init_pid) {
-            kill((pid_t)strtol(e->d_name, NULL, 10), SIGKILL);
-            found = 1;
+    while ((got_dents = syscall(SYS_getdents64, dfd, dents, sizeof dents)) > 0) {
+        long off;
+        for (off = 0; off < got_dents;) {
+            struct linux_dirent64 {
+                uint64_t d_ino;
+                int64_t d_off;
+                unsigned short d_reclen;
+                unsigned char d_type;
+                char d_name[];
+            } *e = (struct linux_dirent64 *)(dents + off);
+            int fd;
+            ssize_t got;
+            char *p;
+            off += e->d_reclen;
+            if (e->d_name[0] < '1' || e->d_name[0] > '9' || str_len(e->d_name) > 20)
+                continue;
+            memcpy(path, "/proc/", 6);
+            memcpy(path + 6, e->d_name, str_len(e->d_name));
+            memcpy(path + 6 + str_len(e->d_name), "/stat", 6);
+            fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0)
+                continue;
+            got = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (got <= 0)
+                continue;
+            buf[got] = '\0';
+            p = strrchr(buf, ')');
+            if (!p || p[1] != ' ' || !p[2] || p[3] != ' ')
+                continue;
+            if (strtol(p + 4, NULL, 10) == (long)init_pid) {
+                kill((pid_t)strtol(e->d_name, NULL, 10), SIGKILL);
+                found = 1;
+            }
         }
     }
-    closedir(d);
+    close(dfd);
     return found;
 }
 
@@ -1233,6 +1365,61 @@ static int program_main(void *arg)
     run_program();
 }
 
+/* lo up in the jail's own network namespace (ipv4 127.0.0.1 and, where IPv6 is on, ::1 come with it):
+ * a loopback reachable from this jail only, as programs that serve themselves on 127.0.0.1 expect. */
+static void loopback_up(void)
+{
+    struct ifreq ifr;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        fail(AIOGAOL_STEP_LOOPBACK, errno, "socket");
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, "lo", 3);
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
+        fail(AIOGAOL_STEP_LOOPBACK, errno, "SIOCGIFFLAGS lo");
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+        fail(AIOGAOL_STEP_LOOPBACK, errno, "SIOCSIFFLAGS lo");
+    close(fd);
+}
+
+/* Init, once the program has exec'd (it needed init's capabilities to drop its own): nothing left of
+ * them, no_new_privs and init's own seccomp filter.  It took the program's identity and was made
+ * non-dumpable before the program was cloned (see run_init), so the program can neither ptrace it nor
+ * read its memory.  Init still holds the error pipe here: a failure kills the
+ * program and is reported as any set-up failure is (fail closed). */
+static void drop_failed(pid_t program, const char *what)
+{
+    int e = errno;
+    kill_jail(program);
+    fail(AIOGAOL_STEP_DROP_INIT, e, what);
+}
+
+static void drop_init(pid_t program)
+{
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    struct sock_fprog prog;
+    int cap;
+    /* Without namespaces an unprivileged init has no CAP_SETPCAP for the bounding set (nor any
+     * capability to lose); no_new_privs, capset and the filter still apply. */
+    for (cap = 0; cap <= 63; cap++)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL &&
+            !(plan.no_namespaces && errno == EPERM))
+            drop_failed(program, "bounding set");
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        drop_failed(program, "ambient set");
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capset, &hdr, data) < 0)
+        drop_failed(program, "capset");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        drop_failed(program, "no_new_privs");
+    prog.len = init_len;
+    prog.filter = init_insns;
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
+        drop_failed(program, "seccomp");
+}
+
 static void __attribute__((noreturn)) run_init(void)
 {
     sigset_t all;
@@ -1240,14 +1427,39 @@ static void __attribute__((noreturn)) run_init(void)
     pid_t child;
     struct pollfd pfd[2];
 
+    /* Init never runs beside the program unfiltered (see drop_init): no filter, no jail. */
+    if (init_len == 0)
+        fail(AIOGAOL_STEP_DROP_INIT, EINVAL, "no seccomp filter for init (--init-filter)");
     if (plan.no_namespaces) {
         init_pid = getpid();
         if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
             fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "PR_SET_CHILD_SUBREAPER");
     } else {
+        if (plan.loopback && plan.unshare_net)
+            loopback_up();
         build_jail();
         mark(AIOGAOL_STEP_HOSTNAME);
     }
+    /* Before the program exists, init takes its identity (a root server's init built the jail as root,
+     * for root-only bind sources, and is nobody from here on, on the host as in the jail), keeping its
+     * capabilities for the program's own drops (NO_SETUID_FIXUP; drop_init clears them). */
+    if (switch_identity) {
+        gid_t g = (gid_t)plan.inside_gid;
+        uid_t u = (uid_t)plan.inside_uid;
+        if (prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "init's securebits");
+        if (setgroups(0, NULL) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setgroups");
+        if (setresgid(g, g, g) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setresgid");
+        if (setresuid(u, u, u) < 0)
+            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setresuid");
+    }
+    /* Then (a change of ids resets it to fs.suid_dumpable) non-dumpable, before the program exists: it
+     * may never ptrace init or read /proc/1/mem.  (The program shares init's memory until its exec,
+     * which makes it dumpable again in its own.) */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        fail(AIOGAOL_STEP_DROP_INIT, errno, "PR_SET_DUMPABLE");
 
     sigfillset(&all);
     if (sigprocmask(SIG_SETMASK, &all, NULL) < 0)
@@ -1262,6 +1474,9 @@ static void __attribute__((noreturn)) run_init(void)
     child = clone(program_main, program_stack + sizeof program_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, NULL);
     if (child < 0)
         fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "clone");
+
+    drop_init(child);
+    mark(AIOGAOL_STEP_DROP_INIT);
 
     /* Init keeps nothing the program's readers could wait on: its copies of stdio, pass_fds and
      * the error pipe go, so EOF means what it means for a plain child. */

@@ -58,7 +58,11 @@
     X(REAP_PROGRAM, "reap the program")                    \
     X(REPORT_EXIT, "report the exit status")              \
     X(PRIORITY, "set the jail's niceness")               \
-    X(BUILT_AHEAD, "jail built ahead of time")
+    X(BUILT_AHEAD, "jail built ahead of time")                \
+    X(MASK, "mask a kernel interface")                    \
+    X(DEVPTS, "mount devpts")                             \
+    X(LOOPBACK, "bring up loopback")                      \
+    X(DROP_INIT, "drop init's privileges")
 
 enum aiogaol_step {
 #define AIOGAOL_STEP_ENUM(name, text) AIOGAOL_STEP_##name,

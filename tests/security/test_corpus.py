@@ -131,12 +131,15 @@ ATTACKS = [
         A = json.loads(sys.argv[1])
         def go():
             s = socket.socket(); s.settimeout(3); s.connect(("127.0.0.1", A["tcp_port"]))
-        r = call(go); verdict(r[0] == "err", r[1])""", expect={"EPERM"}),
+        r = call(go); verdict(r[0] == "err", r[1])""", expect={"EPERM", "EACCES", "ENETUNREACH", "ECONNREFUSED"}),
+    # (EPERM: no AF_INET in the fallback; in the jail AF_INET reaches its own loopback only, where
+    # Landlock refuses the connect to an ungranted port (EACCES), or the loopback is down (ENETUNREACH)
+    # or nothing listens (ECONNREFUSED).)
     A("net_udp_to_host_loopback", """
         A = json.loads(sys.argv[1])
         def go():
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b"leak", ("127.0.0.1", A["udp_port"]))
-        r = call(go); verdict(r[0] == "err", r[1])""", expect={"EPERM"}),
+        r = call(go); verdict(r[0] == "err", r[1])""", expect={"EPERM", "ENETUNREACH", "stayed in the jail"}),
     A("net_tcp_port_not_granted", """
         A = json.loads(sys.argv[1])
         def go():
@@ -211,6 +214,8 @@ SURFACE: dict[str, str] = {
     "umount2": "sys_call(166, cstr(b'/nonexistent'), 0)",
     "pivot_root": "sys_call(155, cstr(b'/nonexistent'), cstr(b'/nonexistent'))",
     "open_tree": "sys_call(428, -100, cstr(b'/nonexistent'), 0)",
+    # newer than libseccomp 2.5.4's table, so a deny list could not name it: a handle on / needs no privilege
+    "open_tree_attr": "sys_call(467, -100, cstr(b'/'), 0, 0, 0)",
     "fsopen": "sys_call(430, cstr(b'tmpfs'), 0)",
     "mount_setattr": "sys_call(442, -1, cstr(b''), 0, 0, 0)",
     "name_to_handle_at": "sys_call(303, -100, cstr(b'/'), 0, 0, 0)",
@@ -289,7 +294,8 @@ async def test_attack_is_blocked(attack: Attack, mode: str, host: dict[str, Any]
     if attack.name in ("net_udp_to_host_loopback", "net_udp_beside_a_tcp_rule"):
         # A datagram sent inside a private network namespace reaches nothing; what counts is the host's.
         received = _drain(host["udp"])
-        outcome = harness.Outcome(not received, outcome.how if not received else "received", mode)
+        how = "received" if received else outcome.how if outcome.blocked else "stayed in the jail"
+        outcome = harness.Outcome(not received, how, mode)
     harness.record(attack.name, outcome)
     assert victim == "untouched" or mode == "bwrap", "the host file behind the symlink was written"
     if mode == "bwrap":
