@@ -2065,6 +2065,15 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
     watch_init(start_jail());
 }
 
+static void raise_soft_limit(int resource)
+{
+    struct rlimit rl;
+    if (getrlimit(resource, &rl) == 0 && rl.rlim_cur != rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(resource, &rl); /* best effort: the limit stays as it was */
+    }
+}
+
 int aiogaol_serve(int sock)
 {
     char *buf = NULL;
@@ -2074,6 +2083,11 @@ int aiogaol_serve(int sock)
     /* A server that gave up on a spawn closes its end of the error pipe: a write there must fail,
      * not kill the spawner. */
     signal(SIGPIPE, SIG_IGN);
+    /* The spawner lives as long as its server, so its own limits must not be the server's of the moment
+     * it started (a first spawn made during a brief shortage): soft fds and processes at the hard limit.
+     * Every jail gets the server's rlimits of its own spawn, sent with the request (see _jail.py). */
+    raise_soft_limit(RLIMIT_NOFILE);
+    raise_soft_limit(RLIMIT_NPROC);
     /* Whatever the server had open without O_CLOEXEC is not the spawner's to keep open. */
     if (close_all_except(&sock, 1) < 0 || chdir("/") < 0)
         return 1;
