@@ -241,7 +241,7 @@ _INFINITY = 2**64 - 1  # RLIM_INFINITY as the C side parses it (Python says -1)
 def server_rlimits() -> list[tuple[int, int, int]]:
     """The server's rlimits now, as (resource, soft, hard): what a program it started itself would
     inherit, and so what a jail gets where its Limits say nothing."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     for res in _RLIMITS:
         soft, hard = resource.getrlimit(res)
         out.append((res, _INFINITY if soft == resource.RLIM_INFINITY else soft,

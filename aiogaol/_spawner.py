@@ -363,7 +363,9 @@ class _Spawner:
                 data = sock.recv(64)
             except (socket.timeout, BlockingIOError):
                 break
-            except InterruptedError:
+            except (InterruptedError, ConnectionResetError):
+                # ECONNRESET: the spawner died with requests still queued for it.  Said once, and not the
+                # end: an init it made ahead of time may still report itself on its copy of the socket.
                 continue
             except OSError:
                 finished = True
