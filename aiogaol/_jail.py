@@ -234,6 +234,17 @@ class JailFacts:
         return {name: (ns - t["sent"]) / 1e9 for name, ns in sorted(t.items(), key=lambda kv: kv[1])}
 
 
+def _lifeline_gone(sock: socket.socket) -> bool:
+    """True if the jail's end of the lifeline is closed with nothing sent on it (init sends the program's
+    EXIT record, and its TIME records, before it closes it)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
 _RLIMITS = sorted({getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")})
 _INFINITY = 2**64 - 1  # RLIM_INFINITY as the C side parses it (Python says -1)
 
@@ -389,6 +400,13 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             raise _failure_error(failure)
         if not init_pid:
             raise SandboxSetupError("start helper", errno.EIO, ended)
+        if _lifeline_gone(life_server):
+            # A PID and then EOF reads as "exec seen"; but an init whose lifeline is already closed, with
+            # nothing on it, never held the request's fds (they did not fit its fd table: a waiting init
+            # receives them itself, and has no error pipe to say so on): a bare 127 from wait() otherwise.
+            raise SandboxSetupError("start helper", errno.EMFILE,
+                                    "the jail's init lost the request's fds before it could report anything "
+                                    "(they did not fit in its fd table: is the spawner's RLIMIT_NOFILE too low?)")
         pidfd = os.pidfd_open(init_pid)
         jail = RunningJail(init_pid, pidfd, life_server, started)
         life_server = None
@@ -541,6 +559,13 @@ def _failure_error(rec: _Record) -> OSError:
     if step in ("write uid_map", "write gid_map", "write setgroups") and rec.err == errno.EPERM:
         reason = userns_block_reason() or "the id map was refused"
         return UserNamespacesUnavailable(rec.err, f"cannot map ids in a new user namespace: {reason}")
+    if step == "parse helper arguments" and rec.err == errno.E2BIG and rec.detail == "request":
+        return SandboxSetupError(step, rec.err, "request: its fds did not all fit in the fd table of the spawner or "
+                                 "of the init it was handed to (their RLIMIT_NOFILE), or it was too large")
+    if step == "close inherited fds" and rec.detail == "place fds" and rec.err in (errno.EINVAL, errno.EMFILE,
+                                                                                   errno.EBADF):
+        return SandboxSetupError(step, rec.err, "place fds: the fd numbers the jail needs are above the RLIMIT_NOFILE "
+                                 "of its init (the spawner's), or its fd table is full")
     if rec.err == errno.EAGAIN and step in ("unshare namespaces", "clone init", "fork program"):
         # clone's EAGAIN: a process limit, not a namespace problem.
         return SandboxSetupError(step, rec.err, f"{rec.detail}: {_errors.process_limit_reason()}")

@@ -313,6 +313,33 @@ def test_a_spawner_started_under_a_low_fd_limit_serves_on_once_it_is_raised() ->
     assert result["later"] == [[0, "300\n", ""], [0, "500\n", ""], [0, "64\n", ""]], result
 
 
+def test_a_jail_whose_init_cannot_take_its_fds_fails_by_name_never_a_bare_127() -> None:
+    """A spawner whose own fd limit is too low for a request (lowered from outside here, with prlimit):
+    each spawn either works or fails with a named error; never a jail that "started" and exits 127 with
+    no output and no error (the old code: a waiting init that could not receive the request's fds had no
+    error pipe to say so on, and the spawner had already written its PID)."""
+    result = _server(_SWEEP + """
+    async def main():
+        await once()
+        spawner = _spawner.spawner_pid()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        seen = []
+        for lim in range(8, 40):
+            resource.prlimit(spawner, resource.RLIMIT_NOFILE, (lim, hard))
+            try:
+                seen.append(["ran", lim, *(await once())])
+            except aiogaol.SandboxSetupError as e:
+                seen.append(["error", lim, e.errno, str(e)])
+        print(json.dumps({"seen": seen}))
+    asyncio.run(main())
+    """)
+    seen = result["seen"]
+    assert isinstance(seen, list)
+    bare = [s for s in seen if s[0] == "ran" and s[2:] != [0, "hi\n", ""]]
+    assert bare == [], seen
+    assert any(s[0] == "error" for s in seen), seen  # the limit did bite
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="RLIMIT_NPROC is not enforced for root (CAP_SYS_RESOURCE)")
 def test_a_process_limit_says_so_and_a_spawner_started_under_it_serves_on() -> None:
     """An ordinary user at RLIMIT_NPROC: the spawn fails naming RLIMIT_NPROC (not "reinstall aiogaol");
@@ -410,7 +437,7 @@ async def _soak(one: Callable[[], Awaitable[None]], sleep: Callable[[float], Awa
         nonlocal done, cancelled
         async with limit:
             if rng.random() < SOAK_CANCELLED:
-                with anyio.move_on_after(rng.uniform(0, 0.01)) as scope:
+                with anyio.move_on_after(rng.uniform(0, 0.5)) as scope:  # waiting, being built or running
                     await one()
                 if scope.cancelled_caught:
                     cancelled += 1
