@@ -453,6 +453,11 @@ def _get(ident: Identity, nice: int, rlimits: Sequence[tuple[int, int, int]] = (
         with _lock:
             _settle()
     cur = _spawners.get(nice)
+    if cur is not None and not cur.dead and cur.ours() and cur.reap(block=False):
+        # It died (killed from outside) and is a zombie: a request sent now could still be accepted by
+        # its socket (an init it was making ahead of time holds a copy) and never be answered.
+        with _lock:
+            cur.dead = True
     if cur is not None and any(hard > cur.hard.get(res, hard) for res, _, hard in rlimits):
         # The server raised a hard limit since (a privileged one can): the jails of this spawner could
         # not get it.  Lowered limits keep the spawner; each jail is given the server's of its spawn.

@@ -294,6 +294,8 @@ static unsigned long long parse_num(const char *s, int base)
     return v;
 }
 
+static int req_n; /* fds received with a request (see place_fds); 0 in the one-shot helper */
+
 static void parse_args(int argc, char **argv, char **envp)
 {
     int i = 1;
@@ -336,8 +338,11 @@ static void parse_args(int argc, char **argv, char **envp)
         } else if (strcmp(o, "--err") == 0) {
             NEED(1);
             plan.err_fd = (int)parse_num(argv[++i], 10);
-            if (!fail_escape)
-                err_fd = plan.err_fd; /* the one-shot helper: later argument errors are reported */
+            /* The one-shot helper (its fds are at their numbers): later argument errors are reported.  Not
+             * a waiting init, whose fds came over its socket (req_n) and are not at their numbers until
+             * place_fds: its failures go to the error pipe as received, req_from[0]. */
+            if (!fail_escape && req_n == 0)
+                err_fd = plan.err_fd;
         } else if (strcmp(o, "--lifeline") == 0) {
             NEED(1);
             plan.lifeline_fd = (int)parse_num(argv[++i], 10);
