@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import anyio
 
 from . import _cgroup, _errors, _ffi, _pacing, _spawner, _stdio
-from ._spawner import kill_and_reap
 from ._errors import SandboxSetupError, UserNamespacesUnavailable, setup_error
 from ._kernel import userns_block_reason
 
@@ -292,7 +291,6 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
     helper_pid = init_pid = 0
     spawner: _spawner._Spawner | None = None  # the spawner that owns the request: it answers on err_r
     cgroup: _cgroup.JailCgroup | None = None
-    eof = False  # the error pipe was read to its end: every record is in
     started = time.monotonic()
     try:
         if seccomp_filter:
@@ -367,7 +365,6 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             if not chunk:
                 break
             data += chunk
-        eof = True
         if timings is not None:
             timings["answered"] = time.monotonic_ns()
         if ticket.slot is not None:
@@ -431,16 +428,10 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         if err_w >= 0:
             os.close(err_w)
             err_w = -1
-        if eof:
-            # Every record is in: a failed jail's processes have exited or are exiting, so reaping them
-            # here waits for no one.
-            if init_pid:
-                kill_and_reap(init_pid)
-            if helper_pid:
-                kill_and_reap(helper_pid)
-        elif helper_pid or spawner is not None:
-            # Cancelled (or given up) mid-handshake: init may exist already, or soon (a request still
-            # queued), and is our child.
+        if init_pid or helper_pid or spawner is not None:
+            # Failed, or cancelled (or given up) at any await: init may exist already, or soon (a request
+            # still queued), and is our child; with every record in (eof), its PID is in them even when
+            # the cancellation came before they were parsed.
             keep = await _cancelled(err_r, data, spawner, init_pid, helper_pid, wait_readable,
                                     ticket.pacer.slots.wait_at_most)
             if keep:
@@ -472,13 +463,14 @@ CANCEL_GRACE = 0.5
 async def _cancelled(err_r: int, data: bytes, spawner: _spawner._Spawner | None, init_pid: int, helper_pid: int,
                      wait_readable: WaitReadable,
                      wait_at_most: Callable[[Callable[[], Awaitable[object]], float], Awaitable[bool]]) -> bool:
-    """Clean up after a launch cancelled before its error pipe reached its end: learn init's PID (the
-    spawner writes it right after the clone), kill it and the one-shot helper, and reap both, waiting on
-    the loop, shielded from a second cancellation and at most CANCEL_GRACE seconds.  Never a blocking read
+    """Clean up after a launch that failed or was cancelled: learn init's PID if need be (the spawner
+    writes it right after the clone), kill it and the one-shot helper, and reap both, waiting on the
+    loop, shielded from a second cancellation and at most CANCEL_GRACE seconds.  Never a blocking read
     or waitpid: a stopped spawner must not freeze the loop.  True if the error pipe was handed to
     ``_spawner.abandon`` (its init still unknown after the grace; a later spawn finishes the job)."""
     deadline = time.monotonic() + CANCEL_GRACE
     eof = False
+    os.set_blocking(err_r, False)
 
     async def grace(fd: int) -> bool:
         left = deadline - time.monotonic()
