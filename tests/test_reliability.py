@@ -68,6 +68,7 @@ def _strays() -> list[tuple[int, str, str]]:
     """Our descendants other than the spawners themselves and the inits they keep made ahead of time."""
     keep = {pid for pid in (_spawner.spawner_pid(n) for n in range(-20, 20)) if pid}
     keep |= _spawner.waiting_pids()
+    keep |= {old.pid for old in _spawner._retired}  # retired, still finishing: tracked, reaped later
     out = []
     for pid, st in _descendants():
         if pid not in keep:
@@ -91,12 +92,12 @@ async def _settled(spawn_true: Callable[[], Awaitable[None]], start_fds: set[int
     running (not ours to count)."""
     for _ in range(100):
         await spawn_true()
-        if zombie_children() == [] and open_fds() == start_fds and _pids(_strays()) == _pids(start_strays):
+        if zombie_children() == [] and open_fds() == start_fds and set(_pids(_strays())) <= set(_pids(start_strays)):
             return
         await anyio.sleep(0.2)
     state = (_spawner._abandoned, _spawner._doomed, [(r.pid, r.retiring, r.reaped) for r in _spawner._retired])
     assert zombie_children() == [], (_strays(), state)
-    assert _pids(_strays()) == _pids(start_strays), (_strays(), start_strays, state)
+    assert set(_pids(_strays())) <= set(_pids(start_strays)), (_strays(), start_strays, state)
     assert open_fds() == start_fds, state
 
 
@@ -362,7 +363,7 @@ def test_a_process_limit_says_so_and_a_spawner_started_under_it_serves_on() -> N
         if hard != resource.RLIM_INFINITY and hard < procs() + 50:
             print(json.dumps({"skip": f"hard RLIMIT_NPROC {hard} too close to the {procs()} processes"}))
             return
-        resource.setrlimit(resource.RLIMIT_NPROC, (procs(), hard))
+        resource.setrlimit(resource.RLIMIT_NPROC, (1, hard))  # below what this user runs already
         try:
             await once()
             refused = None
@@ -481,10 +482,12 @@ def test_a_cancellation_soak_leaves_nothing_behind(loop: str) -> None:
         figures = await _soak(one, anyio.sleep, _task_group_all)
         for _ in range(100):  # what cancelled spawns left is finished by later spawns
             await spawn_true()
-            if _soak_state() == (zombies, fds, strays):
+            now = _soak_state()
+            if now[:2] == (zombies, fds) and set(now[2]) <= set(strays):
                 break
             await anyio.sleep(0.1)
-        assert _soak_state() == (zombies, fds, strays)
+        now = _soak_state()
+        assert now[:2] == (zombies, fds) and set(now[2]) <= set(strays), (now, (zombies, fds, strays))
         return figures
 
     if loop == "uvloop":
