@@ -142,7 +142,7 @@ async def test_cancelling_spawns_while_the_spawner_is_stopped_never_blocks_the_l
     start_fds, start_strays = open_fds(), _strays()
     stopped = _stop_spawner()
     # Continued from another thread after 3 s whatever happens, so that old code cannot hang the test.
-    timer = threading.Timer(3.0, lambda: os.kill(stopped, signal.SIGCONT))
+    timer = threading.Timer(3.0, _cont, (stopped,))
     timer.start()
     ticks = 0
     cancelling = False
@@ -186,6 +186,14 @@ async def test_cancelling_spawns_while_the_spawner_is_stopped_never_blocks_the_l
             pass
 
 
+def _cont(pid: int) -> None:
+    """SIGCONT, for the timers: the spawner may be dead (and reaped) by then."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
 def _exited_or_stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
         return f.read().rsplit(")", 1)[1].split()[0] in "TtZ"
@@ -201,7 +209,7 @@ async def test_a_spawn_whose_spawner_never_answers_fails_by_name_and_the_next_on
     await spawn_true()
     start_fds, start_strays = open_fds(), _strays()
     stopped = _stop_spawner()
-    timer = threading.Timer(10.0, lambda: os.kill(stopped, signal.SIGCONT))
+    timer = threading.Timer(10.0, _cont, (stopped,))
     timer.start()
     try:
         with anyio.fail_after(8):  # old code waited for ever (here: until the timer)
