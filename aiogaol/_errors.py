@@ -71,3 +71,91 @@ def setup_error(step: str, err: int, detail: str) -> SandboxSetupError:
     if step == "chdir" and err == _errno.ENOENT:
         return ProgramNotFoundError(step, err, detail)
     return SandboxSetupError(step, err, detail)
+
+
+def out_of_fds(err: OSError, what: str) -> SandboxSetupError:
+    """EMFILE/ENFILE on the server's side of a spawn (``what`` it was making), as an error that names the
+    limit to raise: a bare ``Too many open files`` does not say whose files, nor which knob."""
+    import resource
+
+    number = err.errno or _errno.EMFILE
+    if number == _errno.ENFILE:
+        fix = "the whole system ran out of open files: raise fs.file-max, or close files elsewhere"
+    else:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limit = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+        fix = (f"the server ran out of file descriptors (RLIMIT_NOFILE soft limit {limit}, hard "
+               f"{'unlimited' if hard == resource.RLIM_INFINITY else hard}): close some, or raise the limit "
+               "(ulimit -n, or resource.setrlimit(resource.RLIMIT_NOFILE, ...)); a spawn needs about ten "
+               "free fds while it starts")
+    return SandboxSetupError("server fds", number, f"{what}: {fix}")
+
+
+def is_fd_shortage(err: BaseException) -> bool:
+    return isinstance(err, OSError) and not isinstance(err, AiogaolError) and err.errno in (_errno.EMFILE,
+                                                                                           _errno.ENFILE)
+
+
+def process_limit_reason() -> str:
+    """Why a fork or clone may have failed with EAGAIN, and what to raise: RLIMIT_NPROC (counted per user,
+    so other processes of the same user count too), the pids.max of the server's cgroup, or the kernel's
+    own caps."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    uid = os.getuid()
+    reasons = []
+    if soft != resource.RLIM_INFINITY and uid != 0:
+        mine = 0
+        try:
+            for name in os.listdir("/proc"):
+                if name.isdigit():
+                    try:
+                        if os.stat(f"/proc/{name}").st_uid == uid:
+                            mine += 1
+                    except OSError:
+                        continue
+        except OSError:
+            mine = -1
+        reasons.append(f"RLIMIT_NPROC is {soft} and user {uid} runs {mine if mine >= 0 else 'an unknown number of'} "
+                       "processes (raise it with ulimit -u or resource.setrlimit(resource.RLIMIT_NPROC, ...))")
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            path = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None)
+        if path is not None:
+            base = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
+            with open(os.path.join(base, "pids.max"), encoding="utf-8") as f:
+                top = f.read().strip()
+            with open(os.path.join(base, "pids.current"), encoding="utf-8") as f:
+                now = f.read().strip()
+            if top != "max":
+                reasons.append(f"the server's cgroup {path} allows {top} processes (pids.max) and has {now}")
+    except (OSError, StopIteration):
+        pass
+    reasons.append("or the kernel's kernel.pid_max / kernel.threads-max is reached")
+    return "too many processes: " + "; ".join(reasons)
+
+
+def helper_start_error(err: int, path: str, arg_bytes: int) -> OSError:
+    """posix_spawn of the jail helper failed: the error that names the real cause.  Only a missing or
+    unrunnable helper is worth reinstalling aiogaol for."""
+    if err in (_errno.ENOENT, _errno.EACCES, _errno.ENOEXEC, _errno.ELIBBAD):
+        return OSError(err, f"cannot start the jail helper {path}: {os.strerror(err)} "
+                       "(reinstall aiogaol: the helper is built with the package)", path)
+    if err == _errno.E2BIG:
+        try:
+            arg_max = os.sysconf("SC_ARG_MAX")
+        except (OSError, ValueError):
+            arg_max = -1
+        return SandboxSetupError("start helper", err,
+                                 f"the program's arguments and environment are too long ({arg_bytes} bytes with the "
+                                 f"jail's options; the kernel takes at most {arg_max} in all, a quarter of "
+                                 "RLIMIT_STACK, and 128 KiB in any one string): pass the data through stdin or a file")
+    if err == _errno.EAGAIN:
+        return SandboxSetupError("start helper", err, process_limit_reason())
+    if err in (_errno.EMFILE, _errno.ENFILE):
+        return out_of_fds(OSError(err, os.strerror(err)), "starting the jail helper")
+    if err == _errno.ENOMEM:
+        return SandboxSetupError("start helper", err, "out of memory (RLIMIT_AS or RLIMIT_DATA of the server, "
+                                 "or the host's memory)")
+    return SandboxSetupError("start helper", err, f"posix_spawn of {path}")

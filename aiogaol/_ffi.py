@@ -31,8 +31,9 @@ def spawn_helper(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
     rc = lib.aiogaol_spawn_helper(_HELPER_PATH_BYTES, argblob, len(argblob), len(argv), envblob, len(envblob),
                                   len(envp), c_map, len(fd_map))
     if rc < 0:
-        raise OSError(-rc, f"cannot start the jail helper {HELPER_PATH}: {os.strerror(-rc)} "
-                      "(reinstall aiogaol: the helper is built with the package)", HELPER_PATH)
+        from ._errors import helper_start_error
+
+        raise helper_start_error(-rc, HELPER_PATH, len(argblob) + len(envblob) + 8 * (len(argv) + len(envp)))
     return int(rc)
 
 

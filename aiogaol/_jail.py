@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
-from . import _cgroup, _ffi, _pacing, _spawner, _stdio
-from ._spawner import kill_and_reap
+import anyio
+
+from . import _cgroup, _errors, _ffi, _pacing, _spawner, _stdio
 from ._errors import SandboxSetupError, UserNamespacesUnavailable, setup_error
 from ._kernel import userns_block_reason
 
@@ -232,6 +233,32 @@ class JailFacts:
         return {name: (ns - t["sent"]) / 1e9 for name, ns in sorted(t.items(), key=lambda kv: kv[1])}
 
 
+def _lifeline_gone(sock: socket.socket) -> bool:
+    """True if the jail's end of the lifeline is closed with nothing sent on it (init sends the program's
+    EXIT record, and its TIME records, before it closes it)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+_RLIMITS = sorted({getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")})
+_INFINITY = 2**64 - 1  # RLIM_INFINITY as the C side parses it (Python says -1)
+
+
+def server_rlimits() -> list[tuple[int, int, int]]:
+    """The server's rlimits now, as (resource, soft, hard): what a program it started itself would
+    inherit, and so what a jail gets where its Limits say nothing."""
+    out: list[tuple[int, int, int]] = []
+    for res in _RLIMITS:
+        soft, hard = resource.getrlimit(res)
+        out.append((res, _INFINITY if soft == resource.RLIM_INFINITY else soft,
+                    _INFINITY if hard == resource.RLIM_INFINITY else hard))
+    return out
+
+
 def _low_fd_safe(fd: int, target: int) -> int:
     """A copy of fd above 2 when it would be clobbered by the dup2 of another stdio slot."""
     if fd < 3 and fd != target:
@@ -244,38 +271,39 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
     """Have the spawner (or, for what it does not take, a one-shot helper) start a jail for a validated
     spawn, read the handshake, return the running jail (or raise what failed).
 
-    Cancellation at any await kills and reaps whatever was started before re-raising.  The profile's
-    seccomp filter (BPF bytes) travels in a pipe made for this spawn: the server keeps no filter fd
-    between spawns, and no face can start a jail without its filter.  ``ticket`` is the face's admission
-    (see ``_pacing``), taken before it built ``spawn``: launch charges it once the request is sent, and
-    gives back its starting slot once the jail has answered.
+    Cancellation at any await kills and reaps whatever was started before re-raising, without blocking
+    the loop (see ``_cancelled``).  The profile's seccomp filter (BPF bytes) travels in a pipe made for
+    this spawn: the server keeps no filter fd between spawns, and no face can start a jail without its
+    filter.  ``ticket`` is the face's admission (see ``_pacing``), taken before it built ``spawn``: launch
+    charges it once the request is sent, and gives back its starting slot once the jail has answered.
+    Every fd it makes is made inside its ``try``: a spawn that fails (EMFILE near the fd limit, say)
+    leaves none behind.
     """
     seccomp_filter = spawn.seccomp_filter
     isolation = spawn.isolation
     envp = spawn.envp
     pass_fds = spawn.pass_fds
-    seccomp_r = -1
-    if seccomp_filter:
-        seccomp_r, seccomp_w = os.pipe()
-        try:
-            # At most 32 KiB (BPF_MAXINSNS), below a pipe's capacity: this write never blocks.
-            view = memoryview(seccomp_filter)
-            while view:
-                view = view[os.write(seccomp_w, view):]
-        except BaseException:
-            os.close(seccomp_r)
-            raise
-        finally:
-            os.close(seccomp_w)
-    err_r, err_w = os.pipe()
+    seccomp_r = err_r = err_w = -1
     data = b""
-    life_server, life_jail = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    life_server: socket.socket | None = None
+    life_jail: socket.socket | None = None
     copies: list[int] = []
     helper_pid = init_pid = 0
     spawner: _spawner._Spawner | None = None  # the spawner that owns the request: it answers on err_r
     cgroup: _cgroup.JailCgroup | None = None
     started = time.monotonic()
     try:
+        if seccomp_filter:
+            seccomp_r, seccomp_w = os.pipe()
+            try:
+                # At most 32 KiB (BPF_MAXINSNS), below a pipe's capacity: this write never blocks.
+                view = memoryview(seccomp_filter)
+                while view:
+                    view = view[os.write(seccomp_w, view):]
+            finally:
+                os.close(seccomp_w)
+        err_r, err_w = os.pipe()
+        life_server, life_jail = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cgroup, cgroup_reason = _cgroup.for_limits(spawn.limits.memory, spawn.limits.processes,
                                                    spawn.limits.cgroup)
         # (fd here, fd in init) pairs: the error pipe first (the spawner reports on it from the start),
@@ -293,7 +321,9 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
                 copies.append(safe)
             stdio_map.append((safe, target))
         identity, umask = _spawner.server_state()
-        argv = spawn.helper_argv(err_w, life_jail.fileno(), seccomp_r if seccomp_r >= 0 else None, cgroup, umask)
+        rlimits = server_rlimits()
+        argv = spawn.helper_argv(err_w, life_jail.fileno(), seccomp_r if seccomp_r >= 0 else None, cgroup, umask,
+                                 rlimits)
         timings: dict[str, int] | None = None
         if STEP_TIMINGS:
             argv.insert(1, b"--timings")
@@ -302,19 +332,32 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             # A stdio slot left to inheritance is sent too: a posix_spawned helper would inherit it.
             inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _stdio.is_open(t)]
             spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, identity,
-                                            _spawner.jail_niceness(spawn.limits.nice))
+                                            _spawner.jail_niceness(spawn.limits.nice), rlimits)
         if spawner is None:
             # posix_spawn applies the pairs in order: stdio first, as its dup2s must not clobber the rest.
             if cgroup is not None:
                 fd_map.append((cgroup.fd, cgroup.fd))
             helper_pid = _ffi.spawn_helper(argv, envp, stdio_map + fd_map)
+        sent = time.monotonic()
         _pacing.charge(ticket)
         os.close(err_w)
         err_w = -1
         life_jail.close()
         os.set_blocking(err_r, False)
+        wait_at_most = ticket.pacer.slots.wait_at_most
         while True:
-            await wait_readable(err_r)
+            if spawner is not None and not _spawner.pid_in(data):
+                # A spawner answers with the PID at once when it runs at all: one that has not for
+                # STALL_TIMEOUT is stopped or starved, and is replaced rather than waited for.
+                left = sent + _spawner.STALL_TIMEOUT - time.monotonic()
+                if left <= 0 or not await wait_at_most(lambda: wait_readable(err_r), left):
+                    _spawner.stalled(spawner)
+                    raise SandboxSetupError(
+                        "start helper", errno.ETIMEDOUT,
+                        f"the spawner (PID {spawner.pid}) did not answer within {_spawner.STALL_TIMEOUT:g} s "
+                        "(stopped, or starved of CPU?): it was killed, and the next spawn starts another")
+            else:
+                await wait_readable(err_r)
             try:
                 chunk = os.read(err_r, 65536)
             except BlockingIOError:
@@ -354,8 +397,16 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
             raise _failure_error(failure)
         if not init_pid:
             raise SandboxSetupError("start helper", errno.EIO, ended)
+        if _lifeline_gone(life_server):
+            # A PID and then EOF reads as "exec seen"; but an init whose lifeline is already closed, with
+            # nothing on it, never held the request's fds (they did not fit its fd table: a waiting init
+            # receives them itself, and has no error pipe to say so on): a bare 127 from wait() otherwise.
+            raise SandboxSetupError("start helper", errno.EMFILE,
+                                    "the jail's init lost the request's fds before it could report anything "
+                                    "(they did not fit in its fd table: is the spawner's RLIMIT_NOFILE too low?)")
         pidfd = os.pidfd_open(init_pid)
         jail = RunningJail(init_pid, pidfd, life_server, started)
+        life_server = None
         jail.isolation = isolation
         if timings is not None:
             for rec in records:
@@ -367,54 +418,127 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         jail.cgroup, jail.cgroup_reason = cgroup, cgroup_reason
         cgroup = None
         init_pid = 0
+        if _spawner.leftovers():
+            _spawner.settle()  # what cancelled spawns left: their PIDs came before this one's
         _pacing.charge(ticket)
         return jail
-    except BaseException:
-        life_server.close()  # a jail that got this far dies of the closed lifeline too
-        if (helper_pid or spawner is not None) and not init_pid:
-            # Cancelled mid-handshake: init may exist already (or soon, for a request the spawner has
-            # queued) and is our child, so learn its PID before anything else.  The helper and the
-            # spawner write it right after the clone and never block, so this short blocking read is
-            # bounded (by the spawner's queue at worst).
-            init_pid = _owned(_read_init_pid(err_r, data), spawner)
-        if init_pid:
-            kill_and_reap(init_pid)
-        if helper_pid:
-            kill_and_reap(helper_pid)
+    except BaseException as exc:
+        if life_server is not None:
+            life_server.close()  # a jail that got this far dies of the closed lifeline too
+        if err_w >= 0:
+            os.close(err_w)
+            err_w = -1
+        if init_pid or helper_pid or spawner is not None:
+            # Failed, or cancelled (or given up) at any await: init may exist already, or soon (a request
+            # still queued), and is our child; with every record in (eof), its PID is in them even when
+            # the cancellation came before they were parsed.
+            keep = await _cancelled(err_r, data, spawner, init_pid, helper_pid, wait_readable,
+                                    ticket.pacer.slots.wait_at_most)
+            if keep:
+                err_r = -1  # the spawner module's now (see _spawner.abandon)
         if cgroup is not None:
             cgroup.remove()
+        if isinstance(exc, OSError) and _errors.is_fd_shortage(exc):
+            raise _errors.out_of_fds(exc, "starting a jail") from exc
         raise
     finally:
-        os.close(err_r)
+        if err_r >= 0:
+            os.close(err_r)
         if err_w >= 0:
             os.close(err_w)
         if seccomp_r >= 0:
             os.close(seccomp_r)
-        if life_jail.fileno() >= 0:
+        if life_jail is not None and life_jail.fileno() >= 0:
             life_jail.close()
         for fd in copies:
             os.close(fd)
+
+
+# At most this long, a cancelled spawn waits (on the loop, never blocking it) for its spawner to say which
+# init it made, and for that init to die of SIGKILL; what is still unknown then is left to later spawns
+# (see _spawner.abandon).  Milliseconds when the spawner runs at all.
+CANCEL_GRACE = 0.5
+
+
+async def _cancelled(err_r: int, data: bytes, spawner: _spawner._Spawner | None, init_pid: int, helper_pid: int,
+                     wait_readable: WaitReadable,
+                     wait_at_most: Callable[[Callable[[], Awaitable[object]], float], Awaitable[bool]]) -> bool:
+    """Clean up after a launch that failed or was cancelled: learn init's PID if need be (the spawner
+    writes it right after the clone), kill it and the one-shot helper, and reap both, waiting on the
+    loop, shielded from a second cancellation and at most CANCEL_GRACE seconds.  Never a blocking read
+    or waitpid: a stopped spawner must not freeze the loop.  True if the error pipe was handed to
+    ``_spawner.abandon`` (its init still unknown after the grace; a later spawn finishes the job)."""
+    deadline = time.monotonic() + CANCEL_GRACE
+    eof = False
+    os.set_blocking(err_r, False)
+
+    async def grace(fd: int) -> bool:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            return await _shielded(wait_at_most, lambda: wait_readable(fd), left)
+        except BaseException:
+            return False  # cancelled again (asyncio cannot shield): what is left is abandoned
+
+    if not init_pid:
+        while not (pid := _spawner.pid_in(data)):
+            try:
+                chunk = os.read(err_r, 65536)
+            except BlockingIOError:
+                if await grace(err_r):
+                    continue
+                break
+            if not chunk:
+                eof = True
+                break
+            data += chunk
+        init_pid = _owned(pid, spawner)
+        if not pid and not eof:
+            _spawner.abandon(err_r, data, spawner)
+            if helper_pid:
+                await _kill_and_wait(helper_pid, grace)
+            return True
+    if init_pid:
+        await _kill_and_wait(init_pid, grace)
+    if helper_pid:
+        await _kill_and_wait(helper_pid, grace)
+    return False
+
+
+async def _kill_and_wait(pid: int, grace: Callable[[int], Awaitable[bool]]) -> None:
+    """SIGKILL our own unreaped child, wait for it through a pidfd (within the grace), and reap it; if it
+    has not died by then, ``_spawner.doom`` reaps it later."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        _spawner.doom(pid)  # gone already (or no fd left): reaped without waiting
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        await grace(pidfd)
+    finally:
+        os.close(pidfd)
+    _spawner.doom(pid)  # reaps it now if it has died, as it should have
+
+
+async def _shielded(wait_at_most: Callable[[Callable[[], Awaitable[object]], float], Awaitable[bool]],
+                    wait: Callable[[], Awaitable[object]], seconds: float) -> bool:
+    """``wait_at_most(wait, seconds)``, shielded from the cancellation being handled: trio, and anyio's
+    cancel scopes on asyncio, deliver it again at every await otherwise (a plain asyncio cancel has been
+    delivered once already)."""
+    with anyio.CancelScope(shield=True):
+        return await wait_at_most(wait, seconds)
+    return False  # not reached: a shielded scope is never cancelled from outside
 
 
 def _owned(pid: int, spawner: _spawner._Spawner | None) -> int:
     """pid, if this launch owns that init now; 0 if the spawner made it ahead of time and its retirement
     has killed and reaped it already (the PID may be another process's by now: not to be touched)."""
     return pid if pid and (spawner is None or spawner.claim(pid)) else 0
-
-
-def _read_init_pid(err_r: int, data: bytes) -> int:
-    os.set_blocking(err_r, True)
-    while True:
-        for rec in _parse_records(data):
-            if rec.kind == RECORD_PID:
-                return rec.value
-        try:
-            chunk = os.read(err_r, _ffi.RECORD_SIZE)
-        except InterruptedError:
-            continue
-        if not chunk:
-            return 0
-        data += chunk
 
 
 def _failure_error(rec: _Record) -> OSError:
@@ -427,6 +551,19 @@ def _failure_error(rec: _Record) -> OSError:
     if step in ("write uid_map", "write gid_map", "write setgroups") and rec.err == errno.EPERM:
         reason = userns_block_reason() or "the id map was refused"
         return UserNamespacesUnavailable(rec.err, f"cannot map ids in a new user namespace: {reason}")
+    if step == "parse helper arguments" and rec.err == errno.E2BIG and rec.detail == "request":
+        return SandboxSetupError(step, rec.err, "request: its fds did not all fit in the fd table of the spawner or "
+                                 "of the init it was handed to (their RLIMIT_NOFILE), or it was too large")
+    if step == "close inherited fds" and rec.detail == "place fds" and rec.err in (errno.EINVAL, errno.EMFILE,
+                                                                                   errno.EBADF):
+        return SandboxSetupError(step, rec.err, "place fds: the fd numbers the jail needs are above the RLIMIT_NOFILE "
+                                 "of its init (the spawner's), or its fd table is full")
+    if rec.err == errno.EAGAIN and step in ("unshare namespaces", "clone init", "fork program"):
+        # clone's EAGAIN: a process limit, not a namespace problem.
+        return SandboxSetupError(step, rec.err, f"{rec.detail}: {_errors.process_limit_reason()}")
+    if step.startswith("exec") and rec.err == errno.E2BIG:
+        return SandboxSetupError(step, rec.err, f"{rec.detail}: the program's arguments and environment are too "
+                                 "long for the kernel (ARG_MAX, a quarter of RLIMIT_STACK; 128 KiB in any one string)")
     if step == "unshare namespaces" and rec.err == errno.ENOSPC:
         return SandboxSetupError(step, rec.err, f"{rec.detail} (this host's user.max_net_namespaces is reached)")
     return setup_error(step, rec.err, rec.detail)

@@ -133,12 +133,17 @@ class SpawnArgs:
         return self.plan.isolation
 
     def helper_argv(self, err_fd: int, lifeline_fd: int, seccomp_fd: int | None = None,
-                    cgroup: "JailCgroup | None" = None, umask: int | None = None) -> list[bytes]:
+                    cgroup: "JailCgroup | None" = None, umask: int | None = None,
+                    inherited_rlimits: Sequence[tuple[int, int, int]] = ()) -> list[bytes]:
         """With ``cgroup`` the helper creates init inside it (``--cgroup-fd``); memory.max and pids.max,
-        where that cgroup has the controllers, replace RLIMIT_AS and RLIMIT_NPROC."""
+        where that cgroup has the controllers, replace RLIMIT_AS and RLIMIT_NPROC.  ``inherited_rlimits``
+        (the server's own at this spawn) are set too, for every resource the limits leave alone: a jail
+        made by the long-lived spawner must not get the limits the server had when that started."""
         extra = ("--cgroup-fd", str(cgroup.fd)) if cgroup is not None else ()
         controllers = cgroup.controllers if cgroup is not None else frozenset()
         rlimits = self.limits.rlimits(cgroup_memory="memory" in controllers, cgroup_pids="pids" in controllers)
+        own = {res for res, _, _ in rlimits}
+        rlimits = [t for t in inherited_rlimits if t[0] not in own] + rlimits
         return _plan.helper_argv(self.plan, err_fd=err_fd, lifeline_fd=lifeline_fd, keep_fds=self.pass_fds,
                                  cwd=self.cwd, umask=umask, rlimits=rlimits, nice=self.limits.nice,
                                  seccomp_fd=seccomp_fd, extra=extra,

@@ -44,6 +44,7 @@ import array
 import errno
 import atexit
 import os
+import resource
 import signal
 import socket
 import struct
@@ -54,12 +55,16 @@ import anyio
 from collections.abc import Sequence
 
 from . import _ffi
-from ._errors import SandboxSetupError
+from ._errors import SandboxSetupError, is_fd_shortage, out_of_fds
 from ._limits import DEFAULT_LIMITS
 
 MAX_MESSAGE = 64 * 1024  # bytes of header, arguments and environment in one request
 MAX_FDS = 253  # SCM_MAX_FD: the most fds one message can carry
 RETIRE_TIMEOUT = 5.0  # seconds a retired spawner gets to finish what is queued and exit
+# Seconds a request may go without the spawner's PID record before the spawner counts as stalled (stopped,
+# or starved of CPU for that long): it is then killed and replaced.  It answers in well under a millisecond
+# when it runs at all.
+STALL_TIMEOUT = 10.0
 
 REPORT = struct.Struct("ii")  # kind, pid: the spawner's messages to the server
 REPORT_WAITING, REPORT_DISCARDED = 1, 2
@@ -95,7 +100,13 @@ def server_state() -> tuple[Identity, int | None]:
                 umask = int(line.split()[1], 8)
         if not fields:
             raise ValueError("no identity in /proc/thread-self/status")
-    except (OSError, ValueError, IndexError):
+    except OSError as e:
+        if is_fd_shortage(e):
+            # Not a change of identity: a fallback identity here would retire a good spawner and start
+            # one under the momentary shortage.
+            raise out_of_fds(e, "reading /proc/thread-self/status") from e
+        fields = [repr((os.getresuid(), os.getresgid(), os.getgroups())).encode()]
+    except (ValueError, IndexError):
         fields = [repr((os.getresuid(), os.getresgid(), os.getgroups())).encode()]
     return (os.getpid(), *fields), umask
 
@@ -119,21 +130,159 @@ def kill_and_reap(pid: int) -> None:
             return
 
 
+_RECORD = struct.Struct("iiii")  # kind, step, errno, value: the head of each record on an error pipe
+_RECORD_PID = 1
+
+
+def pid_in(data: bytes) -> int:
+    """The init PID that records read from an error pipe name (0 if none yet)."""
+    size = _ffi.RECORD_SIZE
+    for i in range(0, len(data) - size + 1, size):
+        kind, _, _, value = _RECORD.unpack_from(data, i)
+        if kind == _RECORD_PID:
+            return int(value)
+    return 0
+
+
+_doomed: set[int] = set()  # our own children, SIGKILLed and not reaped yet
+
+
+def doom(pid: int) -> None:
+    """SIGKILL one of our own unreaped children (its PID cannot have been reused) and reap it if it is
+    gone already; else it is reaped, never waited for on the loop, at a later spawn or at shutdown."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    with _lock:
+        _doomed.add(pid)
+        _reap_doomed()
+
+
+def _reap_doomed(block: bool = False) -> None:
+    for pid in sorted(_doomed):
+        try:
+            done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            done = pid  # reaped elsewhere (SIGCHLD ignored, or a waitpid(-1) in the process)
+        if done:
+            _doomed.discard(pid)
+
+
+class _Abandoned:
+    """The error pipe of a launch that was cancelled (or gave up) before its spawner said which init it
+    made: that init may not exist yet (the request is queued behind a stopped spawner), and it will be our
+    child when it does.  Kept, and read without blocking at each later spawn and at shutdown, until it
+    names the PID (killed and reaped) or reaches end of file (nothing was made, or it has exited)."""
+
+    def __init__(self, fd: int, data: bytes, spawner: _Spawner | None) -> None:
+        self.fd = fd
+        self.data = data
+        self.spawner = spawner
+        self.since = time.monotonic()
+
+    def settle(self) -> bool:
+        """True once there is nothing left to wait for (and the fd is closed)."""
+        eof = False
+        while not pid_in(self.data):
+            try:
+                chunk = os.read(self.fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                eof = True
+                break
+            if not chunk:
+                eof = True
+                break
+            self.data += chunk
+        pid = pid_in(self.data)
+        if pid and (self.spawner is None or self.spawner.claim(pid)):
+            doom(pid)
+        if pid or eof:
+            os.close(self.fd)
+            self.fd = -1
+            return True
+        return False
+
+
+_abandoned: list[_Abandoned] = []
+
+
+def abandon(fd: int, data: bytes, spawner: _Spawner | None) -> None:
+    """Take over a launch's error pipe (``fd``, non-blocking, with what was read of it so far): see
+    ``_Abandoned``."""
+    os.set_blocking(fd, False)
+    with _lock:
+        _abandoned.append(_Abandoned(fd, data, spawner))
+
+
+def _settle() -> None:
+    """What cancelled launches and killed inits left: taken care of as far as it can be without waiting;
+    and a spawner that has left a request unanswered for STALL_TIMEOUT is killed (the next spawn starts
+    another)."""
+    now = time.monotonic()
+    for item in list(_abandoned):
+        if item.settle():
+            _abandoned.remove(item)
+        elif item.spawner is not None and now - item.since > STALL_TIMEOUT:
+            stalled(item.spawner)
+    _reap_doomed()
+
+
+def leftovers() -> bool:
+    return bool(_abandoned or _doomed)
+
+
+def settle() -> None:
+    """``_settle`` under the lock, for a launch that has just finished."""
+    with _lock:
+        _settle()
+
+
+def stalled(spawner: _Spawner) -> None:
+    """A spawner that has not answered a request for STALL_TIMEOUT: SIGKILLed (a stopped process dies of
+    it too) and marked dead, so the next spawn retires it and starts another; its reports then end, and
+    the inits it made are killed and reaped as for any retired spawner, without blocking."""
+    with _lock:
+        if spawner.dead or spawner.reaped or not spawner.ours():
+            return
+        spawner.dead = True
+        try:
+            os.kill(spawner.pid, signal.SIGKILL)  # our unreaped child: its PID cannot have been reused
+        except ProcessLookupError:
+            pass
+
+
+_RLIMITS = sorted({getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")})
+
+
+def _hard(res: int) -> int:
+    hard = resource.getrlimit(res)[1]
+    return 2**64 - 1 if hard == resource.RLIM_INFINITY else hard
+
+
 class _Spawner:
     def __init__(self, identity: Identity, nice: int) -> None:
         self.identity = identity
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        null = -1
         try:
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             self.pid = _ffi.spawn_helper([b"aiogaol-jail", b"--serve", b"%d" % theirs.fileno(), b"%d" % nice], [],
                                          [(null, 0), (null, 1), (null, 2), (theirs.fileno(), theirs.fileno())])
         except BaseException:
             ours.close()
             raise
         finally:
-            os.close(null)
+            if null >= 0:
+                os.close(null)
             theirs.close()
         ours.setblocking(False)
+        # The hard limits it started with (the server's then): a jail cannot be given more.
+        self.hard = {res: _hard(res) for res in _RLIMITS}
         self.sock: socket.socket | None = ours
         self.waiting: set[int] = set()  # reported waiting, neither dropped nor claimed yet
         self.killed: set[int] = set()  # waiting inits killed at retirement: a late PID record is refused
@@ -178,9 +327,10 @@ class _Spawner:
             self.waiting.discard(pid)
             return pid not in self.killed
 
-    def retire(self, *, ours: bool) -> None:
-        """Let it go.  ``ours`` is False for a spawner inherited across a fork: it and its inits are our
-        parent's children, and closing our copy of the socket is all there is to do."""
+    def retire(self, *, ours: bool, wait: float) -> None:
+        """Let it go, waiting at most ``wait`` seconds for it to finish (0 on the event loop's thread: the
+        rest is done at a later spawn).  ``ours`` is False for a spawner inherited across a fork: it and its
+        inits are our parent's children, and closing our copy of the socket is all there is to do."""
         sock, self.sock = self.sock, None
         if sock is None:
             return
@@ -194,7 +344,7 @@ class _Spawner:
         except OSError:
             pass
         self.retiring = sock
-        self.finish_retiring(RETIRE_TIMEOUT)
+        self.finish_retiring(wait)
 
     def finish_retiring(self, wait: float) -> bool:
         """Read the retired spawner's reports to the end, waiting at most ``wait`` seconds; then kill and
@@ -213,7 +363,9 @@ class _Spawner:
                 data = sock.recv(64)
             except (socket.timeout, BlockingIOError):
                 break
-            except InterruptedError:
+            except (InterruptedError, ConnectionResetError):
+                # ECONNRESET: the spawner died with requests still queued for it.  Said once, and not the
+                # end: an init it made ahead of time may still report itself on its copy of the socket.
                 continue
             except OSError:
                 finished = True
@@ -227,10 +379,10 @@ class _Spawner:
         sock.close()
         self.retiring = None
         for pid in sorted(self.waiting):
-            kill_and_reap(pid)
+            doom(pid)
             self.killed.add(pid)
         self.waiting.clear()
-        self.reap(block=True)
+        self.reap(block=wait > 0)  # its reports ended: it is exiting (or gone)
         return True
 
     def reap(self, *, block: bool) -> bool:
@@ -251,9 +403,17 @@ _at_exit_registered = False
 
 def _after_fork_in_child() -> None:
     """A fresh lock in a forked child: another thread of the parent may have held it at the fork, and
-    would never release it here (what CPython's own modules do for their locks)."""
+    would never release it here (what CPython's own modules do for their locks).  What cancelled launches
+    left is the parent's to reap: the child drops it (closing its copies of the pipes)."""
     global _lock
     _lock = threading.RLock()
+    for item in _abandoned:
+        try:
+            os.close(item.fd)
+        except OSError:
+            pass
+    _abandoned.clear()
+    _doomed.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -277,19 +437,32 @@ def _reap_retired() -> None:
             _retired.remove(old)
 
 
-def _drop(spawner: _Spawner) -> None:
+def _drop(spawner: _Spawner, wait: float = 0.0) -> None:
     ours = spawner.ours()
-    spawner.retire(ours=ours)
+    spawner.retire(ours=ours, wait=wait)
     if ours and (not spawner.reaped or spawner.retiring is not None) and spawner not in _retired:
         _retired.append(spawner)
 
 
-def _get(ident: Identity, nice: int) -> _Spawner:
+def _get(ident: Identity, nice: int, rlimits: Sequence[tuple[int, int, int]] = ()) -> _Spawner:
     """This server's spawner for jails at niceness ``nice``, started or replaced as needed (``ident`` from
     ``server_state``).  A change of identity retires every spawner, not only this one: none may go on
     holding privileges the server gave up."""
     global _at_exit_registered
+    if _abandoned or _doomed:
+        with _lock:
+            _settle()
     cur = _spawners.get(nice)
+    if cur is not None and not cur.dead and cur.ours() and cur.reap(block=False):
+        # It died (killed from outside) and is a zombie: a request sent now could still be accepted by
+        # its socket (an init it was making ahead of time holds a copy) and never be answered.
+        with _lock:
+            cur.dead = True
+    if cur is not None and any(hard > cur.hard.get(res, hard) for res, _, hard in rlimits):
+        # The server raised a hard limit since (a privileged one can): the jails of this spawner could
+        # not get it.  Lowered limits keep the spawner; each jail is given the server's of its spawn.
+        with _lock:
+            cur.dead = True
     if cur is not None and cur.sock is not None and not cur.dead and cur.identity == ident:
         if _retired:
             with _lock:
@@ -317,12 +490,13 @@ def _message(argv: Sequence[bytes], envp: Sequence[bytes], targets: Sequence[int
 
 
 async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[tuple[int, int]],
-                 identity: Identity, nice: int) -> _Spawner | None:
+                 identity: Identity, nice: int, rlimits: Sequence[tuple[int, int, int]] = ()) -> _Spawner | None:
     """Hand one jail to the spawner, and return it (to ``claim`` the PID it answers with); None when the
     request must take the one-shot helper instead.
 
     ``identity`` is the caller's, from ``server_state()``; ``nice`` the niceness the jail runs at, which
-    picks the spawner (see ``jail_niceness``).  ``fd_map`` holds (fd here, fd in init) pairs,
+    picks the spawner (see ``jail_niceness``); ``rlimits`` the server's own now, (resource, soft, hard),
+    whose hard limits the spawner must have at least (see ``_Spawner.hard``).  ``fd_map`` holds (fd here, fd in init) pairs,
     the error pipe first.  Once this returns a spawner the request is the spawner's: its answer comes on
     the error pipe, and an error pipe that reaches EOF without a PID record means the spawner died first.
     """
@@ -335,7 +509,7 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
     restarted = False
     while True:
-        spawner = _get(identity, nice)
+        spawner = _get(identity, nice, rlimits)
         # Under the lock: another thread may retire this spawner (and close its socket) at any moment,
         # and the books on waiting inits are kept under it too.
         with _lock:
@@ -377,8 +551,18 @@ def shutdown() -> None:
     with _lock:
         for key, cur in list(_spawners.items()):
             del _spawners[key]
-            _drop(cur)
+            _drop(cur, RETIRE_TIMEOUT)
         _reap_retired()
+        # What cancelled launches left: their inits (killed, dying) are waited for here, their pipes for
+        # as long as a retirement is.
+        deadline = time.monotonic() + RETIRE_TIMEOUT
+        while True:
+            _settle()
+            if not _abandoned or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        _reap_retired()
+        _reap_doomed(block=True)
 
 
 def jail_niceness(nice: int | None) -> int:

@@ -7,6 +7,8 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 
+from ._errors import is_fd_shortage, out_of_fds
+
 PIPE = subprocess.PIPE
 STDOUT = subprocess.STDOUT
 DEVNULL = subprocess.DEVNULL
@@ -78,7 +80,9 @@ def prepare(stdin: object, stdout: object, stderr: object, pipesize: int = -1) -
                 s.child[2] = s.child[1] if s.child[1] is not None else 1
             else:
                 s.child[slot] = _fileno(value, name)
-    except BaseException:
+    except BaseException as e:
         s.close_all()
+        if isinstance(e, OSError) and is_fd_shortage(e):
+            raise out_of_fds(e, "making the jail's stdio pipes") from e
         raise
     return s

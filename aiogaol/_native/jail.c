@@ -329,6 +329,8 @@ static void parse_init_filter(const char *hex)
     init_len = (unsigned short)(n / 16);
 }
 
+static int req_n; /* fds received with a request (see place_fds); 0 in the one-shot helper */
+
 static void parse_args(int argc, char **argv, char **envp)
 {
     int i = 1;
@@ -372,8 +374,11 @@ static void parse_args(int argc, char **argv, char **envp)
         } else if (strcmp(o, "--err") == 0) {
             NEED(1);
             plan.err_fd = (int)parse_num(argv[++i], 10);
-            if (!fail_escape)
-                err_fd = plan.err_fd; /* the one-shot helper: later argument errors are reported */
+            /* The one-shot helper (its fds are at their numbers): later argument errors are reported.  Not
+             * a waiting init, whose fds came over its socket (req_n) and are not at their numbers until
+             * place_fds: its failures go to the error pipe as received, req_from[0]. */
+            if (!fail_escape && req_n == 0)
+                err_fd = plan.err_fd;
         } else if (strcmp(o, "--lifeline") == 0) {
             NEED(1);
             plan.lifeline_fd = (int)parse_num(argv[++i], 10);
@@ -2428,6 +2433,15 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
     watch_init(start_jail());
 }
 
+static void raise_soft_limit(int resource)
+{
+    struct rlimit rl;
+    if (getrlimit(resource, &rl) == 0 && rl.rlim_cur != rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(resource, &rl); /* best effort: the limit stays as it was */
+    }
+}
+
 int aiogaol_serve(int sock)
 {
     char *buf = NULL;
@@ -2437,6 +2451,11 @@ int aiogaol_serve(int sock)
     /* A server that gave up on a spawn closes its end of the error pipe: a write there must fail,
      * not kill the spawner. */
     signal(SIGPIPE, SIG_IGN);
+    /* The spawner lives as long as its server, so its own limits must not be the server's of the moment
+     * it started (a first spawn made during a brief shortage): soft fds and processes at the hard limit.
+     * Every jail gets the server's rlimits of its own spawn, sent with the request (see _jail.py). */
+    raise_soft_limit(RLIMIT_NOFILE);
+    raise_soft_limit(RLIMIT_NPROC);
     /* Whatever the server had open without O_CLOEXEC is not the spawner's to keep open. */
     if (close_all_except(&sock, 1) < 0 || chdir("/") < 0)
         return 1;
