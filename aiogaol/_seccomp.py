@@ -352,14 +352,16 @@ def resolve(name: str) -> tuple[str, int | None]:
 
 
 class _Filter:
-    """A libseccomp context, for the length of one compilation."""
+    """A libseccomp context, for the length of one compilation: the program's filter (unknown numbers
+    ENOSYS) or, with another ``default`` and ``step``, init's own (``_init_filter``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, default: int = act_errno(errno.ENOSYS), step: str = "compile seccomp filter") -> None:
         self.ffi, self.lib = _load()
+        self.step = step
         native_arch()
-        self.ctx = self.lib.seccomp_init(act_errno(errno.ENOSYS))
+        self.ctx = self.lib.seccomp_init(default)
         if self.ctx == self.ffi.NULL:
-            raise SandboxSetupError("compile seccomp filter", errno.ENOMEM, "seccomp_init")
+            raise SandboxSetupError(step, errno.ENOMEM, "seccomp_init")
         self._check(self.lib.seccomp_attr_set(self.ctx, _ATTR_ACT_BADARCH, ACT_KILL_PROCESS), "bad-arch action")
         # The helper sets no_new_privs itself, before Landlock; the exported bytes do not carry it.
         self._check(self.lib.seccomp_attr_set(self.ctx, _ATTR_CTL_NNP, 0), "no_new_privs attribute")
@@ -367,7 +369,7 @@ class _Filter:
 
     def _check(self, rc: int, what: str) -> None:
         if rc < 0:
-            raise SandboxSetupError("compile seccomp filter", -rc, what)
+            raise SandboxSetupError(self.step, -rc, what)
 
     def rule(self, action: int, name: str, *cmps: tuple[int, int, int, int]) -> None:
         _how, nr = resolve(name)
@@ -387,9 +389,9 @@ class _Filter:
         finally:
             os.close(fd)
         if not data or len(data) % 8:
-            raise SandboxSetupError("compile seccomp filter", errno.EINVAL, f"exported {len(data)} bytes")
+            raise SandboxSetupError(self.step, errno.EINVAL, f"exported {len(data)} bytes")
         if len(data) // 8 > 4096:
-            raise SandboxSetupError("compile seccomp filter", errno.E2BIG,
+            raise SandboxSetupError(self.step, errno.E2BIG,
                                     f"{len(data) // 8} BPF instructions, over BPF_MAXINSNS (4096)")
         return data
 
