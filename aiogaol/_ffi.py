@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 
 from ._native import _core  # type: ignore[attr-defined]
@@ -11,6 +12,9 @@ ffi = _core.ffi
 lib = _core.lib
 
 RECORD_SIZE: int = lib.aiogaol_record_size()
+# The head of each record the C core writes (struct aiogaol_record in jail.h): kind, step, errno, value.
+RECORD = struct.Struct("iiii")
+RECORD_PID, RECORD_FAILURE, RECORD_EXIT, RECORD_TIME = 1, 2, 3, 4
 HELPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "aiogaol-jail")
 _HELPER_PATH_BYTES = os.fsencode(HELPER_PATH)
 

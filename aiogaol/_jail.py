@@ -23,13 +23,12 @@ import anyio
 
 from . import _cgroup, _errors, _ffi, _pacing, _spawner, _stdio
 from ._errors import SandboxSetupError, UserNamespacesUnavailable, setup_error
+from ._ffi import RECORD, RECORD_EXIT, RECORD_FAILURE, RECORD_PID, RECORD_TIME
 from ._kernel import userns_block_reason
 
 if TYPE_CHECKING:
     from ._spawnargs import SpawnArgs
 
-RECORD = struct.Struct("iiii")
-RECORD_PID, RECORD_FAILURE, RECORD_EXIT, RECORD_TIME = 1, 2, 3, 4
 _NS = struct.Struct("Q")
 
 # A diagnostic: with AIOGAOL_STEP_TIMINGS=1 in the environment (or this set to True), every jail reports
@@ -244,21 +243,6 @@ def _lifeline_gone(sock: socket.socket) -> bool:
         return True
 
 
-_RLIMITS = sorted({getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")})
-_INFINITY = 2**64 - 1  # RLIM_INFINITY as the C side parses it (Python says -1)
-
-
-def server_rlimits() -> list[tuple[int, int, int]]:
-    """The server's rlimits now, as (resource, soft, hard): what a program it started itself would
-    inherit, and so what a jail gets where its Limits say nothing."""
-    out: list[tuple[int, int, int]] = []
-    for res in _RLIMITS:
-        soft, hard = resource.getrlimit(res)
-        out.append((res, _INFINITY if soft == resource.RLIM_INFINITY else soft,
-                    _INFINITY if hard == resource.RLIM_INFINITY else hard))
-    return out
-
-
 def _low_fd_safe(fd: int, target: int) -> int:
     """A copy of fd above 2 when it would be clobbered by the dup2 of another stdio slot."""
     if fd < 3 and fd != target:
@@ -321,7 +305,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
                 copies.append(safe)
             stdio_map.append((safe, target))
         identity, umask = _spawner.server_state()
-        rlimits = server_rlimits()
+        rlimits = _spawner.server_rlimits()
         argv = spawn.helper_argv(err_w, life_jail.fileno(), seccomp_r if seccomp_r >= 0 else None, cgroup, umask,
                                  rlimits)
         timings: dict[str, int] | None = None

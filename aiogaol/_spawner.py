@@ -80,6 +80,21 @@ _IDENTITY_FIELDS = (b"Uid:", b"Gid:", b"Groups:", b"CapInh:", b"CapPrm:", b"CapE
 Identity = tuple[object, ...]
 
 
+_RLIMITS = sorted({getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")})
+_INFINITY = 2**64 - 1  # RLIM_INFINITY as the C side parses it (Python says -1)
+
+
+def server_rlimits() -> list[tuple[int, int, int]]:
+    """The server's rlimits now, as (resource, soft, hard): what a program it started itself would
+    inherit, and so what a jail gets where its Limits say nothing."""
+    out: list[tuple[int, int, int]] = []
+    for res in _RLIMITS:
+        soft, hard = resource.getrlimit(res)
+        out.append((res, _INFINITY if soft == resource.RLIM_INFINITY else soft,
+                    _INFINITY if hard == resource.RLIM_INFINITY else hard))
+    return out
+
+
 def server_state() -> tuple[Identity, int | None]:
     """This thread's identity (with the PID first) and umask (None where /proc does not say)."""
     fields: list[bytes] = []
@@ -130,16 +145,12 @@ def kill_and_reap(pid: int) -> None:
             return
 
 
-_RECORD = struct.Struct("iiii")  # kind, step, errno, value: the head of each record on an error pipe
-_RECORD_PID = 1
-
-
 def pid_in(data: bytes) -> int:
     """The init PID that records read from an error pipe name (0 if none yet)."""
     size = _ffi.RECORD_SIZE
     for i in range(0, len(data) - size + 1, size):
-        kind, _, _, value = _RECORD.unpack_from(data, i)
-        if kind == _RECORD_PID:
+        kind, _, _, value = _ffi.RECORD.unpack_from(data, i)
+        if kind == _ffi.RECORD_PID:
             return int(value)
     return 0
 
@@ -256,14 +267,6 @@ def stalled(spawner: _Spawner) -> None:
             pass
 
 
-_RLIMITS = sorted({getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")})
-
-
-def _hard(res: int) -> int:
-    hard = resource.getrlimit(res)[1]
-    return 2**64 - 1 if hard == resource.RLIM_INFINITY else hard
-
-
 class _Spawner:
     def __init__(self, identity: Identity, nice: int) -> None:
         self.identity = identity
@@ -282,7 +285,7 @@ class _Spawner:
             theirs.close()
         ours.setblocking(False)
         # The hard limits it started with (the server's then): a jail cannot be given more.
-        self.hard = {res: _hard(res) for res in _RLIMITS}
+        self.hard = {res: hard for res, _, hard in server_rlimits()}
         self.sock: socket.socket | None = ours
         self.waiting: set[int] = set()  # reported waiting, neither dropped nor claimed yet
         self.killed: set[int] = set()  # waiting inits killed at retirement: a late PID record is refused
