@@ -836,6 +836,33 @@ static void bind_op(const struct op *op, const char *dst)
     close(tree);
 }
 
+/* A tmpfs's options for op (OP_TMPFS, OP_SHM): "size=BYTES,mode=MODE", MODE in four octal digits. */
+static const char *tmpfs_opts(char *opts, const struct op *op)
+{
+    char *p = opts;
+    memcpy(p, "size=", 5);
+    p = fmt_ulong(p + 5, (unsigned long)op->size);
+    memcpy(p, ",mode=", 6);
+    p += 6;
+    *p++ = (char)('0' + ((op->mode >> 9) & 7));
+    *p++ = (char)('0' + ((op->mode >> 6) & 7));
+    *p++ = (char)('0' + ((op->mode >> 3) & 7));
+    *p++ = (char)('0' + (op->mode & 7));
+    *p = '\0';
+    return opts;
+}
+
+/* Whether a path to mask (or bind read-only over itself) exists on this kernel: 0 for one it lacks,
+ * skipped; any other failure fails the spawn, since an unmasked path would be a silent widening. */
+static int present(const char *dst, struct stat *st, const char *detail)
+{
+    if (lstat(dst, st) == 0)
+        return 1;
+    if (errno != ENOENT)
+        fail(AIOGAOL_STEP_MASK, errno, detail);
+    return 0;
+}
+
 /* The first masked directory and file of this build, in /newroot (see OP_MASK); empty: none yet. */
 static char mask_dir[PATH_MAX], mask_file[PATH_MAX];
 
@@ -843,7 +870,7 @@ static void run_op(const struct op *op)
 {
     struct stat st;
     const char *dst = join(pathbuf, "/newroot", op->b);
-    char opts[64], *p;
+    char opts[64];
     switch (op->kind) {
     case OP_DIR:
         mkdir_p(dst, op->mode);
@@ -862,17 +889,7 @@ static void run_op(const struct op *op)
         break;
     case OP_TMPFS:
         mkdir_p(dst, 0755);
-        p = opts;
-        memcpy(p, "size=", 5);
-        p = fmt_ulong(p + 5, (unsigned long)op->size);
-        memcpy(p, ",mode=", 6);
-        p += 6;
-        *p++ = (char)('0' + ((op->mode >> 9) & 7));
-        *p++ = (char)('0' + ((op->mode >> 6) & 7));
-        *p++ = (char)('0' + ((op->mode >> 3) & 7));
-        *p++ = (char)('0' + (op->mode & 7));
-        *p = '\0';
-        if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
+        if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs_opts(opts, op)) < 0)
             fail(AIOGAOL_STEP_TMPFS, errno, op->b);
         break;
     case OP_PROC:
@@ -887,11 +904,8 @@ static void run_op(const struct op *op)
         /* Docker's masked paths: a directory gets an empty read-only tmpfs, anything else the host's
          * /dev/null bound read-only (reads empty, writes EROFS).  A path this kernel lacks is skipped;
          * any other failure fails the spawn, since an unmasked path would be a silent widening. */
-        if (lstat(dst, &st) < 0) {
-            if (errno == ENOENT)
-                break;
-            fail(AIOGAOL_STEP_MASK, errno, op->b);
-        }
+        if (!present(dst, &st, op->b))
+            break;
         /* The first of each kind is made, the others are binds of it (a bind keeps the read-only flag
          * of its source mount): a bind costs less than a new tmpfs, or than a bind and a setattr. */
         if (S_ISDIR(st.st_mode)) {
@@ -917,11 +931,8 @@ static void run_op(const struct op *op)
         break;
     case OP_RO_SELF:
         /* Docker's read-only paths: bound read-only over themselves (skipped where absent). */
-        if (lstat(dst, &st) < 0) {
-            if (errno == ENOENT)
-                break;
-            fail(AIOGAOL_STEP_MASK, errno, op->b);
-        }
+        if (!present(dst, &st, op->b))
+            break;
         if (mount(dst, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
             fail(AIOGAOL_STEP_MASK, errno, op->b);
         set_attr(dst, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
@@ -930,11 +941,7 @@ static void run_op(const struct op *op)
     case OP_SHM:
         /* The jail's POSIX shared memory (multiprocessing's semaphores and queues): a size-capped
          * tmpfs of its own, sticky and world-writable like the host's, nosuid, nodev, noexec. */
-        p = opts;
-        memcpy(p, "size=", 5);
-        p = fmt_ulong(p + 5, (unsigned long)op->size);
-        memcpy(p, ",mode=1777", 11);
-        if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) < 0)
+        if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, tmpfs_opts(opts, op)) < 0)
             fail(AIOGAOL_STEP_TMPFS, errno, op->b);
         break;
     case OP_DEVPTS:
