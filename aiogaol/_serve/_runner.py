@@ -1,0 +1,214 @@
+"""What ``/run_code`` and ``/run_jupyter`` do: each step of a request in a jail of its own, reported in
+SandboxFusion's terms with aiogaol's verdicts beside them.
+
+No web framework here (``_app`` is the face): a request comes in as ``_schema.RunCode``/``RunJupyter``
+and leaves as the JSON-ready dict of SandboxFusion's ``RunCodeResponse``/``RunJupyterResponse``.
+Every step is one ``aiogaol.run``, so each has its own deadline (compile_timeout, run_timeout,
+total_timeout as the jail's wall time), memory, process and output limits, and the report says which
+limit ended it (``aiogaol_status``, ``memory_limit_exceeded``, the truncation flags).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from .._errors import AiogaolError
+from .._limits import Limits
+from .._run import Result, Status, run
+from . import _cells
+from ._languages import Language, LanguageUnavailable
+from ._schema import (ERROR, FAILED, FINISHED, SANDBOX_ERROR, SUCCESS, TIME_LIMIT, RunCode, RunJupyter,
+                      encode_files, overall_status)
+from ._workspace import Workspace
+
+log = logging.getLogger("aiogaol.serve")
+
+MAX_INLINE = 64 << 10  # bytes of code passed as an argument (one argv string may be 128 KiB at most)
+PROBE = b"aiogaol-probe"
+PROBE_TIMEOUT = 60.0   # a JVM's first compile on a busy machine
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's limits for every jail (a request may lower memory, never raise the others)."""
+
+    memory: int = 1 << 30          # when the request says memory_limit_MB = -1 and the language no more
+    processes: int = 64            # processes and threads of one step (a fork bomb stops here)
+    output: int = 8 << 20          # bytes kept of stdout and of stderr; more ends the step (output-limit)
+    file_size: int = 256 << 20     # bytes of any one file a step writes
+    open_files: int = 256
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def command_result(result: Result) -> dict[str, Any]:
+    """SandboxFusion's CommandRunResult, plus aiogaol's verdict in fields its clients ignore."""
+    timed_out = result.status in (Status.TIMED_OUT, Status.CPU_LIMIT)
+    return {
+        "status": TIME_LIMIT if timed_out else FINISHED,
+        "execution_time": round(result.wall_time, 6),
+        "return_code": None if timed_out else result.returncode,
+        "stdout": _text(result.stdout),
+        "stderr": _text(result.stderr),
+        # beyond SandboxFusion (its client's model already has cpu_time):
+        "cpu_time": round(result.cpu_time, 6),
+        "max_rss": result.max_rss,
+        "memory_limit_exceeded": result.status is Status.MEMORY_LIMIT,
+        "output_limit_exceeded": result.status is Status.OUTPUT_LIMIT,
+        "stdout_truncated": result.stdout_truncated,
+        "stderr_truncated": result.stderr_truncated,
+        "aiogaol_status": result.status.value,
+        "aiogaol_evidence": result.evidence,
+    }
+
+
+def error_result(message: str) -> dict[str, Any]:
+    """A step the sandbox could not carry out (the jail could not be built, the tool is missing)."""
+    return {"status": ERROR, "execution_time": None, "return_code": None, "stdout": "", "stderr": message,
+            "aiogaol_status": "error", "aiogaol_evidence": message}
+
+
+class Runner:
+    """Runs requests; holds the language table and the spool of working directories."""
+
+    def __init__(self, languages: Mapping[str, Language], spool: str, settings: Settings | None = None) -> None:
+        self.languages = dict(languages)
+        self.spool = spool
+        self.settings = settings or Settings()
+        self.available: dict[str, Language] = {}
+        self.unavailable: dict[str, str] = {}
+
+    def limits(self, language: Language | None, timeout: float, memory_mb: int) -> Limits:
+        s = self.settings
+        memory = memory_mb << 20 if memory_mb > 0 else (language.memory if language and language.memory
+                                                         else s.memory)
+        processes = language.processes if language and language.processes else s.processes
+        return Limits(wall_time=timeout, memory=memory, processes=processes, output=s.output,
+                      file_size=s.file_size, open_files=s.open_files)
+
+    async def _step(self, language: Language, template: tuple[str, ...], *, workdir: str | None, code: str,
+                    stdin: str | None, timeout: float, memory_mb: int) -> dict[str, Any]:
+        cwd = workdir or "/tmp"
+        try:
+            argv = language.argv(template, workdir=cwd, code=code)
+            result = await run(language.profile_for(workdir), argv,
+                               input=stdin.encode("utf-8", "surrogatepass") if stdin else None,
+                               limits=self.limits(language, timeout, memory_mb),
+                               env=language.environment(cwd), cwd=cwd)
+        except LanguageUnavailable as e:
+            return error_result(f"{language.name}: {e}")
+        except (AiogaolError, OSError, ValueError) as e:
+            log.warning("%s: the jail could not run %s: %s", language.name, template[0], e)
+            return error_result(f"{language.name}: the jail could not run {template[0]}: {e}")
+        return command_result(result)
+
+    async def run_code(self, req: RunCode, language: Language) -> dict[str, Any]:
+        compile_result: dict[str, Any] | None = None
+        run_result: dict[str, Any] | None = None
+        files: dict[str, bytes] = {}
+        skipped: dict[str, str] = {}
+        inline = (language.inline is not None and language.compile is None and not req.files
+                  and not req.fetch_files and "\0" not in req.code and len(req.code.encode()) <= MAX_INLINE)
+        if inline:
+            assert language.inline is not None
+            run_result = await self._step(language, language.inline, workdir=None, code=req.code,
+                                          stdin=req.stdin, timeout=req.run_timeout, memory_mb=req.memory_limit_MB)
+        else:
+            ws = Workspace(self.spool)
+            await ws.open()
+            try:
+                await ws.write({**req.files, language.source: req.code.encode("utf-8", "surrogatepass")})
+                if language.compile is not None:
+                    compile_result = await self._step(language, language.compile, workdir=ws.path, code="",
+                                                      stdin=None, timeout=req.compile_timeout,
+                                                      memory_mb=req.memory_limit_MB)
+                if compile_result is None or (compile_result["status"] == FINISHED
+                                              and compile_result["return_code"] == 0):
+                    run_result = await self._step(language, language.run, workdir=ws.path, code="",
+                                                  stdin=req.stdin, timeout=req.run_timeout,
+                                                  memory_mb=req.memory_limit_MB)
+                files = await ws.fetch(req.fetch_files)
+                skipped = ws.skipped
+            finally:
+                await ws.close()
+        status, message = overall_status(compile_result, run_result)
+        reply: dict[str, Any] = {"status": status, "message": message, "compile_result": compile_result,
+                                 "run_result": run_result, "executor_pod_name": None, "files": encode_files(files)}
+        if skipped:
+            reply["files_skipped"] = skipped
+        return reply
+
+    async def run_jupyter(self, req: RunJupyter) -> dict[str, Any]:
+        python = self.available.get("python") or self.languages.get("python")
+        if python is None:
+            return {"status": SANDBOX_ERROR, "message": "no python language in the table", "driver": None,
+                    "cells": [], "executor_pod_name": None, "files": {}}
+        ws = Workspace(self.spool)
+        await ws.open()
+        try:
+            await ws.write(req.files)
+            stdin = json.dumps({"cells": list(req.cells), "cell_timeout": req.cell_timeout})
+            try:
+                argv = python.argv(("{python}", "-c", "{code}"), workdir=ws.path, code=_cells.source())
+                result = await run(python.profile_for(ws.path), argv, input=stdin.encode("utf-8", "surrogatepass"),
+                                   limits=self.limits(python, req.total_timeout, req.memory_limit_MB),
+                                   env=python.environment(ws.path), cwd=ws.path)
+            except (AiogaolError, OSError, ValueError, LanguageUnavailable) as e:
+                driver = error_result(f"the jupyter driver could not start: {e}")
+                return {"status": SANDBOX_ERROR, "message": driver["stderr"], "driver": driver, "cells": [],
+                        "executor_pod_name": None, "files": {}}
+            files = await ws.fetch(req.fetch_files)
+        finally:
+            await ws.close()
+        cells = list(_cells.parse_lines(result.stdout, len(req.cells)))
+        driver = command_result(result)
+        driver["stdout"] = ""  # the driver's stdout is its result lines, shown as cells
+        finished = driver["status"] == FINISHED and result.returncode == 0 and len(cells) == len(req.cells)
+        return {"status": SUCCESS if finished else FAILED, "message": "" if finished else
+                f"the session ended early: {result.status.value} ({result.evidence})",
+                "driver": driver, "cells": cells, "executor_pod_name": None, "files": encode_files(files)}
+
+    # ------------------------------------------------------------------------------------------
+    # Which languages work here
+
+    async def probe(self, language: Language) -> str | None:
+        """None when the language's probe compiles and runs here and prints the probe word; else why not."""
+        if language.probe is None:
+            return None
+        req = RunCode(code=language.probe, language=language.name, compile_timeout=PROBE_TIMEOUT,
+                      run_timeout=PROBE_TIMEOUT)
+        reply = await self.run_code(req, language)
+        for step in ("compile_result", "run_result"):
+            res = reply[step]
+            if res is not None and (res["status"] != FINISHED or res["return_code"] != 0):
+                detail = (res.get("stderr") or "").strip().splitlines()
+                why = detail[-1] if detail else res.get("aiogaol_evidence") or res["status"]
+                return f"{step.split('_')[0]} step: {why}"[:300]
+        if reply["run_result"] is None or PROBE.decode() not in reply["run_result"]["stdout"]:
+            return "the probe printed something else"
+        return None
+
+    async def probe_all(self, at_once: int = 3) -> None:
+        """Probe every language of the table, a few at a time (compilers are heavy on a small host)."""
+        limiter = anyio.Semaphore(at_once)
+
+        async def one(name: str, language: Language) -> None:
+            async with limiter:
+                why = await self.probe(language)
+            if why is None:
+                self.available[name] = language
+            else:
+                self.unavailable[name] = why
+
+        async with anyio.create_task_group() as tg:
+            for name, language in self.languages.items():
+                tg.start_soon(one, name, language)
+        self.available = {n: self.available[n] for n in self.languages if n in self.available}
