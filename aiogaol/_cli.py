@@ -741,10 +741,13 @@ SERVE_EXTRA = ("starlette", "uvicorn", "prometheus_client")
 def cmd_serve(ns: argparse.Namespace) -> int:
     """The service lives in the extra: its imports are made here, not at the top, so that the core and
     the other subcommands never need Starlette or uvicorn."""
-    import importlib.util
-    missing = [m for m in SERVE_EXTRA if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UsageError(f"aiogaol serve needs its extra: pip install 'aiogaol[serve]' (missing: {', '.join(missing)})")
+    import importlib
+    for module in SERVE_EXTRA:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UsageError(f"aiogaol serve needs its extra: pip install 'aiogaol[serve]' "
+                             f"(missing: {module})") from None
     if ns.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     if ns.queue < 0:
