@@ -58,11 +58,14 @@ def wait_healthy(url: str, proc: subprocess.Popen[str] | None = None, timeout: f
 
 
 @pytest.fixture(scope="module")
-def service() -> Iterator[str]:
-    """``aiogaol serve`` as a user starts it; a queue large enough for the 200 concurrent requests."""
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``aiogaol serve`` as a user starts it; a queue large enough for the 200 concurrent requests.
+    Its TMPDIR is a directory of ours, so that we can see that it leaves nothing behind."""
     port = free_port()
+    tmpdir = tmp_path_factory.mktemp("serve-tmp")
     proc = subprocess.Popen([sys.executable, "-m", "aiogaol", "serve", "--port", str(port), "--concurrency", "4",
-                             "--queue", "256"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--queue", "256"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmpdir)})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)
@@ -76,6 +79,7 @@ def service() -> Iterator[str]:
             raise
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
+    assert list(tmpdir.iterdir()) == []  # every working directory and the spool itself are gone
     print(err, file=sys.stderr)
 
 
@@ -252,6 +256,7 @@ def test_fetch_files_never_follow_a_planted_symlink(service: str) -> None:
     assert reply["files"] == {}
     assert set(reply["files_skipped"]) == {"leak", "d/etc/passwd", "pipe"}
     assert reply["files_skipped"]["pipe"] == "not a regular file"
+    assert reply["files_skipped"]["leak"] == reply["files_skipped"]["d/etc/passwd"] == "a symlink (not followed)"
 
 
 def test_a_request_does_not_see_another_requests_files(service: str) -> None:
@@ -366,13 +371,16 @@ BAD = [
     ("fetch absolute", {"code": "echo", "language": "bash", "fetch_files": ["/etc/passwd"]}, 400, "absolute"),
     ("fetch not a list", {"code": "echo", "language": "bash", "fetch_files": "a"}, 422, "fetch_files"),
     ("not an object", ["echo"], 422, "object"),
+    ("code not UTF-8", {"code": "echo \ud800", "language": "bash"}, 400, "surrogate"),
+    ("stdin not UTF-8", {"code": "cat", "language": "bash", "stdin": "\udfff"}, 400, "surrogate"),
 ]
 
 
 @pytest.mark.parametrize("name,body,status,words", BAD, ids=[b[0] for b in BAD])
 def test_bad_run_code_requests_get_a_4xx_with_a_reason(small: str, name: str, body: Any, status: int,
                                                         words: str) -> None:
-    reply = httpx.post(small + "/run_code", json=body, timeout=30)
+    # json.dumps escapes a lone surrogate (\\ud800), as a client's JSON would carry it.
+    reply = httpx.post(small + "/run_code", content=json.dumps(body).encode(), timeout=30)
     assert reply.status_code == status, reply.text
     assert words in reply.json()["detail"]
     assert "Traceback" not in reply.text

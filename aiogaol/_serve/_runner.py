@@ -100,7 +100,7 @@ class Runner:
         try:
             argv = language.argv(template, workdir=cwd, code=code)
             result = await run(language.profile_for(workdir), argv,
-                               input=stdin.encode("utf-8", "surrogatepass") if stdin else None,
+                               input=stdin.encode() if stdin else None,
                                limits=self.limits(language, timeout, memory_mb),
                                env=language.environment(cwd), cwd=cwd)
         except LanguageUnavailable as e:
@@ -125,7 +125,7 @@ class Runner:
             ws = Workspace(self.spool)
             await ws.open()
             try:
-                await ws.write({**req.files, language.source: req.code.encode("utf-8", "surrogatepass")})
+                await ws.write({**req.files, language.source: req.code.encode()})
                 if language.compile is not None:
                     compile_result = await self._step(language, language.compile, workdir=ws.path, code="",
                                                       stdin=None, timeout=req.compile_timeout,

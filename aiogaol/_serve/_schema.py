@@ -153,6 +153,12 @@ def run_code_request(raw: object) -> RunCode:
         raise BadRequest(422, "language: required, a string such as \"python\" (GET /languages lists them)")
     if stdin is not None and not isinstance(stdin, str):
         raise BadRequest(422, "stdin: expected a string or null")
+    for key, text in (("code", code), ("stdin", stdin or "")):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadRequest(400, f"{key}: holds a lone surrogate (\\u{ord(text[e.start]):04x} at {e.start}); "
+                                  "not encodable as UTF-8") from None
     return RunCode(code=code, language=language,
                    compile_timeout=_seconds(body, "compile_timeout", 10.0),
                    run_timeout=_seconds(body, "run_timeout", 10.0),

@@ -120,8 +120,8 @@ class Workspace:
             try:
                 data = self._read_beneath(name, min(MAX_FETCH_FILE, MAX_FETCH_TOTAL - total))
             except OSError as e:
-                reason = ("a symlink (not followed)" if e.errno in (errno.ELOOP, errno.ENOTDIR)
-                          else "not found" if e.errno == errno.ENOENT else e.strerror or str(e))
+                reason = ("a symlink (not followed)" if self._through_link(name)
+                          else "not found" if e.errno in (errno.ENOENT, errno.ENOTDIR) else e.strerror or str(e))
                 self.skipped[name] = reason
                 continue
             except ValueError as e:
@@ -130,6 +130,11 @@ class Workspace:
             out[name] = data
             total += len(data)
         return out
+
+    def _through_link(self, name: str) -> bool:
+        """Whether a component of ``name`` is a symlink (only to word the reason; the read never follows one)."""
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        return any(os.path.islink(os.path.join(self.path, *parts[:i + 1])) for i in range(len(parts)))
 
     def _read_beneath(self, name: str, cap: int) -> bytes:
         parts = [p for p in name.split("/") if p not in ("", ".")]
