@@ -354,6 +354,24 @@ async def test_full_queue_is_503_with_retry_after(small: str) -> None:
     assert "aiogaol_serve_rejected_total 1.0" in metrics
 
 
+@pytest.mark.anyio
+async def test_a_client_that_goes_away_frees_its_slot(small: str) -> None:
+    async with httpx.AsyncClient(base_url=small, timeout=60) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/run_code", json={"code": "sleep 60", "language": "bash", "run_timeout": 60},
+                              timeout=1.5)
+        # Long before the program's 60 s: the request was cancelled, its jail killed, its slot freed.
+        for _ in range(200):
+            if (await client.get("/health")).json()["running"] == 0:
+                break
+            await anyio.sleep(0.05)
+        else:
+            raise AssertionError("the slot of a request whose client left was never freed")
+        reply = await client.post("/run_code", json={"code": "echo next", "language": "bash"})
+        assert reply.json()["run_result"]["stdout"] == "next\n"
+        assert "aiogaol_serve_abandoned_total 1.0" in (await client.get("/metrics")).text
+
+
 BAD = [
     ("unknown language", {"code": "x", "language": "cobol-2099"}, 400, "not offered here"),
     ("no code", {"language": "bash"}, 422, "code"),
@@ -362,6 +380,7 @@ BAD = [
     ("negative timeout", {"code": "echo", "language": "bash", "run_timeout": -1}, 422, "run_timeout"),
     ("endless timeout", {"code": "echo", "language": "bash", "compile_timeout": 1e9}, 422, "compile_timeout"),
     ("memory of a wrong type", {"code": "echo", "language": "bash", "memory_limit_MB": "lots"}, 422, "memory"),
+    ("too much memory", {"code": "echo", "language": "bash", "memory_limit_MB": 1 << 19}, 422, "allows"),
     ("stdin not a string", {"code": "echo", "language": "bash", "stdin": 5}, 422, "stdin"),
     ("files not an object", {"code": "echo", "language": "bash", "files": ["a"]}, 422, "files"),
     ("bad base64", {"code": "echo", "language": "bash", "files": {"a.txt": "***"}}, 400, "base64"),

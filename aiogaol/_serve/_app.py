@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -53,6 +54,8 @@ class Metrics:
                                 "memory-limit...)", ["step", "verdict"], registry=self.registry)
         self.rejected = Counter("aiogaol_serve_rejected", "Requests refused with 503: the queue was full",
                                 registry=self.registry)
+        self.abandoned = Counter("aiogaol_serve_abandoned", "Requests cancelled because their client went away",
+                                 registry=self.registry)
         self.latency = Histogram("aiogaol_serve_request_seconds", "Seconds from a run request's arrival to "
                                  "its answer, queueing included", ["route"], buckets=_BUCKETS,
                                  registry=self.registry)
@@ -132,18 +135,37 @@ def make_app(languages: dict[str, Language], *, concurrency: int = 8, queue: int
             return response
         return endpoint
 
-    async def admitted(route: str, started: float, work: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
-        try:
-            async with admission.slot():
-                try:
-                    reply = await work()
-                except Exception as e:  # a bug of ours: SandboxFusion's answer, and our log
-                    log.exception("%s failed", route)
-                    reply = {"status": SANDBOX_ERROR, "message": f"internal error: {type(e).__name__}: {e}",
-                             "executor_pod_name": None, "files": {}}
-        except Full as e:
+    async def admitted(request: Request, route: str, started: float,
+                       work: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
+        """Run ``work`` in a slot; a client that goes away (its disconnect is the next ASGI message once
+        the body is read) cancels it, queued or running: its jails are killed and reaped, its place freed."""
+        reply: dict[str, Any] | None = None
+
+        async def until_gone(scope: anyio.CancelScope) -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            scope.cancel()
+
+        full: Full | None = None
+        async with anyio.create_task_group() as tg:  # (an exception in here would come out as a group)
+            tg.start_soon(until_gone, tg.cancel_scope)
+            try:
+                async with admission.slot():
+                    try:
+                        reply = await work()
+                    except Exception as e:  # a bug of ours: SandboxFusion's answer, and our log
+                        log.exception("%s failed", route)
+                        reply = {"status": SANDBOX_ERROR, "message": f"internal error: {type(e).__name__}: {e}",
+                                 "executor_pod_name": None, "files": {}}
+            except Full as e:
+                full = e
+            tg.cancel_scope.cancel()
+        if full is not None:
             metrics.rejected.inc()
-            return _error(503, str(e), {"Retry-After": str(e.retry_after)})
+            return _error(503, str(full), {"Retry-After": str(full.retry_after)})
+        if reply is None:
+            metrics.abandoned.inc()
+            return _error(499, "the client went away; its request was cancelled")
         metrics.latency.labels(route).observe(time.monotonic() - started)
         metrics.count(route, reply)
         return JSONResponse(reply)
@@ -152,17 +174,19 @@ def make_app(languages: dict[str, Language], *, concurrency: int = 8, queue: int
         started = time.monotonic()
         req = run_code_request(await _read_json(request, max_body))
         runner = state["runner"]
+        runner.settings.check_memory(req.memory_limit_MB)
         language = runner.available.get(req.language)
         if language is None:
             known = ", ".join(runner.available) or "none"
             raise BadRequest(400, f"language {req.language[:40]!r} is not offered here; the languages are {known}")
-        return await admitted("/run_code", started, lambda: runner.run_code(req, language))
+        return await admitted(request, "/run_code", started, lambda: runner.run_code(req, language))
 
     async def run_jupyter(request: Request) -> Response:
         started = time.monotonic()
         req = run_jupyter_request(await _read_json(request, max_body))
         runner = state["runner"]
-        return await admitted("/run_jupyter", started, lambda: runner.run_jupyter(req))
+        runner.settings.check_memory(req.memory_limit_MB)
+        return await admitted(request, "/run_jupyter", started, lambda: runner.run_jupyter(req))
 
     async def list_languages(request: Request) -> Response:
         runner = state["runner"]

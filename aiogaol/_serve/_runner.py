@@ -23,7 +23,7 @@ from .._limits import Limits
 from .._run import Result, Status, run
 from . import _cells
 from ._languages import Language, LanguageUnavailable
-from ._schema import (ERROR, FAILED, FINISHED, SANDBOX_ERROR, SUCCESS, TIME_LIMIT, RunCode, RunJupyter,
+from ._schema import (ERROR, BadRequest, FAILED, FINISHED, SANDBOX_ERROR, SUCCESS, TIME_LIMIT, RunCode, RunJupyter,
                       encode_files, overall_status)
 from ._workspace import Workspace
 
@@ -43,6 +43,12 @@ class Settings:
     output: int = 8 << 20          # bytes kept of stdout and of stderr; more ends the step (output-limit)
     file_size: int = 256 << 20     # bytes of any one file a step writes
     open_files: int = 256
+    max_memory: int = 16 << 30     # the most a request may ask for with memory_limit_MB
+
+    def check_memory(self, memory_mb: int) -> None:
+        if memory_mb > 0 and memory_mb << 20 > self.max_memory:
+            raise BadRequest(422, f"memory_limit_MB: {memory_mb} is more than this service allows "
+                                  f"({self.max_memory >> 20})")
 
 
 def _text(data: bytes) -> str:
