@@ -147,6 +147,8 @@ def test_every_language_the_host_has_runs_with_stdin(service: str) -> None:
     languages = httpx.get(service + "/languages").json()["languages"]
     table = load_table()
     for name in languages:
+        if name not in table:
+            continue  # an alias (js), tested below
         if name in ECHO:
             reply = post(service, "/run_code", {"code": ECHO[name], "language": name, "stdin": "21\n",
                                                 "compile_timeout": 60, "run_timeout": 30})
@@ -160,6 +162,12 @@ def test_every_language_the_host_has_runs_with_stdin(service: str) -> None:
         assert reply["run_result"]["return_code"] == 0
         assert reply["run_result"]["aiogaol_status"] == "ok"
         assert (reply["compile_result"] is not None) == (table[name].compile is not None), name
+
+
+def test_an_alias_answers_as_its_language(service: str) -> None:
+    assert "js" in httpx.get(service + "/languages").json()["languages"]
+    reply = post(service, "/run_code", {"code": "console.log(6 * 7)", "language": "js"})
+    assert reply["run_result"]["stdout"] == "42\n"
 
 
 def test_compile_error_is_failed_with_the_compilers_words(service: str) -> None:

@@ -20,7 +20,7 @@ from .._profile import FileReadAll, FileWriteAll, Operation, Profile, Subpath, T
 from .._ready import python_executable, python_profile, system_profile
 
 PROFILES = ("system", "python")
-_KEYS = {"source", "compile", "run", "inline", "profile", "read", "env", "memory", "processes", "probe"}
+_KEYS = {"source", "compile", "run", "inline", "profile", "read", "env", "memory", "processes", "probe", "aliases"}
 MAX_TABLE_BYTES = 1 << 20
 SCRATCH = 64 << 20  # the jail's private /tmp (compilers put their temporary files there)
 
@@ -44,6 +44,7 @@ class Language:
     memory: int | None = None
     processes: int | None = None
     probe: str | None = None
+    aliases: tuple[str, ...] = ()
 
     def profile_for(self, workdir: str | None) -> Profile:
         """The jail of one step: the ready-made profile, the toolchain's trees, a private /tmp and,
@@ -115,6 +116,9 @@ def _language(name: str, table: object) -> Language:
     probe = table.get("probe")
     if probe is not None and not isinstance(probe, str):
         raise LanguageTableError(f"languages.{name}.probe: expected a string (a program)")
+    aliases = table.get("aliases", [])
+    if not (isinstance(aliases, list) and all(isinstance(a, str) and a for a in aliases)):
+        raise LanguageTableError(f"languages.{name}.aliases: expected a list of names")
     processes = table.get("processes")
     if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)
                                   or processes < 1):
@@ -129,7 +133,8 @@ def _language(name: str, table: object) -> Language:
         name=name, source=source, run=_argv(name, "run", table["run"]),
         compile=_argv(name, "compile", table["compile"]) if "compile" in table else None,
         inline=_argv(name, "inline", table["inline"]) if "inline" in table else None,
-        profile=profile, read=tuple(read), env=dict(env), memory=memory, processes=processes, probe=probe)
+        profile=profile, read=tuple(read), env=dict(env), memory=memory, processes=processes, probe=probe,
+        aliases=tuple(aliases))
 
 
 def parse_table(text: str, origin: str) -> dict[str, Language]:

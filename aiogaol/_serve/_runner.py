@@ -217,4 +217,8 @@ class Runner:
         async with anyio.create_task_group() as tg:
             for name, language in self.languages.items():
                 tg.start_soon(one, name, language)
-        self.available = {n: self.available[n] for n in self.languages if n in self.available}
+        ordered = {n: self.available[n] for n in self.languages if n in self.available}
+        for language in list(ordered.values()):  # SandboxFusion's other names (js for nodejs)
+            for alias in language.aliases:
+                ordered.setdefault(alias, language)
+        self.available = ordered
