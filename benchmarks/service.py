@@ -7,7 +7,9 @@ number of requests, and reports requests/s and the latency percentiles the clien
 request to its whole answer, queueing included).  Beside it, in the same run and at the same
 concurrency, the floor without HTTP: ``asyncio.create_subprocess_exec(python, "-c", "print(1)")`` (no
 jail) and ``aiogaol.run`` of the same (a jail, no HTTP), so the ratios say what the jail and what the
-service add.
+service add.  All three run ``python -S`` (the server through a ``--languages`` table that adds the
+flag): a site-packages ``.pth`` hook of the host (one imports certifi, 80 ms) would otherwise weigh on
+every row differently, inside and outside the jail, and say nothing about either.
 
     python benchmarks/service.py                    # concurrency 8 and 64, 400 requests each
     python benchmarks/service.py --requests 100 --concurrency 8
@@ -26,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -69,10 +72,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(server_concurrency: int, queue: int) -> tuple[subprocess.Popen[str], str]:
+TABLE = """[python]
+profile = "python"
+source = "main.py"
+run = ["{python}", "-S", "main.py"]
+inline = ["{python}", "-S", "-c", "{code}"]
+probe = 'print("aiogaol-probe")'
+"""
+
+
+def start_server(server_concurrency: int, queue: int, table: Path) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
+    table.write_text(TABLE)
     proc = subprocess.Popen([sys.executable, "-m", "aiogaol", "serve", "--port", str(port), "--concurrency",
-                             str(server_concurrency), "--queue", str(queue)], cwd=ROOT,
+                             str(server_concurrency), "--queue", str(queue), "--languages", str(table)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -97,13 +110,13 @@ async def measure(url: str, n: int, concurrencies: list[int]) -> dict[str, dict[
     body = {"code": "print(1)", "language": "python"}
     for c in concurrencies:
         async def plain() -> None:
-            proc = await asyncio.create_subprocess_exec(python, "-c", "print(1)", stdout=asyncio.subprocess.PIPE,
+            proc = await asyncio.create_subprocess_exec(python, "-S", "-c", "print(1)", stdout=asyncio.subprocess.PIPE,
                                                         stdin=asyncio.subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"})
             stdout, _ = await proc.communicate()
             assert stdout == b"1\n"
 
         async def jailed() -> None:
-            result = await aiogaol.run(profile, [python, "-c", "print(1)"], limits=limits, cwd="/tmp")
+            result = await aiogaol.run(profile, [python, "-S", "-c", "print(1)"], limits=limits, cwd="/tmp")
             assert result.stdout == b"1\n", result
 
         async with httpx.AsyncClient(base_url=url, timeout=300,
@@ -130,12 +143,13 @@ def main() -> None:
     print(f"aiogaol serve benchmark: POST /run_code print(1), {ns.requests} requests per concurrency; "
           f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
           f"uid {os.getuid()}, python {platform.python_version()}; server --concurrency {ns.server_concurrency}")
-    proc, url = start_server(ns.server_concurrency, max(concurrencies) * 2)
-    try:
-        figures = asyncio.run(measure(url, ns.requests, concurrencies))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(ns.server_concurrency, max(concurrencies) * 2, Path(tmp) / "python-S.toml")
+        try:
+            figures = asyncio.run(measure(url, ns.requests, concurrencies))
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
     print(f"{'concurrency':>11} {'tool':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  vs plain  vs aiogaol.run")
     for c in concurrencies:
         for name in ("plain", "aiogaol.run", "serve"):

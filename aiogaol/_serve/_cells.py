@@ -16,6 +16,7 @@ The server treats every line as untrusted (the cells' code shares this process):
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -107,6 +108,7 @@ def parse_lines(data: bytes, cells: int) -> Iterator[dict[str, Any]]:
                "stderr_truncated": bool(item.get("stderr_truncated"))}
 
 
+@functools.cache
 def source() -> str:
     """This module's text, to run as the driver (``python -c``), ending in the call of ``_main``."""
     import inspect
