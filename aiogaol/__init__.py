@@ -7,7 +7,8 @@ here start programs under it.  See the README and docs/ for the model and its li
 from ._anyio_process import JailedProcess, spawn
 from ._asyncio_process import SandboxedProcess, create_sandboxed_subprocess
 from ._cgroup import CgroupReport
-from ._errors import (AiogaolError, ProfileError, ProfileTypeError, ProgramNotFoundError, ProgramPermissionError,
+from ._errors import (AiogaolError, PoolClosedError, ProfileError, ProfileTypeError, ProgramNotFoundError,
+                      ProgramPermissionError,
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
 from ._jail import Usage
 from ._kernel import KernelReport, check
@@ -40,4 +41,5 @@ __all__ = [
     "UserNamespacesUnavailable", "check", "create_sandboxed_subprocess", "explain", "python_executable",
     "python_profile", "Result", "RunError", "Status", "run", "shutdown_spawner", "spawn", "support", "system_profile",
     "__version__",
+    "PoolClosedError",
 ]
