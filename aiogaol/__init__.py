@@ -11,13 +11,14 @@ from ._errors import (AiogaolError, PoolClosedError, ProfileError, ProfileTypeEr
                       ProgramPermissionError,
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
 from ._jail import Usage
-from ._kernel import KernelReport, check
-from ._kernel import support as support
+from ._check import check
+from ._kernel import KernelReport
 from ._limits import DEFAULT_LIMITS, UNLIMITED, Limits
 from ._plan import compile_profile as _compile_profile
 from ._pool import Job, JobResult, JobResults, Pool, PoolStats
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
-                       NetworkOutbound, OperationSupportLevel, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
+                       NetworkOutbound, OperationSupportLevel, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs,
+                       support)
 from ._ready import python_executable, python_profile, system_profile
 from ._run import Result, RunError, Status, run
 from ._spawner import shutdown as shutdown_spawner
