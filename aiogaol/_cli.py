@@ -33,7 +33,8 @@ from . import _cputime, _ready
 from ._anyio_process import spawn
 from ._errors import (AiogaolError, ProfileError, ProgramNotFoundError, ProgramPermissionError,
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
-from ._kernel import KernelReport, check
+from ._check import check
+from ._kernel import KernelReport
 from ._limits import DEFAULT_LIMITS, MAX_SECONDS, Limits, check_limit
 from ._plan import compile_profile
 from ._pool import ERROR, OK, STATUSES, Job, JobResult, Pool
@@ -754,8 +755,11 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         raise UsageError("--queue must be 0 or more")
     if not 0 <= ns.port <= 65535:
         raise UsageError(f"--port must be 0 to 65535, not {ns.port}")
-    from ._serve import load_table, serve
-    load_table(ns.languages)  # a bad table is a one-line error now, not at the first request
+    from ._serve import LanguageTableError, load_table, serve
+    try:
+        load_table(ns.languages)  # a bad table is a one-line error now, not at the first request
+    except LanguageTableError as e:
+        raise UsageError(str(e)) from None
     serve(ns.host, ns.port, concurrency=ns.concurrency, queue=ns.queue, languages=ns.languages)
     return 0
 

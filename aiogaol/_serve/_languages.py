@@ -8,6 +8,7 @@ Whether a language works on this host is not decided here but by running its pro
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from .._cli import UsageError, parse_size
 from .._profile import FileReadAll, FileWriteAll, Operation, Profile, Subpath, Tmpfs
 from .._ready import python_executable, python_profile, system_profile
 
@@ -25,8 +25,21 @@ MAX_TABLE_BYTES = 1 << 20
 SCRATCH = 64 << 20  # the jail's private /tmp (compilers put their temporary files there)
 
 
-class LanguageTableError(UsageError):
+class LanguageTableError(ValueError):
     """A language table that cannot be used as written (the CLI prints it in one line)."""
+
+
+_SIZE = re.compile(r"^([1-9][0-9]{0,12})([KMG]?)$")
+
+
+def _size(value: object, what: str) -> int:
+    """``memory = "3G"`` (K, M, G: binary units) or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = _SIZE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise LanguageTableError(f"{what}: expected a size such as \"2G\" or \"512M\", or bytes")
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
 
 
 @dataclass(frozen=True)
@@ -123,12 +136,7 @@ def _language(name: str, table: object) -> Language:
     if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)
                                   or processes < 1):
         raise LanguageTableError(f"languages.{name}.processes: expected a positive integer")
-    memory = None
-    if "memory" in table:
-        try:
-            memory = parse_size(table["memory"], f"languages.{name}.memory")
-        except UsageError as e:
-            raise LanguageTableError(str(e)) from None
+    memory = _size(table["memory"], f"languages.{name}.memory") if "memory" in table else None
     return Language(
         name=name, source=source, run=_argv(name, "run", table["run"]),
         compile=_argv(name, "compile", table["compile"]) if "compile" in table else None,
