@@ -20,6 +20,7 @@ import anyio
 
 from .._errors import AiogaolError
 from .._limits import Limits
+from .._profile import Profile
 from .._run import Result, Status, run
 from . import _cells
 from ._languages import Language, LanguageUnavailable
@@ -91,6 +92,17 @@ class Runner:
         self.settings = settings or Settings()
         self.available: dict[str, Language] = {}
         self.unavailable: dict[str, str] = {}
+        # The profile of each language's steps without a working directory, made once: a Profile
+        # resolves its paths when made, which is file system work on the event loop's thread.
+        self._shared: dict[str, Profile] = {}
+
+    def _profile(self, language: Language, workdir: str | None) -> Profile:
+        if workdir is not None:
+            return language.profile_for(workdir)
+        profile = self._shared.get(language.name)
+        if profile is None:
+            profile = self._shared[language.name] = language.profile_for(None)
+        return profile
 
     def limits(self, language: Language | None, timeout: float, memory_mb: int) -> Limits:
         s = self.settings
@@ -105,13 +117,16 @@ class Runner:
         cwd = workdir or "/tmp"
         try:
             argv = language.argv(template, workdir=cwd, code=code)
-            result = await run(language.profile_for(workdir), argv,
+            result = await run(self._profile(language, workdir), argv,
                                input=stdin.encode() if stdin else None,
                                limits=self.limits(language, timeout, memory_mb),
                                env=language.environment(cwd), cwd=cwd)
         except LanguageUnavailable as e:
             return error_result(f"{language.name}: {e}")
         except (AiogaolError, OSError, ValueError) as e:
+            # A host path of the shared profile may have been replaced since (a package upgrade): the
+            # next request makes the profile again rather than failing the same way for ever.
+            self._shared.pop(language.name, None)
             log.warning("%s: the jail could not run %s: %s", language.name, template[0], e)
             return error_result(f"{language.name}: the jail could not run {template[0]}: {e}")
         return command_result(result)
