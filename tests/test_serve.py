@@ -87,7 +87,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def small() -> Iterator[str]:
     """An app with one slot, a queue of one and a 1 MiB body limit, in a thread of this process."""
     table = {k: v for k, v in load_table().items() if k == "bash"}
-    app = make_app(table, concurrency=1, queue=1, max_body=1 << 20, settings=Settings(output=64 << 10))
+    app = make_app(table, concurrency=1, queue=1, max_body=1 << 20,
+                   settings=Settings(output=64 << 10, workdir_size=8 << 20))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -378,6 +379,18 @@ async def test_a_client_that_goes_away_frees_its_slot(small: str) -> None:
         reply = await client.post("/run_code", json={"code": "echo next", "language": "bash"})
         assert reply.json()["run_result"]["stdout"] == "next\n"
         assert "aiogaol_serve_abandoned_total 1.0" in (await client.get("/metrics")).text
+
+
+@pytest.mark.parametrize("hide", [False, True], ids=["plain", "in-a-mode-000-directory"])
+def test_a_working_directory_that_outgrows_its_cap_is_stopped(small: str, hide: bool) -> None:
+    # 64 MiB against a cap of 8 MiB; hidden, the directory is unreadable before the watch can look.
+    code = ("mkdir d; for i in $(seq 64); do head -c 1048576 /dev/zero > d/f$i; done; "
+            + ("chmod 000 d; " if hide else "") + "sleep 30")
+    started = time.monotonic()
+    reply = post(small, "/run_code", {"code": code, "language": "bash", "run_timeout": 60, "fetch_files": ["d/f1"]})
+    assert reply["run_result"]["aiogaol_status"] == "disk-limit", reply
+    assert reply["status"] == "Failed" and reply["run_result"]["return_code"] == -9
+    assert time.monotonic() - started < 30  # stopped by the watch, not by the 60 s deadline
 
 
 BAD = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +26,14 @@ from . import _cells
 from ._languages import Language, LanguageUnavailable
 from ._schema import (ERROR, BadRequest, FAILED, FINISHED, SANDBOX_ERROR, SUCCESS, TIME_LIMIT, RunCode, RunJupyter,
                       encode_files, overall_status)
-from ._workspace import Workspace
+from ._workspace import Workspace, tree_size_over
 
 log = logging.getLogger("aiogaol.serve")
 
 MAX_INLINE = 64 << 10  # bytes of code passed as an argument (one argv string may be 128 KiB at most)
 PROBE = b"aiogaol-probe"
 PROBE_TIMEOUT = 60.0   # a JVM's first compile on a busy machine
+WATCH_INTERVAL = 0.2   # seconds between two looks at a working directory's size
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Settings:
     output: int = 8 << 20          # bytes kept of stdout and of stderr; more ends the step (output-limit)
     file_size: int = 256 << 20     # bytes of any one file a step writes
     open_files: int = 256
+    workdir_size: int = 512 << 20  # bytes a request's working directory may hold (watched, see _watched)
     max_memory: int = 16 << 30     # the most a request may ask for with memory_limit_MB
 
     def check_memory(self, memory_mb: int) -> None:
@@ -117,10 +119,10 @@ class Runner:
         cwd = workdir or "/tmp"
         try:
             argv = language.argv(template, workdir=cwd, code=code)
-            result = await run(self._profile(language, workdir), argv,
-                               input=stdin.encode() if stdin else None,
-                               limits=self.limits(language, timeout, memory_mb),
-                               env=language.environment(cwd), cwd=cwd)
+            result = await self._watched(workdir, run(self._profile(language, workdir), argv,
+                                                      input=stdin.encode() if stdin else None,
+                                                      limits=self.limits(language, timeout, memory_mb),
+                                                      env=language.environment(cwd), cwd=cwd))
         except LanguageUnavailable as e:
             return error_result(f"{language.name}: {e}")
         except (AiogaolError, OSError, ValueError) as e:
@@ -129,7 +131,39 @@ class Runner:
             self._shared.pop(language.name, None)
             log.warning("%s: the jail could not run %s: %s", language.name, template[0], e)
             return error_result(f"{language.name}: the jail could not run {template[0]}: {e}")
+        if result is None:
+            return self.disk_limit_result()
         return command_result(result)
+
+    async def _watched(self, workdir: str | None, step: Awaitable[Result]) -> Result | None:
+        """The step's result, or None when its working directory grew past ``Settings.workdir_size``
+        (checked every ``WATCH_INTERVAL`` s from a worker thread): the step is then cancelled, which
+        kills and reaps its jail.  A tmpfs of the jail's own would bound it in the kernel; a host
+        directory is bounded only by this watch (and RLIMIT_FSIZE per file)."""
+        if workdir is None:
+            return await step
+        result: Result | None = None
+        cap = self.settings.workdir_size
+
+        async def watch(scope: anyio.CancelScope) -> None:
+            while True:
+                await anyio.sleep(WATCH_INTERVAL)
+                if await anyio.to_thread.run_sync(tree_size_over, workdir, cap):
+                    scope.cancel()
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg.cancel_scope)
+            result = await step
+            tg.cancel_scope.cancel()
+        return result
+
+    def disk_limit_result(self) -> dict[str, Any]:
+        message = (f"the working directory grew past {self.settings.workdir_size} bytes; the step was "
+                   "stopped (its output is lost with it)")
+        return {"status": FINISHED, "execution_time": None, "return_code": -9, "stdout": "", "stderr": message,
+                "memory_limit_exceeded": False, "output_limit_exceeded": False, "stdout_truncated": True,
+                "stderr_truncated": True, "aiogaol_status": "disk-limit", "aiogaol_evidence": message}
 
     async def run_code(self, req: RunCode, language: Language) -> dict[str, Any]:
         compile_result: dict[str, Any] | None = None
@@ -179,13 +213,19 @@ class Runner:
             stdin = json.dumps({"cells": list(req.cells), "cell_timeout": req.cell_timeout})
             try:
                 argv = python.argv(("{python}", "-c", "{code}"), workdir=ws.path, code=_cells.source())
-                result = await run(python.profile_for(ws.path), argv, input=stdin.encode("utf-8", "surrogatepass"),
-                                   limits=self.limits(python, req.total_timeout, req.memory_limit_MB),
-                                   env=python.environment(ws.path), cwd=ws.path)
+                watched = await self._watched(ws.path, run(
+                    python.profile_for(ws.path), argv, input=stdin.encode("utf-8", "surrogatepass"),
+                    limits=self.limits(python, req.total_timeout, req.memory_limit_MB),
+                    env=python.environment(ws.path), cwd=ws.path))
             except (AiogaolError, OSError, ValueError, LanguageUnavailable) as e:
                 driver = error_result(f"the jupyter driver could not start: {e}")
                 return {"status": SANDBOX_ERROR, "message": driver["stderr"], "driver": driver, "cells": [],
                         "executor_pod_name": None, "files": {}}
+            if watched is None:
+                driver = self.disk_limit_result()
+                return {"status": FAILED, "message": driver["stderr"], "driver": driver, "cells": [],
+                        "executor_pod_name": None, "files": {}}
+            result = watched
             files = await ws.fetch(req.fetch_files)
         finally:
             await ws.close()
