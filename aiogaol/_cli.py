@@ -755,6 +755,9 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         raise UsageError("--queue must be 0 or more")
     if not 0 <= ns.port <= 65535:
         raise UsageError(f"--port must be 0 to 65535, not {ns.port}")
+    ok, lines = verdict(check())
+    if not ok:  # fail closed: a service that cannot jail must not start and answer every request badly
+        raise AiogaolError(f"aiogaol serve cannot start: {lines[0].removeprefix('verdict: ')}")
     from ._serve import LanguageTableError, load_table, serve
     try:
         load_table(ns.languages)  # a bad table is a one-line error now, not at the first request

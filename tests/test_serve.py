@@ -498,6 +498,20 @@ def test_cli_without_the_extra_names_it(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1 and "pip install 'aiogaol[serve]'" in done.stderr, done.stderr
 
 
+def test_serve_refuses_to_start_where_it_cannot_jail() -> None:
+    """Fail closed, for real: in a user namespace whose user.max_user_namespaces is 0."""
+    script = (f"echo 0 > /proc/sys/user/max_user_namespaces && cd {ROOT} && "
+              f"exec {sys.executable} -m aiogaol serve --port {free_port()}")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=60)
+    if "unshare failed" in done.stderr:
+        pytest.skip(f"cannot create the outer user namespace here: {done.stderr.strip()}")
+    assert done.returncode == 125, done.stderr
+    assert done.stderr.startswith("aiogaol: aiogaol serve cannot start: no jails here: user namespaces are "
+                                  "forbidden"), done.stderr
+    assert done.stderr.count("\n") == 1
+
+
 def test_cli_refuses_a_bad_language_table(tmp_path: Path) -> None:
     table = tmp_path / "langs.toml"
     table.write_text('[brainfuck]\nsource = "a.bf"\nrun = "bf a.bf"\n')
