@@ -1,6 +1,8 @@
 """A bounded pool of jails for servers and batch runners: ``async with aiogaol.Pool(profile, size=N)``.
 
-What a pool adds over calling ``spawn`` in a loop is control over the server's own resources:
+Each job runs through ``aiogaol.run``'s own path (``_run.steered_run``) and ends as an ``aiogaol.Result``:
+the pool decides when a job runs and until when, never how it is run or read.  What a pool adds over
+calling ``run`` in a loop is control over the server's own resources:
 
 - at most ``size`` jails run at once; a caller that finds the pool full waits (backpressure), so a flood
   of requests queues as awaiting tasks the caller already owns, never as an unbounded list inside;
@@ -10,7 +12,7 @@ What a pool adds over calling ``spawn`` in a loop is control over the server's o
 - ``map`` feeds an iterable of jobs, pulling the next one only when a slot frees up, and yields results
   as they finish;
 - closing the pool finishes what runs (or cancels it when the block is left by an exception), and every
-  jail is reaped before ``async with`` returns;
+  jail is reaped before ``async with`` (or ``aclose``, from any task) returns;
 - ``stats()`` says what is running, waiting and done, and the latency percentiles.
 """
 
