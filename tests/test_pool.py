@@ -351,3 +351,53 @@ async def test_a_job_that_never_ran_is_a_result_without_a_returncode(py_profile:
     with pytest.raises(aiogaol.RunError, match="ENOENT"):
         missing.check()
     assert refused[0].status == "error" and "limits" in (refused[0].error or "")
+
+
+async def test_a_deadline_that_passes_while_the_jail_is_built(py_profile: aiogaol.Profile, python: str) -> None:
+    """The deadline covers the building of the jail too: one too short for any spawn ends the job as
+    "timed-out" without a jail, and leaves nothing behind (launch cleans up whatever it had started)."""
+    before = open_fds()
+    async with aiogaol.Pool(py_profile, size=2) as pool:
+        results = [await pool.run([python, "-c", "print('never')"], timeout=1e-6) for _ in range(5)]
+        after = await pool.run([python, "-c", "print('fine')"])  # the pool goes on
+    for r in results:
+        assert r.status is aiogaol.Status.TIMED_OUT and not r.ran and r.returncode is None, r
+        assert "while the jail was being built" in r.evidence and r.stdout == b""
+    assert after.ok and after.stdout == b"fine\n"
+    assert zombie_children() == []
+    for _ in range(50):  # a cancelled launch's leftovers are finished by the spawner, without blocking
+        if open_fds() <= before:
+            break
+        await anyio.sleep(0.1)
+    assert open_fds() <= before
+
+
+async def test_cancelling_the_pool_while_jails_are_built(py_profile: aiogaol.Profile, python: str) -> None:
+    """aclose(cancel=True) at once after the jobs were handed in: whether a job was still waiting for a
+    slot, its jail half built, or its program just started, it ends as "cancelled" and is reaped."""
+    marker = f"# build-cancel-{os.getpid()}"
+    before = open_fds()
+    pool = await aiogaol.Pool(py_profile, size=3, grace_period=0.1).open()
+    results: list[aiogaol.Result] = []
+
+    async def user() -> None:
+        results.append(await pool.run([python, "-c", f"{SLEEP} {marker}", "30"]))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(user)
+        while (pool.stats().running, pool.stats().waiting) != (3, 2):
+            await anyio.sleep(0)  # until three jobs hold a slot (their jails being built) and two wait
+        await pool.aclose(cancel=True)
+    assert [r.status for r in results] == ["cancelled"] * 5
+    waited = [r for r in results if r.evidence == "the pool closed before a slot was free"]
+    held = [r for r in results if r not in waited]
+    assert len(waited) == 2 and all(not r.ran for r in waited)
+    assert {r.evidence for r in held} <= {"cancelled while the jail was being built",
+                                          "the pool was cancelled; the jail was killed"}, held
+    assert _alive(marker) == [] and zombie_children() == []
+    for _ in range(50):
+        if open_fds() <= before:
+            break
+        await anyio.sleep(0.1)
+    assert open_fds() <= before
