@@ -389,7 +389,9 @@ void apply_nice(void)
         fail(AIOGAOL_STEP_PRIORITY, errno, "setpriority");
 }
 
-/* Init's first steps, in both modes: its fds in place, the rest closed, then wait for the id maps. */
+int join_cgroup_late;
+
+/* Init's first steps: its fds in place, the rest closed, then wait for the id maps. */
 void init_child(void)
 {
     char go;
@@ -409,6 +411,9 @@ void init_child(void)
         fail(AIOGAOL_STEP_CLONE_INIT, EIO, "the process that created init ended before the id maps");
     }
     close(sync_fds[0]);
+    /* Placed in its cgroup by the spawner only now (no clone3 here): the cgroup namespace, rooted there. */
+    if (join_cgroup_late && unshare(CLONE_NEWCGROUP) < 0)
+        fail(AIOGAOL_STEP_UNSHARE, errno, "cgroup namespace");
     apply_nice();
     /* The network namespace is made here rather than in the clone: creating one is the dearest part of
      * a jail's namespaces, and here it is paid at the jail's niceness rather than by the spawner, whose

@@ -10,14 +10,15 @@
 #include "core.h"
 
 /* ------------------------------------------------------------------------------------------------ */
-/* The intermediate process: the spawner, or the one-shot helper                                     */
+/* Creating init                                                                                     */
 
 /* cgroup v2 placement.  Init is created straight into the jail's cgroup (clone3 CLONE_INTO_CGROUP,
- * Linux 5.7), so every process of the jail is in it from its first instruction, the helper never joins
- * it (pids.max counts only the jail), and a CLONE_NEWCGROUP namespace is rooted there.  Where clone3 is
- * missing (ENOSYS, or a seccomp policy that answers so) the helper moves itself in by cgroup.procs
- * first and init inherits the cgroup; the helper exits at once and is not the jail's to count.  Only the
- * one-shot helper places jails in cgroups: the spawner must never move itself. */
+ * Linux 5.7, from the directory fd the request carries), so every process of the jail is in it from its
+ * first instruction, the spawner never joins it (pids.max counts only the jail), and a CLONE_NEWCGROUP
+ * namespace is rooted there.  Where clone3 is missing (ENOSYS, or a seccomp policy that answers so), init
+ * is cloned without its cgroup namespace, the spawner moves it in (cgroup.procs) before it lets it go,
+ * and init then makes its cgroup namespace, rooted in the jail's cgroup (init_child): init runs nothing
+ * before it is placed, and the spawner itself never moves. */
 #ifndef CLONE_INTO_CGROUP
 #define CLONE_INTO_CGROUP 0x200000000ULL
 #endif
@@ -29,30 +30,47 @@ struct aiogaol_clone_args {
         set_tid_size, cgroup;
 };
 
-static pid_t clone_into_cgroup(unsigned long flags)
+static pid_t clone_into_cgroup(unsigned long flags, int cgroup)
 {
     struct aiogaol_clone_args ca;
     pid_t pid;
-    int procs;
     memset(&ca, 0, sizeof ca);
     ca.flags = (uint64_t)flags | CLONE_INTO_CGROUP;
-    /* clone3 refuses an exit signal with CLONE_PARENT: init inherits the helper's, which is SIGCHLD
+    /* clone3 refuses an exit signal with CLONE_PARENT: init inherits the spawner's, which is SIGCHLD
      * (posix_spawn), as the legacy clone does. */
     ca.exit_signal = (flags & CLONE_PARENT) ? 0 : SIGCHLD;
-    ca.cgroup = (uint64_t)plan.cgroup_fd;
+    ca.cgroup = (uint64_t)cgroup;
     pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
     if (pid >= 0 || (errno != ENOSYS && errno != E2BIG)) {
         if (pid < 0)
             fail(AIOGAOL_STEP_CLONE_INIT, errno, "clone3 into the jail's cgroup");
         return pid;
     }
-    procs = openat(plan.cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    join_cgroup_late = 1; /* seen by init too: it is cloned with this memory */
+    return (pid_t)syscall(SYS_clone, (flags & ~(unsigned long)CLONE_NEWCGROUP) | SIGCHLD, NULL, NULL, NULL, NULL);
+}
+
+/* The fallback's placement: init (waiting for its id maps) written into the jail's cgroup.procs. */
+static void move_into_cgroup(int cgroup, pid_t init)
+{
+    char buf[24], *end = fmt_ulong(buf, (unsigned long)init);
+    int procs = openat(cgroup, "cgroup.procs", O_WRONLY | O_CLOEXEC);
     if (procs < 0)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "open cgroup.procs");
-    if (write(procs, "0\n", 2) != 2)
+    *end++ = '\n';
+    if (write(procs, buf, (size_t)(end - buf)) != end - buf)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "write cgroup.procs");
     close(procs);
-    return (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, NULL);
+}
+
+/* The spawner's copy of the request's fd that init will have as number target; -1 if none. */
+static int received_fd(int target)
+{
+    int i;
+    for (i = 0; i < req_n; i++)
+        if (req_to[i] == target)
+            return req_from[i];
+    return -1;
 }
 
 /* --uid/--gid name the host identity the program runs as, mapped to the same numbers inside.  By default
@@ -128,20 +146,23 @@ static pid_t start_jail(void)
 {
     uid_t uid = getuid();
     gid_t gid = getgid();
-    int flags;
+    int flags, cgroup = -1;
     pid_t init;
 
     resolve_identity(uid, gid);
     flags = JAIL_NAMESPACES; /* init unshares the network namespace itself (see init_child) */
     if (plan.no_namespaces)
         flags = 0; /* the fallback: init is only the server's child and the program's supervisor */
+    if (plan.cgroup_fd >= 0 && (cgroup = received_fd(plan.cgroup_fd)) < 0)
+        fail(AIOGAOL_STEP_ARGS, EBADF, "--cgroup-fd names none of the request's fds");
     if (pipe2(sync_fds, O_CLOEXEC) < 0)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
     /* Init is created straight into the new namespaces, and as the server's child (CLONE_PARENT).
-     * The helper stays in the parent user namespace and writes init's id maps from there: that is
+     * The spawner stays in the parent user namespace and writes init's id maps from there: that is
      * what lets a privileged caller map an identity other than its own (see --uid above). */
-    if (plan.cgroup_fd >= 0)
-        init = clone_into_cgroup(CLONE_PARENT | flags);
+    join_cgroup_late = 0;
+    if (cgroup >= 0)
+        init = clone_into_cgroup(CLONE_PARENT | flags, cgroup);
     else
         init = (pid_t)syscall(SYS_clone, CLONE_PARENT | flags | SIGCHLD, NULL, NULL, NULL, NULL);
     if (init < 0)
@@ -152,6 +173,8 @@ static pid_t start_jail(void)
     sync_fds[0] = -1;
     send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)init, "");
     mark(AIOGAOL_STEP_UNSHARE);
+    if (join_cgroup_late)
+        move_into_cgroup(cgroup, init);
     if (!plan.no_namespaces)
         write_maps(init, uid, gid);
     if (write(sync_fds[1], "g", 1) != 1)
@@ -162,8 +185,12 @@ static pid_t start_jail(void)
     return init;
 }
 
+/* The helper executable's only mode: the spawner, "aiogaol-jail --serve FD [NICE]" (started by
+ * _spawner.py).  Every jail, a cgroup's or an oversized request's too, is one request to it. */
 int aiogaol_helper_main(int argc, char **argv, char **envp)
 {
+    static const char usage[] = "usage: aiogaol-jail --serve FD [NICE] (started by aiogaol, not by hand)\n";
+    (void)envp;
     if ((argc == 3 || argc == 4) && strcmp(argv[1], "--serve") == 0) {
         /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
          * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
@@ -171,12 +198,9 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
             return 1;
         return aiogaol_serve((int)parse_num(argv[2], 10));
     }
-    parse_args(argc, argv, envp);
-    if (err_fd < 0)
-        _exit(127);
-    mark(AIOGAOL_STEP_ARGS);
-    start_jail();
-    _exit(0);
+    if (write(2, usage, sizeof usage - 1) < 0)
+        return 2;
+    return 2;
 }
 
 /* Waiting inits.  Most of a jail's set-up before its mounts is the clone into fresh namespaces (the
@@ -505,11 +529,9 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
 {
     parse_request(buf, len);
     mark_at(AIOGAOL_STEP_ARGS, received);
-    if (plan.cgroup_fd >= 0)
-        /* Where clone3 lacks CLONE_INTO_CGROUP the helper moves itself into the cgroup first: a
-         * one-shot helper may, the spawner may not. */
-        fail(AIOGAOL_STEP_ARGS, EINVAL, "cgroup placement goes through the one-shot helper");
-    if (plan.unshare_net && !plan.no_namespaces) {
+    /* A jail of its own cgroup is cloned into it (start_jail), so no init made ahead of time serves
+     * it; nor one whose request came in a memfd, too large to hand over in one message. */
+    if (plan.unshare_net && !plan.no_namespaces && plan.cgroup_fd < 0 && !req_large) {
         long want_uid = plan.inside_uid < 0 ? (long)getuid() : plan.inside_uid;
         long want_gid = plan.inside_gid < 0 ? (long)getgid() : plan.inside_gid;
         if (!plan_starts_standard()) {
