@@ -60,6 +60,20 @@ from . import _ffi
 from ._errors import ProfileError, SandboxSetupError, is_fd_shortage, out_of_fds
 from ._limits import DEFAULT_LIMITS
 
+# The spawner's shortcuts, for measuring what each is worth (benchmarks/spawn.py): "full" (the default)
+# makes an init ahead of time and, for a steady profile, builds its whole jail ahead; "waiting" makes the
+# init and its standard part (/proc, /dev) only; "none" makes nothing ahead.  Read when a spawner starts.
+AHEAD_MODES = ("full", "waiting", "none", "eager")
+AHEAD_ENV = "AIOGAOL_SPAWNER_AHEAD"
+
+
+def ahead_mode() -> str:
+    mode = os.environ.get(AHEAD_ENV, "full")
+    if mode not in AHEAD_MODES:
+        raise ProfileError(f"{AHEAD_ENV}={mode!r}: expected one of {', '.join(AHEAD_MODES)}")
+    return mode
+
+
 MAX_MESSAGE = 64 * 1024  # bytes of header, arguments and environment in one message; more go in a memfd
 MAX_FDS = 253  # SCM_MAX_FD: the most fds one message can carry (the memfd of a large request included)
 RETIRE_TIMEOUT = 5.0  # seconds a retired spawner gets to finish what is queued and exit
@@ -272,11 +286,12 @@ def stalled(spawner: _Spawner) -> None:
 class _Spawner:
     def __init__(self, identity: Identity, nice: int) -> None:
         self.identity = identity
+        mode = ahead_mode().encode()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         null = -1
         try:
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            self.pid = _ffi.spawn_helper([b"aiogaol-jail", b"--serve", b"%d" % theirs.fileno(), b"%d" % nice], [],
+            self.pid = _ffi.spawn_helper([b"aiogaol-jail", b"--serve", b"%d" % theirs.fileno(), b"%d" % nice, mode], [],
                                          [(null, 0), (null, 1), (null, 2), (theirs.fileno(), theirs.fileno())])
         except BaseException:
             ours.close()

@@ -220,6 +220,8 @@ void __attribute__((noreturn)) run_init(void);
 
 /* ---- program.c: PID 2 ------------------------------------------------------------------------- */
 void __attribute__((noreturn)) run_program(void);
+extern int bounds_dropped;                /* limit_capabilities done (in init, before the clone) */
+void limit_capabilities(void);
 void apply_landlock(void);
 void drop_capabilities(void);
 void __attribute__((noreturn)) exec_program(void);

@@ -185,24 +185,6 @@ static pid_t start_jail(void)
     return init;
 }
 
-/* The helper executable's only mode: the spawner, "aiogaol-jail --serve FD [NICE]" (started by
- * _spawner.py).  Every jail, a cgroup's or an oversized request's too, is one request to it. */
-int aiogaol_helper_main(int argc, char **argv, char **envp)
-{
-    static const char usage[] = "usage: aiogaol-jail --serve FD [NICE] (started by aiogaol, not by hand)\n";
-    (void)envp;
-    if ((argc == 3 || argc == 4) && strcmp(argv[1], "--serve") == 0) {
-        /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
-         * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
-        if (argc == 4 && raise_nice((int)parse_num(argv[3], 10)) < 0)
-            return 1;
-        return aiogaol_serve((int)parse_num(argv[2], 10));
-    }
-    if (write(2, usage, sizeof usage - 1) < 0)
-        return 2;
-    return 2;
-}
-
 /* Waiting inits.  Most of a jail's set-up before its mounts is the clone into fresh namespaces (the
  * network namespace above all) and the id maps: about a millisecond.  So after each request the
  * spawner creates the next default jail's init ahead of time: cloned into all seven namespaces, maps
@@ -222,7 +204,9 @@ static pid_t waiting_pid;
 static int waiting_chan = -1;
 static long waiting_uid = -1, waiting_gid = -1; /* the ids it was mapped for */
 static unsigned long long waiting_root_size;     /* the size of the jail root it prebuilt */
-static int waiting_off;                         /* creating one failed: the usual path only */
+static int waiting_off;                         /* creating one failed (or "none"): the usual path only */
+static int ahead_full = 1;                      /* a steady profile's whole jail built ahead (not "waiting") */
+static int ahead_eager;                         /* "eager": made at once, not once the last jail has ended */
 static int mounts_fd = -1;
 #define WAITING_IDLE_MS 2    /* quiet time before making one, when no jail is known to be starting */
 #define WAITING_AFTER_MS 10  /* longest wait for the last jail's init to exit first */
@@ -440,7 +424,7 @@ static void make_waiting(int sock)
     plan.inside_gid = waiting_gid;
     resolve_identity(uid, gid);
     forget_waiting_ops();
-    if (ops_steady && last_ops && (waiting_ops = malloc(last_ops_len)) != NULL) {
+    if (ahead_full && ops_steady && last_ops && (waiting_ops = malloc(last_ops_len)) != NULL) {
         memcpy(waiting_ops, last_ops, last_ops_len);
         waiting_ops_len = last_ops_len;
     }
@@ -612,7 +596,7 @@ int aiogaol_serve(int sock)
                 p[1].revents = 0;
                 n = 2;
             }
-            r = poll(p, (nfds_t)n, n == 2 ? WAITING_AFTER_MS : WAITING_IDLE_MS);
+            r = poll(p, (nfds_t)n, ahead_eager ? 0 : n == 2 ? WAITING_AFTER_MS : WAITING_IDLE_MS);
             if (r == 0 || (r > 0 && !(p[0].revents & (POLLIN | POLLHUP)))) {
                 forget_last_init();
                 make_waiting(sock);
@@ -663,3 +647,31 @@ int aiogaol_serve(int sock)
     return 0;
 }
 
+/* The helper executable's only mode: the spawner, "aiogaol-jail --serve FD [NICE]" (started by
+ * _spawner.py).  Every jail, a cgroup's or an oversized request's too, is one request to it. */
+int aiogaol_helper_main(int argc, char **argv, char **envp)
+{
+    static const char usage[] = "usage: aiogaol-jail --serve FD [NICE [full|waiting|none]] (started by aiogaol)\n";
+    (void)envp;
+    if (argc >= 3 && argc <= 5 && strcmp(argv[1], "--serve") == 0) {
+        /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
+         * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
+        if (argc >= 4 && raise_nice((int)parse_num(argv[3], 10)) < 0)
+            return 1;
+        /* Its shortcuts (_spawner.AHEAD_MODES): "full", the default; "waiting"; "none". */
+        if (argc == 5 && strcmp(argv[4], "full") != 0) {
+            if (strcmp(argv[4], "waiting") == 0)
+                ahead_full = 0;
+            else if (strcmp(argv[4], "eager") == 0)
+                ahead_eager = 1;
+            else if (strcmp(argv[4], "none") == 0)
+                waiting_off = 1;
+            else
+                return 2;
+        }
+        return aiogaol_serve((int)parse_num(argv[2], 10));
+    }
+    if (write(2, usage, sizeof usage - 1) < 0)
+        return 2;
+    return 2;
+}
