@@ -144,23 +144,6 @@ def server_state() -> tuple[Identity, int | None]:
 
 
 
-def kill_and_reap(pid: int) -> None:
-    """For our own unreaped children only (a helper, an init before a pidfd exists, an init made ahead of
-    time that no launch owns): an unreaped child's PID cannot have been reused."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    while True:
-        try:
-            os.waitpid(pid, 0)
-            return
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return
-
-
 def pid_in(data: bytes) -> int:
     """The init PID that records read from an error pipe name (0 if none yet)."""
     size = _ffi.RECORD_SIZE
@@ -318,26 +301,31 @@ class _Spawner:
         return {s.fileno() for s in (self.sock, self.retiring) if s is not None}
 
     def drain(self) -> None:
-        """Take in what the spawner reported, without blocking."""
+        """Take in what the spawner reported, without blocking; reap the dropped inits that have died."""
         while self.sock is not None:
             try:
                 data = self.sock.recv(64, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
-                return
+                break
             if len(data) < REPORT.size:
-                return  # EOF
+                break  # EOF
             self._take(data)
+        if _doomed:
+            with _lock:
+                _reap_doomed()
 
     def _take(self, data: bytes) -> None:
         kind, pid = REPORT.unpack_from(data)
         if kind == REPORT_WAITING:
             self.waiting.add(pid)
         elif kind == REPORT_DISCARDED and pid in self.waiting:
-            # Dropped before any request reached it (it exits at EOF on its socket): ours to reap.
+            # Dropped before any request reached it (it exits at EOF on its socket): ours to reap, without
+            # waiting on the loop for its namespaces to be torn down (about a millisecond): SIGKILLed
+            # now, reaped by the launch that is sending (its settle) or by a later one.
             self.waiting.discard(pid)
-            kill_and_reap(pid)
+            doom(pid)
 
     def claim(self, pid: int) -> bool:
         """A PID record from this spawner's request: True if the launch owns the init now; False if it
