@@ -1,4 +1,5 @@
-"""cffi (API mode) build of the C core.  The same jail.c is linked into the helper executable by setup.py."""
+"""cffi (API mode) build of the C core.  The same jail.c is linked into the helper executable by setup.py;
+the cffi module is built from zygote.c, which includes jail.c and adds the PythonPool's jail entry."""
 
 import os
 
@@ -15,12 +16,20 @@ ffibuilder.cdef(
                              const char *envblob, size_t envlen, int envc, const int *fd_map, int n_pairs);
     int aiogaol_probe_userns(void);
     int aiogaol_landlock_abi(void);
+    int aiogaol_zygote_seal(void);
+    int aiogaol_zygote_unshare(int argc, char **argv, int report_fd);
+    void aiogaol_zygote_after_maps(void);
+    void aiogaol_zygote_relay(int init);
+    void aiogaol_zygote_init_enter(void);
+    void aiogaol_zygote_init_run(int program);
+    void aiogaol_zygote_program_enter(void);
     """
 )
 ffibuilder.set_source(
     "aiogaol._native._core",
     '#include "jail.h"',
-    sources=[os.path.relpath(os.path.join(HERE, "jail.c"))],
+    # zygote.c includes jail.c (the warm interpreter's jail entry reuses its file-local steps): one unit.
+    sources=[os.path.relpath(os.path.join(HERE, "zygote.c"))],
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=["-O2", "-fno-strict-aliasing"],
     py_limited_api=True,
