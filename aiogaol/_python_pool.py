@@ -212,6 +212,12 @@ class _Zygote:
                 return False
         return True
 
+    async def settle(self, seconds: float = 1.0) -> None:
+        """Wait (on the loop, at most ``seconds``) for a zygote that may be dying to be reaped."""
+        with anyio.move_on_after(seconds):
+            while self.alive() and self.pidfd is not None:
+                await anyio.wait_readable(self.pidfd)
+
     def retire(self) -> None:
         """Close its socket: it exits at EOF (jobs already forked go on, they need nothing of it)."""
         if self.sock is not None:
@@ -598,15 +604,17 @@ class PythonPool:
             request = (argv, code, args, {os.fsdecode(k): os.fsdecode(v) for k, v in env.items()}, uid, gid)
             sent = await zygote.submit(request, theirs)
             _close(theirs)
-            if not sent:
-                return None
-            await job.wait(until_started=True)
+            if sent:
+                await job.wait(until_started=True)
             if job.failure is not None:
                 self._counts["setup_failures"] += 1
                 raise _failure_error(job.failure)
+            if not sent or (not job.pid and job.eof):
+                # Nothing reported, nothing of the job ran: the zygote died with our request (killed, say).
+                # Once it is seen dead (within a second), _current starts another.
+                await zygote.settle()
+                return None
             if not job.started:
-                if not job.pid and job.eof and not zygote.alive():
-                    return None  # the zygote died with our request: nothing of the job exists
                 self._counts["setup_failures"] += 1
                 raise SandboxSetupError("start the job", errno.EIO, "the job's processes ended before it ran"
                                         f" (returncode {job.returncode})")
