@@ -39,7 +39,10 @@ from ._jail import Usage, _failure_error, _parse_records, _Record
 from ._limits import Limits, resolve_limits
 from ._profile import FileReadAll, Profile, Subpath
 from ._run import DEFAULT_GRACE, Result, _classify, _feed, _Outcome, enforcement
+from ._native import _core  # type: ignore[attr-defined]
 from ._spawnargs import SpawnArgs
+
+_CORE_PATH: str = _core.__file__
 
 # The warm interpreter's start-up: this file and the C core loaded by path, the package not imported.
 _BOOT = ("import sys,importlib.util as u;s=u.spec_from_file_location('_aiogaol_zygote',sys.argv[1]);"
@@ -105,7 +108,7 @@ class _Zygote:
     async def start(cls, python: str, preload: Sequence[str], nice: int) -> "_Zygote":
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            argv = [python, "-I", "-c", _BOOT, _zygote.__file__, _ffi._core.__file__, str(nice), *preload]
+            argv = [python, "-I", "-c", _BOOT, _zygote.__file__, _CORE_PATH, str(nice), *preload]
             actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                        (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),

@@ -60,8 +60,8 @@ class _Core:
         assert spec is not None
         module = importlib.util.module_from_spec(spec)
         loader.exec_module(module)
-        self.ffi: Any = module.ffi  # type: ignore[attr-defined]
-        self.lib: Any = module.lib  # type: ignore[attr-defined]
+        self.ffi: Any = getattr(module, "ffi")
+        self.lib: Any = getattr(module, "lib")
         self.steps: dict[str, int] = {}
         for i in range(64):
             name = self.ffi.string(self.lib.aiogaol_step_name(i)).decode()
@@ -94,8 +94,8 @@ def _image_facts(preload: list[str]) -> dict[str, Any]:
             files.add(path)
     roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
     for name in preload:
-        module = sys.modules.get(name.partition(".")[0])
-        path = getattr(module, "__file__", None)
+        package = sys.modules.get(name.partition(".")[0])
+        path = getattr(package, "__file__", None)
         if isinstance(path, str):
             path = os.path.realpath(path)
             top = os.path.dirname(path) if os.path.basename(path).startswith("__init__.") else path
@@ -336,7 +336,7 @@ def _exit_as_python(status: object) -> None:
     threading = sys.modules.get("threading")
     if threading is not None:
         try:
-            threading._shutdown()  # type: ignore[attr-defined]
+            threading._shutdown()
         except BaseException:  # noqa: BLE001 - as at the interpreter's end: reported, not fatal
             traceback.print_exc()
     import atexit
