@@ -562,7 +562,7 @@ class PythonPool:
     async def _run_one(self, zygote: _Zygote, spawn: SpawnArgs, code: str, args: list[str],
                        input: bytes | bytearray | memoryview | None, limits: Limits) -> Result | None:
         ours: list[int] = []  # stdin (write end, or -1), stdout, stderr (read ends)
-        theirs: list[int] = []  # what the zygote gets: stdin, stdout, stderr, report, lifeline, seccomp
+        theirs: list[int] = []  # the zygote's: stdin, stdout, stderr, report, lifeline, seccomp, payload
         job: _WarmJob | None = None
         try:
             if input is not None:
@@ -604,7 +604,13 @@ class PythonPool:
                 elif a == b"--":
                     break
             env = dict(e.split(b"=", 1) for e in spawn.envp)
-            request = (argv, code, args, {os.fsdecode(k): os.fsdecode(v) for k, v in env.items()}, uid, gid)
+            # What the job is goes to the job's own fork in a memfd, never through the zygote's memory.
+            payload = os.memfd_create("aiogaol-job", os.MFD_CLOEXEC)
+            theirs.append(payload)
+            data = memoryview(pickle.dumps((argv, code, args, {os.fsdecode(k): os.fsdecode(v) for k, v in env.items()})))
+            while data:
+                data = data[os.write(payload, data):]
+            request = (uid, gid)
             sent = await zygote.submit(request, theirs)
             _close(theirs)
             if sent:

@@ -8,7 +8,10 @@ library, and runs no code of a job: each job runs in a fork of a fork of a fork 
 (see aiogaol/_native/zygote.c for the process tree and docs/python-pool.md for the semantics).
 
 The server speaks to it in frames on the socket: an 8-byte length, then a pickled request, the job's
-fds attached to the length (SCM_RIGHTS).  It answers only once, at start: READY with the facts the
+fds attached to the length (SCM_RIGHTS).  The request holds only the identity whose id maps the zygote
+writes; what the job is (its code, arguments, environment, and the helper argv of its jail) comes in a
+memfd that only the job's own fork reads, so the zygote's heap, which every later job is forked from,
+never holds a byte of an earlier job.  It answers only once, at start: READY with the facts the
 server needs (the files the image came from, the prefixes a job needs to read), or FAILED naming the
 preload that did not import.  Everything about a job goes on that job's own report socket.
 """
@@ -34,9 +37,9 @@ FRAME = struct.Struct("!Q")
 # The job's fds as the zygote receives them, and the numbers they take in the job's first fork (J):
 # stdio at 0-2, then the report socket, the lifeline and the seccomp filter's pipe (the helper argv the
 # server builds names these numbers).
-JOB_FDS = 6
-REPORT_FD, LIFELINE_FD, SECCOMP_FD = 3, 4, 5
-_SYNC_R, _SYNC_W = 6, 7  # J's ends of the id-map handshake with the zygote
+JOB_FDS = 7
+REPORT_FD, LIFELINE_FD, SECCOMP_FD, PAYLOAD_FD = 3, 4, 5, 6
+_SYNC_R, _SYNC_W = 7, 8  # J's ends of the id-map handshake with the zygote
 CONTROL_FD = 3  # the zygote's own socket to the server
 MAP_TIMEOUT = 5.0  # seconds the zygote waits for a job's unshare before giving up on it
 RECORD_SIZE = 512
@@ -172,11 +175,10 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                     pass
 
 
-def _start(ctl: socket.socket, core: _Core, fds: list[int],
-           request: tuple[list[bytes], str, list[str], dict[str, str], int, int]
+def _start(ctl: socket.socket, core: _Core, fds: list[int], request: tuple[int, int]
            ) -> tuple[str, list[str], dict[str, str]] | None:
     """Fork J for one job, write its id maps when it has unshared, let it go.  None in the zygote."""
-    argv, code, args, env, uid, gid = request
+    uid, gid = request
     report = fds[3]
     to_j_r, to_j_w = os.pipe()
     from_j_r, from_j_w = os.pipe()
@@ -191,8 +193,7 @@ def _start(ctl: socket.socket, core: _Core, fds: list[int],
         try:
             os.close(to_j_w)
             os.close(from_j_r)
-            _job(ctl, core, fds, to_j_r, from_j_w, argv)
-            return code, args, env
+            return _job(ctl, core, fds, to_j_r, from_j_w)
         except BaseException:  # noqa: BLE001 - a fork of the zygote never returns into its loop
             os._exit(NOBODY_EXIT)
     os.close(to_j_r)
@@ -244,7 +245,7 @@ def _write_maps(pid: int, uid: int, gid: int, core: _Core, report: int) -> None:
 
 
 def _place(fds: list[int], extra: list[int]) -> None:
-    """The job's fds at the numbers the helper argv names (0-5), the handshake pipe at 6 and 7, every
+    """The job's fds at the numbers the helper argv names (0-6), the handshake pipe at 7 and 8, every
     other fd of the zygote closed."""
     # Out of the way of every target first, so that no dup2 clobbers an fd still to be placed.
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds + extra]
@@ -254,11 +255,19 @@ def _place(fds: list[int], extra: list[int]) -> None:
     os.closerange(len(high), 1 << 16)
 
 
-def _job(ctl: socket.socket, core: _Core, fds: list[int], sync_r: int, sync_w: int, argv: list[bytes]) -> None:
-    """J, then K and P: the three forks of one job.  Returns only in P, with every wall up."""
+def _job(ctl: socket.socket, core: _Core, fds: list[int], sync_r: int, sync_w: int
+         ) -> tuple[str, list[str], dict[str, str]]:
+    """J, then K and P: the three forks of one job.  Returns only in P, with every wall up, what it
+    must run."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # J waits for K; P starts as a fresh python would
     ctl.detach()  # its number is reused below; the socket object must never close it again
     _place(fds, [sync_r, sync_w])
+    payload = b""
+    while chunk := os.pread(PAYLOAD_FD, 1 << 20, len(payload)):
+        payload += chunk
+    os.close(PAYLOAD_FD)
+    argv, code, args, env = pickle.loads(payload)
+    del payload
     keep = [core.ffi.new("char[]", a) for a in argv]
     c_argv = core.ffi.new("char *[]", keep + [core.ffi.NULL])
     core.lib.aiogaol_zygote_unshare(len(argv), c_argv, REPORT_FD)
@@ -287,6 +296,7 @@ def _job(ctl: socket.socket, core: _Core, fds: list[int], sync_r: int, sync_w: i
         core.lib.aiogaol_zygote_init_run(program)
         os._exit(NOBODY_EXIT)  # not reached
     core.lib.aiogaol_zygote_program_enter()
+    return code, args, env
 
 
 def _run_job(code: str, args: list[str], env: dict[str, str]) -> None:

@@ -331,3 +331,31 @@ async def test_bad_arguments_are_named_errors(py_profile: aiogaol.Profile) -> No
         with pytest.raises(aiogaol.ProfileError):
             await pool.run("print(1)", env={"A=B": "c"})
         assert (await pool.run("print('still fine')")).stdout == b"still fine\n"
+
+
+async def test_no_byte_of_an_earlier_job_is_in_the_next_ones_memory(py_profile: aiogaol.Profile) -> None:
+    secret = uuid.uuid4().hex
+    # The secret comes spelt backwards and is searched for with one character class per letter, so that
+    # this job never holds it in one piece itself.
+    scan = ("import re, sys\n"
+            "needle = re.compile(''.join('[%s]' % c for c in reversed(sys.argv[1])).encode())\n"
+            "found = 0\n"
+            "with open('/proc/self/maps') as maps, open('/proc/self/mem', 'rb', 0) as mem:\n"
+            "    for line in maps:\n"
+            "        span, perms = line.split()[:2]\n"
+            "        if not perms.startswith('r') or '[vvar' in line or '[vsyscall' in line:\n"
+            "            continue\n"
+            "        lo, hi = (int(x, 16) for x in span.split('-'))\n"
+            "        try:\n"
+            "            mem.seek(lo)\n"
+            "            found += len(needle.findall(mem.read(hi - lo)))\n"
+            "        except OSError:\n"
+            "            pass\n"
+            "print(found)\n")
+    async with aiogaol.PythonPool(py_profile, size=1) as pool:
+        # The scan finds the secret where it is (a positive control), then not in the next job.
+        first = await pool.run(f"secret = {secret!r}\n" + scan, args=[secret[::-1]], env={"TOKEN": secret},
+                               input=secret.encode())
+        later = await pool.run(scan, args=[secret[::-1]])
+    assert first.ok and later.ok, later.stderr
+    assert int(first.stdout) >= 1 and later.stdout == b"0\n"
