@@ -63,6 +63,10 @@ int aiogaol_zygote_unshare(int argc, char **argv, int report_fd)
     if (init_len == 0)
         fail(AIOGAOL_STEP_DROP_INIT, EINVAL, "no seccomp filter for init (--init-filter)");
     resolve_identity(getuid(), getgid());
+    /* Dumpable again (the zygote is not), or the zygote, which writes our id maps, could not open our
+     * /proc files: a non-dumpable process's are root's.  J holds nothing but its own job. */
+    if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
+        fail(AIOGAOL_STEP_UNSHARE, errno, "PR_SET_DUMPABLE");
     if (unshare(JAIL_NAMESPACES) < 0)
         fail(AIOGAOL_STEP_UNSHARE, errno, "user+pid+mount+ipc+uts+cgroup namespaces");
     return switch_identity;
