@@ -33,7 +33,7 @@ from typing import Any
 
 import anyio
 
-from . import _cputime, _ffi, _spawner, _zygote
+from . import _cputime, _ffi, _jail, _spawner, _zygote
 from ._errors import AiogaolError, ProfileError, ProfileTypeError, SandboxSetupError
 from ._jail import Usage, _failure_error, _parse_records, _Record
 from ._limits import Limits, resolve_limits
@@ -276,6 +276,8 @@ class _WarmJob:
         self.returncode: int | None = None
         self.usage: Usage | None = None
         self._t0 = time.monotonic()
+        # With AIOGAOL_STEP_TIMINGS=1 (a diagnostic): step name -> CLOCK_MONOTONIC ns of the C steps.
+        self.timings: dict[str, int] | None = {"sent": time.monotonic_ns()} if _jail.STEP_TIMINGS else None
 
     def _read(self) -> None:
         """Take every record there is, without blocking."""
@@ -303,23 +305,34 @@ class _WarmJob:
                     self._finish(None, None)  # the job's first fork was killed from outside
                 return
             kind = _ffi.RECORD.unpack_from(data)[0]
-            if kind == _zygote.RECORD_USAGE:
+            if kind in (_zygote.RECORD_DONE, _zygote.RECORD_USAGE):
+                # DONE: init's report of the program's status and the jail's usage; USAGE: the first
+                # fork's report of init's own end, which counts only when init was killed before DONE.
                 value = _ffi.RECORD.unpack_from(data)[3]
                 user_ns, sys_ns, rss_kib = (int.from_bytes(data[16 + 8 * i:24 + 8 * i], sys.byteorder)
                                             for i in range(3))
-                self._finish(value, (user_ns / 1e9, sys_ns / 1e9, rss_kib * 1024))
+                figures = (user_ns / 1e9, sys_ns / 1e9, rss_kib * 1024)
+                if kind == _zygote.RECORD_DONE:
+                    self._finish(None, figures, os.waitstatus_to_exitcode(value))
+                else:
+                    self._finish(value, figures)
+                return
             elif kind == _zygote.RECORD_STARTED:
                 self.started = True
+                if self.timings is not None:
+                    self.timings["started (seen)"] = time.monotonic_ns()
             else:
                 for rec in _parse_records(data):
                     if rec.kind == _ffi.RECORD_PID:
                         self.pid = rec.value
+                    elif rec.kind == _ffi.RECORD_TIME and self.timings is not None:
+                        self.timings[_ffi.step_name(rec.step)] = rec.ns
                     elif rec.kind == _ffi.RECORD_FAILURE and self.failure is None:
                         self.failure = rec
 
-    def _finish(self, init_status: int | None, figures: tuple[float, float, int] | None) -> None:
-        status = None
-        if self.lifeline is not None:
+    def _finish(self, init_status: int | None, figures: tuple[float, float, int] | None,
+                status: int | None = None) -> None:
+        if status is None and self.lifeline is not None:
             try:
                 data = self.lifeline.recv(_ffi.RECORD_SIZE, socket.MSG_DONTWAIT)
             except OSError:
@@ -595,6 +608,8 @@ class PythonPool:
             argv = spawn.helper_argv(_zygote.REPORT_FD, _zygote.LIFELINE_FD,
                                      _zygote.SECCOMP_FD if spawn.seccomp_filter else None, None, umask,
                                      _spawner.server_rlimits())
+            if job.timings is not None:
+                argv.insert(1, b"--timings")
             uid, gid = os.getuid(), os.getgid()
             for i, a in enumerate(argv[:-1]):
                 if a == b"--uid":

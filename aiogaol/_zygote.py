@@ -45,7 +45,7 @@ MAP_TIMEOUT = 5.0  # seconds the zygote waits for a job's unshare before giving 
 RECORD_SIZE = 512
 RECORD = struct.Struct("iiii")  # kind, step, errno, value: the head of jail.h's struct aiogaol_record
 RECORD_PID, RECORD_FAILURE = 1, 2
-RECORD_STARTED, RECORD_USAGE = 16, 17  # zygote.c's own kinds
+RECORD_STARTED, RECORD_USAGE, RECORD_DONE = 16, 17, 18  # zygote.c's own kinds
 NOBODY_EXIT = 127
 
 

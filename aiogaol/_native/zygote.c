@@ -37,6 +37,8 @@
 #define AIOGAOL_ZYGOTE_STARTED 16 /* P is in its jail, every wall up: the job's code runs next */
 #define AIOGAOL_ZYGOTE_USAGE 17   /* from J: value is K's wait status; detail holds three uint64: user ns,
                                      system ns and max RSS in KiB of the whole jail */
+#define AIOGAOL_ZYGOTE_DONE 18    /* from K, once the jail is empty: value is the program's wait status,
+                                     detail as USAGE's, for every process of the jail K reaped */
 
 static int zygote_sfd = -1;
 
@@ -67,17 +69,21 @@ int aiogaol_zygote_unshare(int argc, char **argv, int report_fd)
      * /proc files: a non-dumpable process's are root's.  J holds nothing but its own job. */
     if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
         fail(AIOGAOL_STEP_UNSHARE, errno, "PR_SET_DUMPABLE");
+    mark(AIOGAOL_STEP_ARGS);
     if (unshare(JAIL_NAMESPACES) < 0)
         fail(AIOGAOL_STEP_UNSHARE, errno, "user+pid+mount+ipc+uts+cgroup namespaces");
+    mark(AIOGAOL_STEP_UNSHARE);
     return switch_identity;
 }
 
 /* J, once the zygote has written its id maps. */
 void aiogaol_zygote_after_maps(void)
 {
+    mark(AIOGAOL_STEP_UID_MAP);
     apply_nice();
     if (plan.unshare_net && unshare(CLONE_NEWNET) < 0)
         fail(AIOGAOL_STEP_UNSHARE, errno, "network namespace");
+    mark(AIOGAOL_STEP_MAKE_PRIVATE);
 }
 
 /* J: wait for K (PID 1 of the jail), then report its status and the rusage of the whole jail, which K
@@ -119,6 +125,7 @@ void aiogaol_zygote_init_enter(void)
     if (plan.loopback && plan.unshare_net)
         loopback_up();
     build_jail();
+    mark(AIOGAOL_STEP_HOSTNAME);
     if (switch_identity) {
         gid_t g = (gid_t)plan.inside_gid;
         uid_t u = (uid_t)plan.inside_uid;
@@ -142,6 +149,16 @@ void aiogaol_zygote_init_enter(void)
         fail(AIOGAOL_STEP_SIGNALFD, errno, "signalfd");
 }
 
+/* The rusage of one reaped process added to a record's figures (init's filter allows wait4, which
+ * gives it, but not getrusage). */
+static void add_usage(uint64_t *figures, const struct rusage *ru)
+{
+    figures[0] += (uint64_t)ru->ru_utime.tv_sec * 1000000000u + (uint64_t)ru->ru_utime.tv_usec * 1000u;
+    figures[1] += (uint64_t)ru->ru_stime.tv_sec * 1000000000u + (uint64_t)ru->ru_stime.tv_usec * 1000u;
+    if ((uint64_t)ru->ru_maxrss > figures[2])
+        figures[2] = (uint64_t)ru->ru_maxrss;
+}
+
 /* K, once P exists: run_init's loop.  Init drops everything it held for the program (capabilities,
  * no_new_privs, its own filter), keeps only the signalfd and the lifeline, forwards each catchable
  * signal, answers SIGRTMAX with SIGKILL of the program, and when the program ends kills what is left of
@@ -151,8 +168,10 @@ void __attribute__((noreturn)) aiogaol_zygote_init_run(int program)
     pid_t child = (pid_t)program;
     int status = 0, done = 0, k;
     struct pollfd pfd[2];
+    uint64_t figures[3] = {0, 0, 0}; /* as in a USAGE record, summed over every process init reaps */
 
     drop_init(child);
+    mark(AIOGAOL_STEP_DROP_INIT);
     close(0);
     close(1);
     close(2);
@@ -160,7 +179,9 @@ void __attribute__((noreturn)) aiogaol_zygote_init_run(int program)
         close(plan.keep[k]);
     if (plan.seccomp_fd >= 0)
         close(plan.seccomp_fd);
-    close(err_fd);
+    /* Init keeps the report socket (the program closed its copy before its code ran): the program's
+     * status and the jail's usage go there as soon as the jail is empty, ahead of J's report of init's
+     * own end, which is then only the fallback for an init killed from outside. */
 
     pfd[0].fd = zygote_sfd;
     pfd[0].events = POLLIN;
@@ -185,7 +206,9 @@ void __attribute__((noreturn)) aiogaol_zygote_init_run(int program)
             if (si.ssi_signo == SIGCHLD) {
                 pid_t p;
                 int st;
-                while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+                struct rusage ru;
+                while ((p = wait4(-1, &st, WNOHANG, &ru)) > 0) {
+                    add_usage(figures, &ru);
                     if (p == child) {
                         status = st;
                         done = 1;
@@ -202,16 +225,26 @@ void __attribute__((noreturn)) aiogaol_zygote_init_run(int program)
     }
     kill_jail(child);
     for (;;) {
+        struct rusage ru;
         errno = 0;
-        if (waitpid(-1, NULL, __WALL) <= 0 && errno != EINTR)
-            break;
+        if (wait4(-1, NULL, __WALL, &ru) <= 0) {
+            if (errno != EINTR)
+                break;
+            continue;
+        }
+        add_usage(figures, &ru);
     }
-    if (plan.lifeline_fd >= 0) {
+    {
         struct aiogaol_record rec;
         memset(&rec, 0, sizeof rec);
-        rec.kind = AIOGAOL_RECORD_EXIT;
+        rec.kind = AIOGAOL_ZYGOTE_DONE;
         rec.value = status;
-        send(plan.lifeline_fd, &rec, sizeof rec, MSG_NOSIGNAL);
+        memcpy(rec.detail, figures, sizeof figures);
+        send(err_fd, &rec, sizeof rec, MSG_NOSIGNAL);
+        rec.kind = AIOGAOL_RECORD_EXIT;
+        memset(rec.detail, 0, sizeof rec.detail);
+        if (plan.lifeline_fd >= 0)
+            send(plan.lifeline_fd, &rec, sizeof rec, MSG_NOSIGNAL);
     }
     if (WIFEXITED(status))
         _exit(WEXITSTATUS(status));
@@ -229,6 +262,7 @@ void aiogaol_zygote_program_enter(void)
     int keep[MAX_KEEP + 1], n = 0, i;
     sigset_t none;
 
+    mark(AIOGAOL_STEP_FORK_PROGRAM);
     if (plan.umask >= 0)
         umask((mode_t)(plan.umask & 0777));
     if (chdir(plan.cwd) < 0)
@@ -258,9 +292,11 @@ void aiogaol_zygote_program_enter(void)
     if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
         fail(AIOGAOL_STEP_CAPABILITIES, errno, "PR_SET_DUMPABLE");
     apply_landlock();
+    mark(AIOGAOL_STEP_LANDLOCK);
     if (prog.len > 0 &&
         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
         fail(AIOGAOL_STEP_SECCOMP, errno, "seccomp");
+    mark(AIOGAOL_STEP_SECCOMP);
     send_record(err_fd, AIOGAOL_ZYGOTE_STARTED, AIOGAOL_STEP_NONE, 0, (int)getpid(), "");
     close(err_fd);
     err_fd = -1;
