@@ -304,6 +304,8 @@ class _WarmJob:
                 if self.started and self.returncode is None:
                     self._finish(None, None)  # the job's first fork was killed from outside
                 return
+            if len(data) < _ffi.RECORD.size:
+                continue  # not a record: nothing of the jail writes one
             kind = _ffi.RECORD.unpack_from(data)[0]
             if kind in (_zygote.RECORD_DONE, _zygote.RECORD_USAGE):
                 # DONE: init's report of the program's status and the jail's usage; USAGE: the first
@@ -622,10 +624,11 @@ class PythonPool:
             # What the job is goes to the job's own fork in a memfd, never through the zygote's memory.
             payload = os.memfd_create("aiogaol-job", os.MFD_CLOEXEC)
             theirs.append(payload)
-            data = memoryview(pickle.dumps((argv, code, args, {os.fsdecode(k): os.fsdecode(v) for k, v in env.items()})))
+            data = memoryview(pickle.dumps((code, args, {os.fsdecode(k): os.fsdecode(v) for k, v in env.items()})))
             while data:
                 data = data[os.write(payload, data):]
-            request = (uid, gid)
+            # The zygote gets the jail's template: its helper argv without the program (no job in it).
+            request = (uid, gid, argv[:argv.index(b"--") + 1] + [b"python3"])
             sent = await zygote.submit(request, theirs)
             _close(theirs)
             if sent:

@@ -39,13 +39,16 @@ FRAME = struct.Struct("!Q")
 # server builds names these numbers).
 JOB_FDS = 7
 REPORT_FD, LIFELINE_FD, SECCOMP_FD, PAYLOAD_FD = 3, 4, 5, 6
-_SYNC_R, _SYNC_W = 7, 8  # J's ends of the id-map handshake with the zygote
+# J' and K' before a job comes: the id-map handshake with the zygote, the socket the job's fds come on,
+# and the pipe they report on until then.
+_SYNC_R, _SYNC_W, _SOCK, _ERR = 7, 8, 9, 10
 CONTROL_FD = 3  # the zygote's own socket to the server
 MAP_TIMEOUT = 5.0  # seconds the zygote waits for a job's unshare before giving up on it
 RECORD_SIZE = 512
 RECORD = struct.Struct("iiii")  # kind, step, errno, value: the head of jail.h's struct aiogaol_record
 RECORD_PID, RECORD_FAILURE = 1, 2
 RECORD_STARTED, RECORD_USAGE, RECORD_DONE = 16, 17, 18  # zygote.c's own kinds
+RECORD_BUILT = 19  # K' to the zygote: the jail made ahead of time is ready for a job
 NOBODY_EXIT = 127
 
 
@@ -150,72 +153,201 @@ def main(core_path: str, nice: int, preload: list[str]) -> None:
         _run_job(*job)
 
 
+class _Waiting:
+    """A jail made ahead of time for the next job: J' has unshared (its id maps written), K' has built
+    the jail and waits for a job's fds on the socket J' reads; both report on ``err`` (a pipe of ours)
+    until a job's report socket takes over.  Made from a request's ``template`` (the helper argv of the
+    pool's jails, which names no job), it serves a job whose template is the same, byte for byte."""
+
+    def __init__(self, pid: int, sock: socket.socket, err: int, template: tuple[Any, ...], mounts: bytes) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.err = err
+        self.template = template
+        self.mounts = mounts
+        self.built = False
+        self.failure: bytes | None = None
+        self.dead = False
+
+    def poll(self, timeout: float) -> None:
+        """Take what J' and K' said (BUILT, or a FAILURE record), waiting at most ``timeout``."""
+        while not (self.built or self.dead or self.failure):
+            ready, _, _ = select.select([self.err], [], [], timeout)
+            if not ready:
+                return
+            data = os.read(self.err, RECORD_SIZE)
+            if len(data) < RECORD.size:
+                self.dead = True
+            elif RECORD.unpack_from(data)[0] == RECORD_BUILT:
+                self.built = True
+            elif RECORD.unpack_from(data)[0] == RECORD_FAILURE:
+                self.failure = data
+
+    def close(self) -> None:
+        """Drop it: J' sees EOF, kills K' (and with it the jail) and exits."""
+        self.sock.close()
+        os.close(self.err)
+
+
+def _mount_table() -> bytes:
+    with open("/proc/self/mountinfo", "rb") as f:
+        return f.read()
+
+
+def _binds_current(template: tuple[Any, ...]) -> bool:
+    """Whether every host path the template binds still names the inode the profile resolved (a file
+    replaced by rename since the jail was built would otherwise show in it as it was)."""
+    argv = template[2]
+    for i, a in enumerate(argv):
+        if a in (b"--ro", b"--rw") and i + 4 < len(argv):
+            try:
+                st = os.stat(argv[i + 1], follow_symlinks=False)
+            except OSError:
+                return False
+            if (st.st_dev, st.st_ino) != (int(argv[i + 3]), int(argv[i + 4])):
+                return False
+    return True
+
+
 def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, str]] | None:
-    """The request loop.  Returns only in a job's program process (P), with what it must run."""
-    while True:
+    """The request loop.  Returns only in a job's program process (P), with what it must run.
+
+    Each job is handed to a jail made ahead of time from the last job's template, when there is one
+    that fits (same template, the host's mount table and bound files unchanged since it was made);
+    otherwise to one made for it there and then.  Once a job is handed over and no request is waiting,
+    the next jail is made."""
+    waiting: _Waiting | None = None
+    mountinfo = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while True:
+            try:
+                # The host's mount table changing (POLLPRI on mountinfo) drops the waiting jail at once:
+                # its copy of the host's mounts would keep a filesystem unmounted since busy.
+                ready, _, changed = select.select([ctl], [], [mountinfo] if waiting is not None else [])
+            except InterruptedError:
+                continue
+            if changed:
+                os.pread(mountinfo, 1 << 20, 0)
+                if waiting is not None and _mount_table() != waiting.mounts:
+                    waiting.close()
+                    waiting = None
+                continue
+            try:
+                head, fds, _, _ = socket.recv_fds(ctl, FRAME.size, JOB_FDS)
+            except InterruptedError:
+                continue
+            if not head:
+                return None  # the server is gone, or closed the pool
+            try:
+                rest = _recv_exact(ctl, FRAME.unpack(head)[0]) if len(head) == FRAME.size else None
+                if rest is None or len(fds) != JOB_FDS:
+                    return None  # a broken frame: not a server speaking our protocol
+                template = pickle.loads(rest)
+                if waiting is not None and (waiting.template != template or not _binds_current(template)
+                                            or _mount_table() != waiting.mounts):
+                    waiting.close()
+                    waiting = None
+                if waiting is None:
+                    made = _make(ctl, core, template, fds[3])
+                    if isinstance(made, tuple):
+                        return made  # in P
+                    waiting = made
+                if waiting is not None:
+                    _hand_over(waiting, fds[3], core, fds)
+                    waiting.close()
+                    waiting = None
+                if not select.select([ctl], [], [], 0)[0]:
+                    made = _make(ctl, core, template, -1)
+                    if isinstance(made, tuple):
+                        return made  # in P
+                    waiting = made
+            finally:
+                for fd in fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+    finally:
+        if waiting is not None:
+            waiting.close()
         try:
-            head, fds, _, _ = socket.recv_fds(ctl, FRAME.size, JOB_FDS)
-        except InterruptedError:
-            continue
-        if not head:
-            return None  # the server is gone, or closed the pool
-        try:
-            rest = _recv_exact(ctl, FRAME.unpack(head)[0]) if len(head) == FRAME.size else None
-            if rest is None or len(fds) != JOB_FDS:
-                return None  # a broken frame: not a server speaking our protocol
-            request = pickle.loads(rest)
-            job = _start(ctl, core, fds, request)
-            if job is not None:
-                return job
-        finally:
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            os.close(mountinfo)
+        except OSError:
+            pass
 
 
-def _start(ctl: socket.socket, core: _Core, fds: list[int], request: tuple[int, int]
-           ) -> tuple[str, list[str], dict[str, str]] | None:
-    """Fork J for one job, write its id maps when it has unshared, let it go.  None in the zygote."""
-    uid, gid = request
-    report = fds[3]
+def _hand_over(waiting: _Waiting, report: int, core: _Core, fds: list[int]) -> None:
+    """Give a job's fds to the jail made for it, once it is built; or report on the job's socket why
+    it could not be."""
+    waiting.poll(MAP_TIMEOUT)
+    if waiting.failure is not None:
+        os.write(report, waiting.failure)
+    elif not waiting.built:
+        os.write(report, record(RECORD_FAILURE, core.steps.get("clone init", 0), 5, 0,
+                                b"the jail made for this job ended or stalled before it was built"))
+    else:
+        try:
+            socket.send_fds(waiting.sock, [b"j"], fds)
+        except OSError as exc:
+            os.write(report, record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 5, 0,
+                                    b"hand the job to its jail"))
+
+
+def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], report: int
+          ) -> _Waiting | None | tuple[str, list[str], dict[str, str]]:
+    """Fork J' with a template, write its id maps when it has unshared, let it go: a _Waiting in the
+    zygote (None if J' failed: on ``report`` when there is one, the job's, it says why), what to run in P."""
+    uid, gid, argv = template
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    err_r, err_w = os.pipe()
     to_j_r, to_j_w = os.pipe()
     from_j_r, from_j_w = os.pipe()
+    mounts = _mount_table()
     try:
         pid = os.fork()
     except OSError as exc:
-        os.write(report, record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 0, 0, b"fork"))
-        for fd in (to_j_r, to_j_w, from_j_r, from_j_w):
+        if report >= 0:
+            os.write(report, record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 0, 0, b"fork"))
+        for fd in (err_r, err_w, to_j_r, to_j_w, from_j_r, from_j_w):
             os.close(fd)
+        ours.close()
+        theirs.close()
         return None
     if pid == 0:
         try:
-            os.close(to_j_w)
-            os.close(from_j_r)
-            return _job(ctl, core, fds, to_j_r, from_j_w)
+            ours.detach()
+            for fd in (to_j_w, from_j_r, err_r):
+                os.close(fd)
+            return _job(ctl, core, argv, theirs.detach(), err_w, to_j_r, from_j_w)
         except BaseException:  # noqa: BLE001 - a fork of the zygote never returns into its loop
             os._exit(NOBODY_EXIT)
-    os.close(to_j_r)
-    os.close(from_j_w)
+    theirs.close()
+    for fd in (err_w, to_j_r, from_j_w):
+        os.close(fd)
+    waiting = _Waiting(pid, ours, err_r, template, mounts)
     try:
         ready, _, _ = select.select([from_j_r], [], [], MAP_TIMEOUT)
         if not ready or os.read(from_j_r, 1) != b"u":
             if not ready:
                 os.kill(pid, signal.SIGKILL)
-                os.write(report, record(RECORD_FAILURE, core.steps.get("unshare namespaces", 0), 110, 0,
-                                        b"the job's first fork did not unshare in time"))
-            return None  # J failed, and said why on the report socket
+            waiting.poll(0)  # J' failed: its record, if it wrote one, is there
+            if report >= 0:
+                os.write(report, waiting.failure or record(
+                    RECORD_FAILURE, core.steps.get("unshare namespaces", 0), 110, 0,
+                    b"the job's first fork did not unshare in time"))
+            waiting.close()
+            return None
         try:
             _write_maps(pid, uid, gid, core, report)
         except OSError:
             os.kill(pid, signal.SIGKILL)
+            waiting.close()
             return None
         os.write(to_j_w, b"g")
     finally:
         os.close(to_j_w)
         os.close(from_j_r)
-    return None
+    return waiting
 
 
 def _write_maps(pid: int, uid: int, gid: int, core: _Core, report: int) -> None:
@@ -244,43 +376,79 @@ def _write_maps(pid: int, uid: int, gid: int, core: _Core, report: int) -> None:
             raise
 
 
-def _place(fds: list[int], extra: list[int]) -> None:
-    """The job's fds at the numbers the helper argv names (0-6), the handshake pipe at 7 and 8, every
-    other fd of the zygote closed."""
-    # Out of the way of every target first, so that no dup2 clobbers an fd still to be placed.
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds + extra]
-    for target, fd in enumerate(high):
+def _place(fds: list[int], first: int = 0) -> None:
+    """``fds`` at the numbers ``first``, ``first + 1``... (moved out of the way of every target first, so
+    that no dup2 clobbers an fd still to be placed)."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
+    for target, fd in enumerate(high, first):
         os.dup2(fd, target)
         os.close(fd)
-    os.closerange(len(high), 1 << 16)
 
 
-def _job(ctl: socket.socket, core: _Core, fds: list[int], sync_r: int, sync_w: int
+def _receive_job(sock: int) -> list[int] | None:
+    """The job's fds (at whatever numbers are free), or None at EOF (the jail was dropped)."""
+    s = socket.socket(fileno=sock)
+    try:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(s, 1, JOB_FDS)
+                break
+            except InterruptedError:
+                continue
+    finally:
+        s.detach()
+    if not data or len(fds) != JOB_FDS:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return fds
+
+
+def _job(ctl: socket.socket, core: _Core, argv: list[bytes], sock: int, err: int, sync_r: int, sync_w: int
          ) -> tuple[str, list[str], dict[str, str]]:
-    """J, then K and P: the three forks of one job.  Returns only in P, with every wall up, what it
-    must run."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # J waits for K; P starts as a fresh python would
+    """J', then K' and P: the three forks of one jail.  Returns only in P, with every wall up, what it
+    must run.  Until a job comes, J' and K' hold fds 7 and up only (0-2 are the zygote's /dev/null)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # J' waits for K'; P starts as a fresh python would
     ctl.detach()  # its number is reused below; the socket object must never close it again
-    _place(fds, [sync_r, sync_w])
-    payload = b""
-    while chunk := os.pread(PAYLOAD_FD, 1 << 20, len(payload)):
-        payload += chunk
-    os.close(PAYLOAD_FD)
-    argv, code, args, env = pickle.loads(payload)
-    del payload
+    _place([sync_r, sync_w, sock, err], _SYNC_R)
+    os.closerange(_ERR + 1, 1 << 16)
+    for fd in (3, 4, 5, 6):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     keep = [core.ffi.new("char[]", a) for a in argv]
     c_argv = core.ffi.new("char *[]", keep + [core.ffi.NULL])
-    core.lib.aiogaol_zygote_unshare(len(argv), c_argv, REPORT_FD)
+    core.lib.aiogaol_zygote_unshare(len(argv), c_argv, _ERR)
     os.write(_SYNC_W, b"u")
     if os.read(_SYNC_R, 1) != b"g":
         os._exit(NOBODY_EXIT)  # the zygote refused (it reported why) or died
     os.close(_SYNC_R)
     os.close(_SYNC_W)
     core.lib.aiogaol_zygote_after_maps()
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # Above every number a job's fd takes (0-6), so that placing those never clobbers it.
+    j_end, k_end = (fcntl.fcntl(p.fileno(), fcntl.F_DUPFD_CLOEXEC, _ERR + 1) for p in pair)
+    for p in pair:
+        p.close()
     init = os.fork()
     if init:
-        # J: the server signals and waits on K through a pidfd it gets from here (J alone reaps K, so
-        # the PID cannot be reused before the server holds it).
+        # J': the job's fds from the zygote, on to K'; the server signals and waits on K' through a
+        # pidfd it gets from here (J' alone reaps K', so the PID cannot be reused before the server
+        # holds it).
+        os.close(k_end)
+        os.close(_ERR)
+        fds = _receive_job(_SOCK)
+        if fds is None:
+            os.kill(init, signal.SIGKILL)
+            os.waitpid(init, 0)
+            os._exit(0)
+        _place(fds)
+        to_k = socket.socket(fileno=j_end)
+        socket.send_fds(to_k, [b"j"], list(range(JOB_FDS)))
+        to_k.close()
+        for fd in (0, 1, 2, 4, 5, 6, _SOCK):
+            os.close(fd)
         pidfd = os.pidfd_open(init)
         report = socket.socket(fileno=REPORT_FD)
         try:
@@ -290,7 +458,24 @@ def _job(ctl: socket.socket, core: _Core, fds: list[int], sync_r: int, sync_w: i
             os.close(pidfd)
         core.lib.aiogaol_zygote_relay(init)
         os._exit(NOBODY_EXIT)  # not reached
-    core.lib.aiogaol_zygote_init_enter()
+    # K': PID 1.  The jail first, while no job waits for it; then the job.
+    os.close(j_end)
+    os.close(_SOCK)
+    core.lib.aiogaol_zygote_init_build()
+    os.write(_ERR, record(RECORD_BUILT, 0, 0, 0))
+    fds = _receive_job(k_end)
+    if fds is None:
+        os._exit(0)  # dropped before a job came: nothing runs in the jail yet
+    _place(fds)
+    os.close(_ERR)
+    os.close(k_end)
+    payload = b""
+    while chunk := os.pread(PAYLOAD_FD, 1 << 20, len(payload)):
+        payload += chunk
+    os.close(PAYLOAD_FD)
+    code, args, env = pickle.loads(payload)
+    del payload
+    core.lib.aiogaol_zygote_init_enter(REPORT_FD)
     program = os.fork()
     if program:
         core.lib.aiogaol_zygote_init_run(program)

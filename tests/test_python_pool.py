@@ -359,3 +359,27 @@ async def test_no_byte_of_an_earlier_job_is_in_the_next_ones_memory(py_profile: 
         later = await pool.run(scan, args=[secret[::-1]])
     assert first.ok and later.ok, later.stderr
     assert int(first.stdout) >= 1 and later.stdout == b"0\n"
+
+
+async def test_a_jail_made_ahead_never_shows_a_replaced_file(py_profile: aiogaol.Profile, tmp_path: object) -> None:
+    # The next job's jail is built while the pool waits for it; a bound file replaced since (by rename,
+    # which changes no mount) must not show in it as it was: the job fails as a fresh jail would.
+    import pathlib
+
+    assert isinstance(tmp_path, pathlib.Path)
+    os.chmod(tmp_path, 0o755)
+    target = tmp_path / "data.txt"
+    target.write_text("one")
+    os.chmod(target, 0o644)
+    profile = py_profile + [aiogaol.FileReadAll(aiogaol.Literal(str(target)))]
+    async with aiogaol.PythonPool(profile, size=1) as pool:
+        code = f"print(open({str(target)!r}).read())"
+        first = await pool.run(code)
+        await anyio.sleep(0.2)  # the next jail is made ahead meanwhile, with the file as it is
+        fresh = tmp_path / "new.txt"
+        fresh.write_text("two")
+        os.chmod(fresh, 0o644)
+        os.rename(fresh, target)
+        with pytest.raises(aiogaol.SandboxSetupError, match="bind source changed"):
+            await pool.run(code)
+    assert first.stdout == b"one\n"

@@ -20,7 +20,8 @@ ffibuilder.cdef(
     int aiogaol_zygote_unshare(int argc, char **argv, int report_fd);
     void aiogaol_zygote_after_maps(void);
     void aiogaol_zygote_relay(int init);
-    void aiogaol_zygote_init_enter(void);
+    void aiogaol_zygote_init_build(void);
+    void aiogaol_zygote_init_enter(int report_fd);
     void aiogaol_zygote_init_run(int program);
     void aiogaol_zygote_program_enter(void);
     """

@@ -118,14 +118,22 @@ void __attribute__((noreturn)) aiogaol_zygote_relay(int init)
     _exit(0);
 }
 
-/* K, PID 1 of the new PID namespace: what run_init does before it clones the program. */
-void aiogaol_zygote_init_enter(void)
+/* K, PID 1 of the new PID namespace, before any job is known: the jail, as run_init builds it. */
+void aiogaol_zygote_init_build(void)
 {
-    sigset_t all;
     if (plan.loopback && plan.unshare_net)
         loopback_up();
     build_jail();
     mark(AIOGAOL_STEP_HOSTNAME);
+}
+
+/* K, once a job's fds are in place: the rest of what run_init does before it clones the program.
+ * From here on, failures go on the job's report socket. */
+void aiogaol_zygote_init_enter(int report_fd)
+{
+    sigset_t all;
+    err_fd = report_fd;
+    mark(AIOGAOL_STEP_HAND_OVER);
     if (switch_identity) {
         gid_t g = (gid_t)plan.inside_gid;
         uid_t u = (uid_t)plan.inside_uid;
