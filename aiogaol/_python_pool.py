@@ -33,7 +33,7 @@ from typing import Any
 
 import anyio
 
-from . import _cputime, _ffi, _jail, _spawner, _zygote
+from . import _cputime, _ffi, _jail, _pacing, _spawner, _zygote
 from ._errors import AiogaolError, ProfileError, ProfileTypeError, SandboxSetupError
 from ._jail import Usage, _failure_error, _parse_records, _Record
 from ._limits import Limits, resolve_limits
@@ -580,55 +580,57 @@ class PythonPool:
         theirs: list[int] = []  # the zygote's: stdin, stdout, stderr, report, lifeline, seccomp, payload
         job: _WarmJob | None = None
         try:
-            if input is not None:
-                r, w = os.pipe2(os.O_CLOEXEC)
-                theirs.append(r)
-                ours.append(w)
-            else:
-                theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-                ours.append(-1)
-            for _ in range(2):
-                r, w = os.pipe2(os.O_CLOEXEC)
-                ours.append(r)
-                theirs.append(w)
-            report_ours, report_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            life_ours, life_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            job = _WarmJob(report_ours, life_ours)
-            theirs += [report_theirs.detach(), life_theirs.detach()]
-            seccomp_r, seccomp_w = os.pipe2(os.O_CLOEXEC)
-            theirs.append(seccomp_r)
-            try:
-                view = memoryview(spawn.seccomp_filter)  # at most 32 KiB: below a pipe's capacity
-                while view:
-                    view = view[os.write(seccomp_w, view):]
-            finally:
-                os.close(seccomp_w)
-            for fd in ours:
-                if fd >= 0:
-                    os.set_blocking(fd, False)
-            _, umask = _spawner.server_state()
-            argv = spawn.helper_argv(_zygote.REPORT_FD, _zygote.LIFELINE_FD,
-                                     _zygote.SECCOMP_FD if spawn.seccomp_filter else None, None, umask,
-                                     _spawner.server_rlimits())
-            if job.timings is not None:
-                argv.insert(1, b"--timings")
-            uid, gid = os.getuid(), os.getgid()
-            for i, a in enumerate(argv[:-1]):
-                if a == b"--uid":
-                    uid = int(argv[i + 1])
-                elif a == b"--gid":
-                    gid = int(argv[i + 1])
-                elif a == b"--":
-                    break
-            env = dict(e.split(b"=", 1) for e in spawn.envp)
-            # What the job is goes to the job's own fork in a memfd, never through the zygote's memory.
-            payload = os.memfd_create("aiogaol-job", os.MFD_CLOEXEC)
-            theirs.append(payload)
-            data = memoryview(pickle.dumps((code, args, {os.fsdecode(k): os.fsdecode(v) for k, v in env.items()})))
-            while data:
-                data = data[os.write(payload, data):]
-            # The zygote gets the jail's template: its helper argv without the program (no job in it).
-            request = (uid, gid, argv[:argv.index(b"--") + 1] + [b"python3"])
+            # The synchronous part, paced as a spawn is (a burst of jobs must not stall the loop).
+            async with _pacing.paced():
+                if input is not None:
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    theirs.append(r)
+                    ours.append(w)
+                else:
+                    theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                    ours.append(-1)
+                for _ in range(2):
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    ours.append(r)
+                    theirs.append(w)
+                report_ours, report_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                life_ours, life_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                job = _WarmJob(report_ours, life_ours)
+                theirs += [report_theirs.detach(), life_theirs.detach()]
+                seccomp_r, seccomp_w = os.pipe2(os.O_CLOEXEC)
+                theirs.append(seccomp_r)
+                try:
+                    view = memoryview(spawn.seccomp_filter)  # at most 32 KiB: below a pipe's capacity
+                    while view:
+                        view = view[os.write(seccomp_w, view):]
+                finally:
+                    os.close(seccomp_w)
+                for fd in ours:
+                    if fd >= 0:
+                        os.set_blocking(fd, False)
+                _, umask = _spawner.server_state()
+                argv = spawn.helper_argv(_zygote.REPORT_FD, _zygote.LIFELINE_FD,
+                                         _zygote.SECCOMP_FD if spawn.seccomp_filter else None, None, umask,
+                                         _spawner.server_rlimits())
+                if job.timings is not None:
+                    argv.insert(1, b"--timings")
+                uid, gid = os.getuid(), os.getgid()
+                for i, a in enumerate(argv[:-1]):
+                    if a == b"--uid":
+                        uid = int(argv[i + 1])
+                    elif a == b"--gid":
+                        gid = int(argv[i + 1])
+                    elif a == b"--":
+                        break
+                env = dict(e.split(b"=", 1) for e in spawn.envp)
+                # What the job is goes to the job's own fork in a memfd, never through the zygote's memory.
+                payload = os.memfd_create("aiogaol-job", os.MFD_CLOEXEC)
+                theirs.append(payload)
+                data = memoryview(pickle.dumps((code, args, {os.fsdecode(k): os.fsdecode(v) for k, v in env.items()})))
+                while data:
+                    data = data[os.write(payload, data):]
+                # The zygote gets the jail's template: its helper argv without the program (no job in it).
+                request = (uid, gid, argv[:argv.index(b"--") + 1] + [b"python3"])
             sent = await zygote.submit(request, theirs)
             _close(theirs)
             if sent:
