@@ -18,6 +18,7 @@ preload that did not import.  Everything about a job goes on that job's own repo
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import importlib
 import importlib.machinery
@@ -385,19 +386,19 @@ def _place(fds: list[int], first: int = 0) -> None:
         os.close(fd)
 
 
-def _receive_job(sock: int) -> list[int] | None:
-    """The job's fds (at whatever numbers are free), or None at EOF (the jail was dropped)."""
+def _receive_fds(sock: int, count: int) -> list[int] | None:
+    """``count`` fds from a socket (at whatever numbers are free), or None at EOF (the jail was dropped)."""
     s = socket.socket(fileno=sock)
     try:
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(s, 1, JOB_FDS)
+                data, fds, _, _ = socket.recv_fds(s, 1, count)
                 break
             except InterruptedError:
                 continue
     finally:
         s.detach()
-    if not data or len(fds) != JOB_FDS:
+    if not data or len(fds) != count:
         for fd in fds:
             os.close(fd)
         return None
@@ -433,41 +434,41 @@ def _job(ctl: socket.socket, core: _Core, argv: list[bytes], sock: int, err: int
         p.close()
     init = os.fork()
     if init:
-        # J': the job's fds from the zygote, on to K'; the server signals and waits on K' through a
-        # pidfd it gets from here (J' alone reaps K', so the PID cannot be reused before the server
-        # holds it).
+        # J': only the report socket of the job, from K' once a job came (for the report of K''s end,
+        # should K' be killed before it reports the job's), then wait for K'.
         os.close(k_end)
         os.close(_ERR)
-        fds = _receive_job(_SOCK)
+        os.close(_SOCK)
+        os.write(j_end, init.to_bytes(4, sys.byteorder))
+        fds = _receive_fds(j_end, 1)
         if fds is None:
-            os.kill(init, signal.SIGKILL)
-            os.waitpid(init, 0)
+            os.waitpid(init, 0)  # dropped before a job came: K' ends of it
             os._exit(0)
-        _place(fds)
-        to_k = socket.socket(fileno=j_end)
-        socket.send_fds(to_k, [b"j"], list(range(JOB_FDS)))
-        to_k.close()
-        for fd in (0, 1, 2, 4, 5, 6, _SOCK):
-            os.close(fd)
-        pidfd = os.pidfd_open(init)
-        report = socket.socket(fileno=REPORT_FD)
-        try:
-            socket.send_fds(report, [record(RECORD_PID, 0, 0, init)], [pidfd])
-        finally:
-            report.detach()
-            os.close(pidfd)
+        _place(fds, REPORT_FD)
+        os.closerange(REPORT_FD + 1, 1 << 16)
         core.lib.aiogaol_zygote_relay(init)
         os._exit(NOBODY_EXIT)  # not reached
-    # K': PID 1.  The jail first, while no job waits for it; then the job.
+    # K': PID 1.  The jail first, while no job waits for it; then the job, straight from the zygote.
     os.close(j_end)
-    os.close(_SOCK)
+    host_pid = int.from_bytes(os.read(k_end, 4), sys.byteorder)
     core.lib.aiogaol_zygote_init_build()
     os.write(_ERR, record(RECORD_BUILT, 0, 0, 0))
-    fds = _receive_job(k_end)
+    fds = _receive_fds(_SOCK, JOB_FDS)
     if fds is None:
         os._exit(0)  # dropped before a job came: nothing runs in the jail yet
     _place(fds)
     os.close(_ERR)
+    os.close(_SOCK)
+    # The server signals the jail's init through a pidfd (of ourselves: J' alone reaps us, so the PID
+    # cannot be reused while the server holds it), and J' gets the report socket.
+    pidfd = os.pidfd_open(os.getpid())
+    for sock, data, passed in ((REPORT_FD, record(RECORD_PID, 0, 0, host_pid), pidfd), (k_end, b"r", REPORT_FD)):
+        s = socket.socket(fileno=sock)
+        try:
+            socket.send_fds(s, [data], [passed])
+        finally:
+            s.detach()
+    os.close(pidfd)
     os.close(k_end)
     payload = b""
     while chunk := os.pread(PAYLOAD_FD, 1 << 20, len(payload)):
@@ -534,8 +535,6 @@ def _exit_as_python(status: object) -> None:
             threading._shutdown()
         except BaseException:  # noqa: BLE001 - as at the interpreter's end: reported, not fatal
             traceback.print_exc()
-    import atexit
-
     atexit._run_exitfuncs()
     for stream, failed in ((sys.stdout, 120), (sys.stderr, None)):
         try:
