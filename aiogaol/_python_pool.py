@@ -12,7 +12,7 @@ request per job (the helper argv from the job's ``SpawnArgs``, the code, the job
 the job as ``aiogaol.run`` does (output caps, wall and CPU time, the status and its evidence), on anyio,
 so it runs unchanged on asyncio and trio.  The zygote is the server's child (started with
 ``posix_spawn``); a job's processes are the zygote's descendants, so the server reaps no job: it waits on
-the job's report socket and signals the job's init through a pidfd the job's first fork sends it.
+the job's report socket and signals the job's init through a pidfd the init sends of itself.
 """
 
 from __future__ import annotations

@@ -6,21 +6,23 @@
  * forks of the warm interpreter (the "zygote", aiogaol/_zygote.py) made with os.fork (CPython's
  * after-fork hooks then run: the random module is reseeded, the thread states are reset):
  *
- *   zygote (host namespaces; runs only aiogaol's code)
+ *   zygote (host namespaces; runs only aiogaol's code), for each jail, ahead of the job that will use it:
  *     os.fork ─▶ J: aiogaol_zygote_unshare (parse the helper argv, unshare user, mount, pid, ipc, uts,
  *                   cgroup); the zygote writes J's id maps from the parent user namespace (as the
  *                   spawner writes init's); aiogaol_zygote_after_maps (niceness, network namespace)
- *                os.fork ─▶ K: PID 1.  aiogaol_zygote_init_enter builds the jail (jail.c's build_jail:
- *                              the same mounts, pivot_root), takes the program's identity, turns
+ *                os.fork ─▶ K: PID 1.  aiogaol_zygote_init_build builds the jail (jail.c's build_jail: the
+ *                              same mounts, pivot_root), then K waits for a job's fds from the zygote;
+ *                              aiogaol_zygote_init_enter takes the program's identity, turns
  *                              non-dumpable, blocks every signal behind a signalfd
  *                           os.fork ─▶ P: PID 2.  aiogaol_zygote_program_enter: what run_program does
  *                                        before exec (rlimits, fds, no_new_privs, capabilities, identity,
  *                                        Landlock, seccomp with TSYNC), then a STARTED record, and back to
  *                                        Python, which runs the job's code
  *                           K: aiogaol_zygote_init_run: init's loop (forwards signals, reaps, kills the
- *                              namespace when the program ends, reports its status on the lifeline)
- *                J: aiogaol_zygote_relay: waits for K and reports its status and rusage (the whole
- *                   jail's, since K reaps every process of it), then exits
+ *                              namespace when the program ends), then the program's status and the
+ *                              jail's usage (DONE) on the job's report socket
+ *                J: aiogaol_zygote_relay: waits for K and reports its end (USAGE: what counts if K was
+ *                   killed before DONE), then exits
  *
  * jail.c is included rather than linked: its steps and its parsed plan are file-local, and this file
  * only calls them (parse_args, resolve_identity, build_jail, loopback_up, apply_nice, drop_init,
