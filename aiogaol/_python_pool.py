@@ -103,6 +103,9 @@ class _Zygote:
         self.snapshot: dict[str, tuple[int, int, int, int] | None] = {}
         self.exit_status: int | None = None
         self.lock = anyio.Lock()
+        # The server's PID, ids, groups, capabilities, no_new_privs and seccomp state when it was started:
+        # a server that has changed them since (or a fork of the server) gets a new one (see _current).
+        self.identity: tuple[object, ...] = _spawner.server_state()[0]
 
     @classmethod
     async def start(cls, python: str, preload: Sequence[str], nice: int) -> "_Zygote":
@@ -220,6 +223,14 @@ class _Zygote:
         with anyio.move_on_after(seconds):
             while self.alive() and self.pidfd is not None:
                 await anyio.wait_readable(self.pidfd)
+
+    def forget(self) -> None:
+        """In a fork of the server: not our child.  Close our copies of its fds, never signal or wait."""
+        self.exit_status = -1
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        self.retire()
 
     def retire(self) -> None:
         """Close its socket: it exits at EOF (jobs already forked go on, they need nothing of it)."""
@@ -496,10 +507,23 @@ class PythonPool:
         image came from changed (checked at most every CHECK_EVERY seconds)."""
         assert self._starting is not None
         async with self._starting:
-            self._reap_retired()
             z = self._zygote
             why = None
-            if z is None:
+            identity = _spawner.server_state()[0]
+            if z is not None and z.identity != identity:
+                # As for the spawner (docs/spawn.md): jails carry the server's current privileges, never
+                # those it had when the warm interpreter started.  A fork of the server must not touch
+                # its parent's children at all: it only closes its copies of their fds.
+                if z.identity[0] != identity[0]:
+                    for old in [z, *self._retired]:
+                        old.forget()
+                    self._retired = []
+                    z = None
+                why = "restarts"
+            self._reap_retired()
+            if why is not None:
+                pass
+            elif z is None:
                 why = "start"
             elif not z.alive():
                 why = "restarts"

@@ -383,3 +383,21 @@ async def test_a_jail_made_ahead_never_shows_a_replaced_file(py_profile: aiogaol
         with pytest.raises(aiogaol.SandboxSetupError, match="bind source changed"):
             await pool.run(code)
     assert first.stdout == b"one\n"
+
+
+async def test_a_server_that_drops_privileges_gets_a_new_warm_interpreter(py_profile: aiogaol.Profile) -> None:
+    # Jobs carry the server's current privileges: a change of groups (what a root server can do to
+    # itself without losing the right to undo it) retires the warm interpreter started before it.
+    if os.geteuid() != 0:
+        pytest.skip("needs root: an unprivileged server cannot change its groups")
+    groups = os.getgroups()
+    async with aiogaol.PythonPool(py_profile, size=1) as pool:
+        first = pool.stats().zygote_pid
+        os.setgroups([*groups, 4242])
+        try:
+            r = await pool.run("print('after')")
+        finally:
+            os.setgroups(groups)
+        stats = pool.stats()
+    assert r.stdout == b"after\n"
+    assert stats.zygote_pid != first and stats.restarts == 1
