@@ -538,6 +538,9 @@ class PythonPool:
                 raise RuntimeError("this PythonPool is closed")
             nice = _spawner.jail_niceness(self._limits.nice)
             new = await _Zygote.start(self._python, self._preload, nice)
+            if self._closed:  # closed from another task while this one started it
+                await new.wait_closed()
+                raise RuntimeError("this PythonPool is closed")
             if new.facts.get("threads", 1) > 1:
                 warnings.warn(f"the preloads {list(self._preload)} left {new.facts['threads']} threads running in "
                               "the warm interpreter; each job is forked with one thread only", RuntimeWarning,
