@@ -29,11 +29,11 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
-from . import _cputime, _ffi, _jail, _pacing, _spawner, _zygote
+from . import _cputime, _ffi, _jail, _pacing, _plan, _spawner, _zygote
 from ._errors import AiogaolError, ProfileError, ProfileTypeError, SandboxSetupError
 from ._jail import Usage, _failure_error, _parse_records, _Record
 from ._limits import Limits, resolve_limits
@@ -448,6 +448,9 @@ class PythonPool:
         self._closed = False
         self._slots: anyio.Semaphore | None = None
         self._starting: anyio.Lock | None = None
+        self._umask: int | None = None
+        self._spawns: dict[tuple[int, Limits], SpawnArgs] = {}
+        self._templates: dict[tuple[Any, ...], list[bytes]] = {}
         self._counts = {"running": 0, "started": 0, "finished": 0, "setup_failures": 0, "zygote_starts": 0,
                         "restarts": 0, "rebuilds": 0}
 
@@ -509,7 +512,7 @@ class PythonPool:
         async with self._starting:
             z = self._zygote
             why = None
-            identity = _spawner.server_state()[0]
+            identity, self._umask = _spawner.server_state()
             if z is not None and z.identity != identity:
                 # As for the spawner (docs/spawn.md): jails carry the server's current privileges, never
                 # those it had when the warm interpreter started.  A fork of the server must not touch
@@ -552,6 +555,8 @@ class PythonPool:
                 z.retire()
                 self._retired.append(z)
             self._zygote = new
+            self._spawns.clear()  # plans of the last warm image's jail profile
+            self._templates.clear()
             self._checked = time.monotonic()
             self._jail_profile = self._profile + [FileReadAll(Subpath(root)) for root in new.facts["roots"]
                                                   if os.path.exists(root)]
@@ -590,9 +595,9 @@ class PythonPool:
                 for attempt in range(2):
                     zygote = await self._current()
                     assert self._jail_profile is not None
-                    spawn = SpawnArgs.build(self._jail_profile, "python3", ["-c", code, *args], env=env, cwd=None,
-                                            pass_fds=(), limits=limits)
-                    result = await self._run_one(zygote, spawn, code, list(args), input, limits)
+                    spawn = self._spawn_args(limits)
+                    envp = _plan.environment(cast("Mapping[object, object] | None", env))
+                    result = await self._run_one(zygote, spawn, envp, code, list(args), input, limits)
                     if result is not None:
                         return result
                     # The zygote died before it forked this job (nothing of it ran): once more, on a new one.
@@ -601,7 +606,37 @@ class PythonPool:
             finally:
                 self._counts["running"] -= 1
 
-    async def _run_one(self, zygote: _Zygote, spawn: SpawnArgs, code: str, args: list[str],
+    def _spawn_args(self, limits: Limits) -> SpawnArgs:
+        """The jail's plan for these limits, made once per warm image and limits: the program part of a
+        SpawnArgs is the zygote's business (a job's code goes in its memfd), so only the plan is used."""
+        assert self._jail_profile is not None
+        key = (id(self._jail_profile), limits)
+        spawn = self._spawns.get(key)
+        if spawn is None:
+            if len(self._spawns) > 64:
+                self._spawns.clear()
+            spawn = SpawnArgs.build(self._jail_profile, "python3", [], env=None, cwd=None, pass_fds=(), limits=limits)
+            self._spawns[key] = spawn
+        return spawn
+
+    def _template(self, spawn: SpawnArgs) -> list[bytes]:
+        """The helper argv of a job's jail (no program in it), for the umask and rlimits of the moment."""
+        rlimits = tuple(_spawner.server_rlimits())
+        key = (id(spawn), self._umask, rlimits, _jail.STEP_TIMINGS)
+        argv = self._templates.get(key)
+        if argv is None:
+            if len(self._templates) > 64:
+                self._templates.clear()
+            argv = spawn.helper_argv(_zygote.REPORT_FD, _zygote.LIFELINE_FD,
+                                     _zygote.SECCOMP_FD if spawn.seccomp_filter else None, None, self._umask,
+                                     list(rlimits))
+            if _jail.STEP_TIMINGS:
+                argv.insert(1, b"--timings")
+            argv = argv[:argv.index(b"--") + 1] + [b"python3"]
+            self._templates[key] = argv
+        return argv
+
+    async def _run_one(self, zygote: _Zygote, spawn: SpawnArgs, envp: list[bytes], code: str, args: list[str],
                        input: bytes | bytearray | memoryview | None, limits: Limits) -> Result | None:
         ours: list[int] = []  # stdin (write end, or -1), stdout, stderr (read ends)
         theirs: list[int] = []  # the zygote's: stdin, stdout, stderr, report, lifeline, seccomp, payload
@@ -635,12 +670,7 @@ class PythonPool:
                 for fd in ours:
                     if fd >= 0:
                         os.set_blocking(fd, False)
-                _, umask = _spawner.server_state()
-                argv = spawn.helper_argv(_zygote.REPORT_FD, _zygote.LIFELINE_FD,
-                                         _zygote.SECCOMP_FD if spawn.seccomp_filter else None, None, umask,
-                                         _spawner.server_rlimits())
-                if job.timings is not None:
-                    argv.insert(1, b"--timings")
+                argv = self._template(spawn)
                 uid, gid = os.getuid(), os.getgid()
                 for i, a in enumerate(argv[:-1]):
                     if a == b"--uid":
@@ -649,7 +679,7 @@ class PythonPool:
                         gid = int(argv[i + 1])
                     elif a == b"--":
                         break
-                env = dict(e.split(b"=", 1) for e in spawn.envp)
+                env = dict(e.split(b"=", 1) for e in envp)
                 # What the job is goes to the job's own fork in a memfd, never through the zygote's memory.
                 payload = os.memfd_create("aiogaol-job", os.MFD_CLOEXEC)
                 theirs.append(payload)
@@ -657,7 +687,7 @@ class PythonPool:
                 while data:
                     data = data[os.write(payload, data):]
                 # The zygote gets the jail's template: its helper argv without the program (no job in it).
-                request = (uid, gid, argv[:argv.index(b"--") + 1] + [b"python3"])
+                request = (uid, gid, argv)
             sent = await zygote.submit(request, theirs)
             _close(theirs)
             if sent:
