@@ -15,6 +15,7 @@ from ._check import check
 from ._kernel import KernelReport
 from ._limits import DEFAULT_LIMITS, UNLIMITED, Limits
 from ._plan import compile_profile as _compile_profile
+from ._python_pool import PreloadError, PythonPool, PythonPoolStats
 from ._pool import Job, JobResult, JobResults, Pool, PoolStats
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
                        NetworkOutbound, OperationSupportLevel, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs,
@@ -40,7 +41,7 @@ __all__ = [
     "ProgramPermissionError", "STDOUT", "SandboxSetupError", "SandboxedProcess", "Subpath",
     "SystemInfoRead", "Tcp", "Tmpfs", "UNLIMITED", "UnsupportedOperation", "Usage",
     "UserNamespacesUnavailable", "check", "create_sandboxed_subprocess", "explain", "python_executable",
-    "python_profile", "Result", "RunError", "Status", "run", "shutdown_spawner", "spawn", "support", "system_profile",
+    "python_profile", "PreloadError", "PythonPool", "PythonPoolStats", "Result", "RunError", "Status", "run", "shutdown_spawner", "spawn", "support", "system_profile",
     "__version__",
     "PoolClosedError",
 ]

@@ -110,3 +110,14 @@ async def test_server_runs_concurrent_requests_in_jails(server: str) -> None:
     snoop = replies["snoop"].json()
     assert snoop["status"] == "nonzero-exit" and "FileNotFoundError" in snoop["stderr"]
     assert stats["done"] == 15 and stats["size"] == 4 and stats["running"] == 0
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_python_pool_example(backend: str) -> None:
+    done = run_example(str(EXAMPLES / "python_pool.py"), backend)
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()[:-1]}
+    assert status == {"sum": "ok", "argv": "ok", "leaves-state": "ok", "finds-state": "ok", "crashes": "signalled",
+                      "raises": "nonzero-exit", "loops": "timed-out", "reads-host": "nonzero-exit"}
+    assert "'45'" in done.stdout and "'False False'" in done.stdout and "ValueError: bad input" in done.stdout
+    assert "40 jobs, 1 warm interpreter(s) started" in done.stdout

@@ -15,6 +15,14 @@ ffibuilder.cdef(
                              const char *envblob, size_t envlen, int envc, const int *fd_map, int n_pairs);
     int aiogaol_probe_userns(void);
     int aiogaol_landlock_abi(void);
+    int aiogaol_zygote_seal(void);
+    int aiogaol_zygote_unshare(int argc, char **argv, int report_fd);
+    void aiogaol_zygote_after_maps(void);
+    void aiogaol_zygote_relay(int init);
+    void aiogaol_zygote_init_build(void);
+    void aiogaol_zygote_init_enter(int report_fd);
+    void aiogaol_zygote_init_run(int program);
+    void aiogaol_zygote_program_enter(void);
     """
 )
 ffibuilder.set_source(

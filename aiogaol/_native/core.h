@@ -7,6 +7,7 @@
  *   init.c     init, PID 1 of the jail: fds, niceness, loopback, privilege drop, supervision, exit status
  *   program.c  the program launcher, PID 2: identity, rlimits, signals, NNP, caps, Landlock, seccomp, exec
  *   spawner.c  the spawner: one init per request, waiting inits, hand-over, the mount-table watch
+ *   zygote.c   the same steps taken in-process by forks of PythonPool's warm interpreter
  *   server.c   the server's side: posix_spawn of the helper, probes
  *
  * Each process runs single-threaded code that only fails through fail() (wire.c): one record naming the
@@ -217,6 +218,9 @@ void apply_nice(void);
 pid_t host_pid(void);
 void __attribute__((noreturn)) init_child(void);
 void __attribute__((noreturn)) run_init(void);
+void loopback_up(void);
+void drop_init(pid_t program);
+void kill_jail(pid_t program);
 
 /* ---- program.c: PID 2 ------------------------------------------------------------------------- */
 void __attribute__((noreturn)) run_program(void);
@@ -225,5 +229,10 @@ void limit_capabilities(void);
 void apply_landlock(void);
 void drop_capabilities(void);
 void __attribute__((noreturn)) exec_program(void);
+extern struct sock_filter seccomp_insns[BPF_MAXINSNS];
+size_t read_seccomp(void);
+
+/* ---- spawner.c: the spawner ------------------------------------------------------------------ */
+void resolve_identity(uid_t uid, gid_t gid);
 
 #endif

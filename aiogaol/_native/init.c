@@ -79,7 +79,7 @@ static void kill_descendants(pid_t program)
     }
 }
 
-static void kill_jail(pid_t program)
+void kill_jail(pid_t program)
 {
     if (plan.no_namespaces)
         kill_descendants(program);
@@ -101,7 +101,7 @@ static int program_main(void *arg)
 
 /* lo up in the jail's own network namespace (ipv4 127.0.0.1 and, where IPv6 is on, ::1 come with it):
  * a loopback reachable from this jail only, as programs that serve themselves on 127.0.0.1 expect. */
-static void loopback_up(void)
+void loopback_up(void)
 {
     struct ifreq ifr;
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -129,7 +129,7 @@ static void drop_failed(pid_t program, const char *what)
     fail(AIOGAOL_STEP_DROP_INIT, e, what);
 }
 
-static void drop_init(pid_t program)
+void drop_init(pid_t program)
 {
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];

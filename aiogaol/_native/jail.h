@@ -116,4 +116,15 @@ int aiogaol_spawn_helper(const char *path, const char *argblob, size_t arglen, i
 int aiogaol_probe_userns(void);
 int aiogaol_landlock_abi(void);
 
+/* PythonPool's warm interpreter (zygote.c): the steps of a jail taken in-process by its forks, called
+ * through the cffi module in the order zygote.c describes. */
+int aiogaol_zygote_seal(void);
+int aiogaol_zygote_unshare(int argc, char **argv, int report_fd);
+void aiogaol_zygote_after_maps(void);
+void aiogaol_zygote_relay(int init);
+void aiogaol_zygote_init_build(void);
+void aiogaol_zygote_init_enter(int report_fd);
+void aiogaol_zygote_init_run(int program);
+void aiogaol_zygote_program_enter(void);
+
 #endif

@@ -10,9 +10,9 @@
 /* ------------------------------------------------------------------------------------------------ */
 /* The program (PID 2): drop everything, exec                                                        */
 
-static struct sock_filter seccomp_insns[BPF_MAXINSNS];
+struct sock_filter seccomp_insns[BPF_MAXINSNS];
 
-static size_t read_seccomp(void)
+size_t read_seccomp(void)
 {
     size_t got = 0;
     ssize_t n;

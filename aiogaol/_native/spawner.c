@@ -76,7 +76,7 @@ static int received_fd(int target)
 /* --uid/--gid name the host identity the program runs as, mapped to the same numbers inside.  By default
  * it is the caller's own (mapped to itself); a root caller passes nobody's, so the program never holds
  * root's files as their owner nor root's supplementary groups. */
-static void resolve_identity(uid_t uid, gid_t gid)
+void resolve_identity(uid_t uid, gid_t gid)
 {
     if (plan.inside_uid < 0)
         plan.inside_uid = (long)uid;

@@ -1,0 +1,550 @@
+"""The warm interpreter of a ``PythonPool``: imports the preloads once, then forks one jail per job.
+
+Started by the pool (``_python_pool``) as ``python -I -c BOOT`` with a clean environment, its own session,
+stdio on /dev/null and one socket (fd 3) to the server.  BOOT loads this file and the C core by path,
+without importing the ``aiogaol`` package, so the warm image holds the preloads and the standard
+library's own modules, not the server's libraries.  This module imports nothing outside the standard
+library, and runs no code of a job: each job runs in a fork of a fork of a fork of it, in a fresh jail
+(see aiogaol/_native/zygote.c for the process tree and docs/python-pool.md for the semantics).
+
+The server speaks to it in frames on the socket: an 8-byte length, then a pickled request, the job's
+fds attached to the length (SCM_RIGHTS).  The request holds only the identity whose id maps the zygote
+writes; what the job is (its code, arguments, environment, and the helper argv of its jail) comes in a
+memfd that only the job's own fork reads, so the zygote's heap, which every later job is forked from,
+never holds a byte of an earlier job.  It answers only once, at start: READY with the facts the
+server needs (the files the image came from, the prefixes a job needs to read), or FAILED naming the
+preload that did not import.  Everything about a job goes on that job's own report socket.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+import traceback
+import types
+from typing import Any
+
+FRAME = struct.Struct("!Q")
+# The job's fds as the zygote receives them, and the numbers they take in the job's first fork (J):
+# stdio at 0-2, then the report socket, the lifeline and the seccomp filter's pipe (the helper argv the
+# server builds names these numbers).
+JOB_FDS = 7
+REPORT_FD, LIFELINE_FD, SECCOMP_FD, PAYLOAD_FD = 3, 4, 5, 6
+# J' and K' before a job comes: the id-map handshake with the zygote, the socket the job's fds come on,
+# and the pipe they report on until then.
+_SYNC_R, _SYNC_W, _SOCK, _ERR = 7, 8, 9, 10
+CONTROL_FD = 3  # the zygote's own socket to the server
+MAP_TIMEOUT = 5.0  # seconds the zygote waits for a job's unshare before giving up on it
+RECORD_SIZE = 512
+RECORD = struct.Struct("iiii")  # kind, step, errno, value: the head of jail.h's struct aiogaol_record
+RECORD_PID, RECORD_FAILURE = 1, 2
+RECORD_STARTED, RECORD_USAGE, RECORD_DONE = 16, 17, 18  # zygote.c's own kinds
+RECORD_BUILT = 19  # K' to the zygote: the jail made ahead of time is ready for a job
+NOBODY_EXIT = 127
+
+
+def record(kind: int, step: int, err: int, value: int, detail: bytes = b"") -> bytes:
+    return RECORD.pack(kind, step, err, value) + detail[:RECORD_SIZE - RECORD.size].ljust(RECORD_SIZE - RECORD.size,
+                                                                                          b"\0")
+
+
+class _Core:
+    """The C core, loaded by path (the package is not imported here); step numbers by name."""
+
+    def __init__(self, path: str) -> None:
+        loader = importlib.machinery.ExtensionFileLoader("_core", path)
+        spec = importlib.util.spec_from_file_location("_core", path, loader=loader)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        self.ffi: Any = getattr(module, "ffi")
+        self.lib: Any = getattr(module, "lib")
+        self.steps: dict[str, int] = {}
+        for i in range(64):
+            name = self.ffi.string(self.lib.aiogaol_step_name(i)).decode()
+            self.steps.setdefault(name, i)
+
+
+def _send(sock: socket.socket, obj: object) -> None:
+    data = pickle.dumps(obj)
+    sock.sendall(FRAME.pack(len(data)) + data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _image_facts(preload: list[str]) -> dict[str, Any]:
+    """What the server needs: the files the warm image came from (it watches them for a change), the
+    directories a job must be able to read (the interpreter's prefixes, and where each preload lives),
+    and the threads the preloads left running (a fork takes only the calling thread)."""
+    files = {os.path.realpath(sys.executable)}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and os.path.isabs(path):
+            files.add(path)
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    for name in preload:
+        package = sys.modules.get(name.partition(".")[0])
+        path = getattr(package, "__file__", None)
+        if isinstance(path, str):
+            path = os.path.realpath(path)
+            top = os.path.dirname(path) if os.path.basename(path).startswith("__init__.") else path
+            if not any(top == r or top.startswith(r + os.sep) for r in roots):
+                roots.add(top)
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        threads = 1
+    return {"files": sorted(files), "roots": sorted(roots), "threads": threads, "pid": os.getpid(),
+            "executable": sys.executable, "version": sys.version}
+
+
+def main(core_path: str, nice: int, preload: list[str]) -> None:
+    """The zygote's life: load the core, import the preloads, report, serve; in a job's P, run it."""
+    # Whatever the server had open without O_CLOEXEC when it spawned us is not ours to hold.
+    os.closerange(CONTROL_FD + 1, 1 << 16)
+    ctl = socket.socket(fileno=CONTROL_FD)
+    try:
+        core = _Core(core_path)
+    except BaseException as exc:  # noqa: BLE001 - reported to the server, which raises it
+        _send(ctl, ("FAILED", "", f"cannot load aiogaol's C core {core_path}: {type(exc).__name__}: {exc}"))
+        return
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # noqa: BLE001 - a preload's failure is the pool's start failure
+            text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            _send(ctl, ("FAILED", name, text))
+            return
+    # Neither the server nor a job reads the warm interpreter's memory: not ptrace-able, no core.
+    if core.lib.aiogaol_zygote_seal() != 0:
+        _send(ctl, ("FAILED", "", "prctl(PR_SET_DUMPABLE, 0) failed in the warm interpreter"))
+        return
+    # At the jails' niceness, as the spawner runs (docs/spawn.md): its forks yield to the server.
+    if nice > os.getpriority(os.PRIO_PROCESS, 0):
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    # Children (each job's first fork) are reaped by the kernel: the zygote never waits for a job.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Every object of the warm image out of the collector's reach: a job's collections then never walk
+    # (and so never copy) the pages the zygote shares with it.
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _send(ctl, ("READY", _image_facts(preload)))
+    job = _serve(ctl, core)
+    if job is not None:
+        _run_job(*job)
+
+
+class _Waiting:
+    """A jail made ahead of time for the next job: J' has unshared (its id maps written), K' has built
+    the jail and waits for a job's fds on the socket J' reads; both report on ``err`` (a pipe of ours)
+    until a job's report socket takes over.  Made from a request's ``template`` (the helper argv of the
+    pool's jails, which names no job), it serves a job whose template is the same, byte for byte."""
+
+    def __init__(self, pid: int, sock: socket.socket, err: int, template: tuple[Any, ...], mounts: bytes) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.err = err
+        self.template = template
+        self.mounts = mounts
+        self.built = False
+        self.failure: bytes | None = None
+        self.dead = False
+
+    def poll(self, timeout: float) -> None:
+        """Take what J' and K' said (BUILT, or a FAILURE record), waiting at most ``timeout``."""
+        while not (self.built or self.dead or self.failure):
+            ready, _, _ = select.select([self.err], [], [], timeout)
+            if not ready:
+                return
+            data = os.read(self.err, RECORD_SIZE)
+            if len(data) < RECORD.size:
+                self.dead = True
+            elif RECORD.unpack_from(data)[0] == RECORD_BUILT:
+                self.built = True
+            elif RECORD.unpack_from(data)[0] == RECORD_FAILURE:
+                self.failure = data
+
+    def close(self) -> None:
+        """Drop it: J' sees EOF, kills K' (and with it the jail) and exits."""
+        self.sock.close()
+        os.close(self.err)
+
+
+def _mount_table() -> bytes:
+    with open("/proc/self/mountinfo", "rb") as f:
+        return f.read()
+
+
+def _binds_current(template: tuple[Any, ...]) -> bool:
+    """Whether every host path the template binds still names the inode the profile resolved (a file
+    replaced by rename since the jail was built would otherwise show in it as it was)."""
+    argv = template[2]
+    for i, a in enumerate(argv):
+        if a in (b"--ro", b"--rw") and i + 4 < len(argv):
+            try:
+                st = os.stat(argv[i + 1], follow_symlinks=False)
+            except OSError:
+                return False
+            if (st.st_dev, st.st_ino) != (int(argv[i + 3]), int(argv[i + 4])):
+                return False
+    return True
+
+
+def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, str]] | None:
+    """The request loop.  Returns only in a job's program process (P), with what it must run.
+
+    Each job is handed to a jail made ahead of time from the last job's template, when there is one
+    that fits (same template, the host's mount table and bound files unchanged since it was made);
+    otherwise to one made for it there and then.  Once a job is handed over and no request is waiting,
+    the next jail is made."""
+    waiting: _Waiting | None = None
+    mountinfo = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while True:
+            try:
+                # The host's mount table changing (POLLPRI on mountinfo) drops the waiting jail at once:
+                # its copy of the host's mounts would keep a filesystem unmounted since busy.
+                ready, _, changed = select.select([ctl], [], [mountinfo] if waiting is not None else [])
+            except InterruptedError:
+                continue
+            if changed:
+                os.pread(mountinfo, 1 << 20, 0)
+                if waiting is not None and _mount_table() != waiting.mounts:
+                    waiting.close()
+                    waiting = None
+                continue
+            try:
+                head, fds, _, _ = socket.recv_fds(ctl, FRAME.size, JOB_FDS)
+            except InterruptedError:
+                continue
+            if not head:
+                return None  # the server is gone, or closed the pool
+            try:
+                rest = _recv_exact(ctl, FRAME.unpack(head)[0]) if len(head) == FRAME.size else None
+                if rest is None or len(fds) != JOB_FDS:
+                    return None  # a broken frame: not a server speaking our protocol
+                template = pickle.loads(rest)
+                if waiting is not None and (waiting.template != template or not _binds_current(template)
+                                            or _mount_table() != waiting.mounts):
+                    waiting.close()
+                    waiting = None
+                if waiting is None:
+                    made = _make(ctl, core, template, fds[3])
+                    if isinstance(made, tuple):
+                        return made  # in P
+                    waiting = made
+                if waiting is not None:
+                    _hand_over(waiting, fds[3], core, fds)
+                    waiting.close()
+                    waiting = None
+                if not select.select([ctl], [], [], 0)[0]:
+                    made = _make(ctl, core, template, -1)
+                    if isinstance(made, tuple):
+                        return made  # in P
+                    waiting = made
+            finally:
+                for fd in fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+    finally:
+        if waiting is not None:
+            waiting.close()
+        try:
+            os.close(mountinfo)
+        except OSError:
+            pass
+
+
+def _hand_over(waiting: _Waiting, report: int, core: _Core, fds: list[int]) -> None:
+    """Give a job's fds to the jail made for it, once it is built; or report on the job's socket why
+    it could not be."""
+    waiting.poll(MAP_TIMEOUT)
+    if waiting.failure is not None:
+        os.write(report, waiting.failure)
+    elif not waiting.built:
+        os.write(report, record(RECORD_FAILURE, core.steps.get("clone init", 0), 5, 0,
+                                b"the jail made for this job ended or stalled before it was built"))
+    else:
+        try:
+            socket.send_fds(waiting.sock, [b"j"], fds)
+        except OSError as exc:
+            os.write(report, record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 5, 0,
+                                    b"hand the job to its jail"))
+
+
+def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], report: int
+          ) -> _Waiting | None | tuple[str, list[str], dict[str, str]]:
+    """Fork J' with a template, write its id maps when it has unshared, let it go: a _Waiting in the
+    zygote (None if J' failed: on ``report`` when there is one, the job's, it says why), what to run in P."""
+    uid, gid, argv = template
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    err_r, err_w = os.pipe()
+    to_j_r, to_j_w = os.pipe()
+    from_j_r, from_j_w = os.pipe()
+    mounts = _mount_table()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        if report >= 0:
+            os.write(report, record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 0, 0, b"fork"))
+        for fd in (err_r, err_w, to_j_r, to_j_w, from_j_r, from_j_w):
+            os.close(fd)
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        try:
+            ours.detach()
+            for fd in (to_j_w, from_j_r, err_r):
+                os.close(fd)
+            return _job(ctl, core, argv, theirs.detach(), err_w, to_j_r, from_j_w)
+        except BaseException:  # noqa: BLE001 - a fork of the zygote never returns into its loop
+            os._exit(NOBODY_EXIT)
+    theirs.close()
+    for fd in (err_w, to_j_r, from_j_w):
+        os.close(fd)
+    waiting = _Waiting(pid, ours, err_r, template, mounts)
+    try:
+        ready, _, _ = select.select([from_j_r], [], [], MAP_TIMEOUT)
+        if not ready or os.read(from_j_r, 1) != b"u":
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+            waiting.poll(0)  # J' failed: its record, if it wrote one, is there
+            if report >= 0:
+                os.write(report, waiting.failure or record(
+                    RECORD_FAILURE, core.steps.get("unshare namespaces", 0), 110, 0,
+                    b"the job's first fork did not unshare in time"))
+            waiting.close()
+            return None
+        try:
+            _write_maps(pid, uid, gid, core, report)
+        except OSError:
+            os.kill(pid, signal.SIGKILL)
+            waiting.close()
+            return None
+        os.write(to_j_w, b"g")
+    finally:
+        os.close(to_j_w)
+        os.close(from_j_r)
+    return waiting
+
+
+def _write_maps(pid: int, uid: int, gid: int, core: _Core, report: int) -> None:
+    """J's id maps, from the parent user namespace (jail.c's write_maps, for a process of our own): our
+    ids mapped to themselves, or, for a root zygote whose jobs run as another identity, ours as 0 and
+    theirs to themselves; setgroups denied unless that identity must shed our groups."""
+    me_u, me_g = os.getuid(), os.getgid()
+    switch = (uid, gid) != (me_u, me_g)
+
+    def lines(caller: int, program: int) -> str:
+        if caller == program:
+            return f"{caller} {caller} 1\n"
+        return f"0 {caller} 1\n{program} {program} 1\n"
+
+    for name, text, step in ((("setgroups", "deny", "write setgroups"),) if not switch else ()) + (
+            ("gid_map", lines(me_g, gid), "write gid_map"), ("uid_map", lines(me_u, uid), "write uid_map")):
+        path = f"/proc/{pid}/{name}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            os.write(report, record(RECORD_FAILURE, core.steps.get(step, 0), exc.errno or 0, 0, path.encode()))
+            raise
+
+
+def _place(fds: list[int], first: int = 0) -> None:
+    """``fds`` at the numbers ``first``, ``first + 1``... (moved out of the way of every target first, so
+    that no dup2 clobbers an fd still to be placed)."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
+    for target, fd in enumerate(high, first):
+        os.dup2(fd, target)
+        os.close(fd)
+
+
+def _receive_fds(sock: int, count: int) -> list[int] | None:
+    """``count`` fds from a socket (at whatever numbers are free), or None at EOF (the jail was dropped)."""
+    s = socket.socket(fileno=sock)
+    try:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(s, 1, count)
+                break
+            except InterruptedError:
+                continue
+    finally:
+        s.detach()
+    if not data or len(fds) != count:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return fds
+
+
+def _job(ctl: socket.socket, core: _Core, argv: list[bytes], sock: int, err: int, sync_r: int, sync_w: int
+         ) -> tuple[str, list[str], dict[str, str]]:
+    """J', then K' and P: the three forks of one jail.  Returns only in P, with every wall up, what it
+    must run.  Until a job comes, J' and K' hold fds 7 and up only (0-2 are the zygote's /dev/null)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # J' waits for K'; P starts as a fresh python would
+    ctl.detach()  # its number is reused below; the socket object must never close it again
+    _place([sync_r, sync_w, sock, err], _SYNC_R)
+    os.closerange(_ERR + 1, 1 << 16)
+    for fd in (3, 4, 5, 6):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    keep = [core.ffi.new("char[]", a) for a in argv]
+    c_argv = core.ffi.new("char *[]", keep + [core.ffi.NULL])
+    core.lib.aiogaol_zygote_unshare(len(argv), c_argv, _ERR)
+    os.write(_SYNC_W, b"u")
+    if os.read(_SYNC_R, 1) != b"g":
+        os._exit(NOBODY_EXIT)  # the zygote refused (it reported why) or died
+    os.close(_SYNC_R)
+    os.close(_SYNC_W)
+    core.lib.aiogaol_zygote_after_maps()
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # Above every number a job's fd takes (0-6), so that placing those never clobbers it.
+    j_end, k_end = (fcntl.fcntl(p.fileno(), fcntl.F_DUPFD_CLOEXEC, _ERR + 1) for p in pair)
+    for p in pair:
+        p.close()
+    init = os.fork()
+    if init:
+        # J': only the report socket of the job, from K' once a job came (for the report of K''s end,
+        # should K' be killed before it reports the job's), then wait for K'.
+        os.close(k_end)
+        os.close(_ERR)
+        os.close(_SOCK)
+        os.write(j_end, init.to_bytes(4, sys.byteorder))
+        fds = _receive_fds(j_end, 1)
+        if fds is None:
+            os.waitpid(init, 0)  # dropped before a job came: K' ends of it
+            os._exit(0)
+        _place(fds, REPORT_FD)
+        os.closerange(REPORT_FD + 1, 1 << 16)
+        core.lib.aiogaol_zygote_relay(init)
+        os._exit(NOBODY_EXIT)  # not reached
+    # K': PID 1.  The jail first, while no job waits for it; then the job, straight from the zygote.
+    os.close(j_end)
+    host_pid = int.from_bytes(os.read(k_end, 4), sys.byteorder)
+    core.lib.aiogaol_zygote_init_build()
+    os.write(_ERR, record(RECORD_BUILT, 0, 0, 0))
+    fds = _receive_fds(_SOCK, JOB_FDS)
+    if fds is None:
+        os._exit(0)  # dropped before a job came: nothing runs in the jail yet
+    _place(fds)
+    os.close(_ERR)
+    os.close(_SOCK)
+    # The server signals the jail's init through a pidfd (of ourselves: J' alone reaps us, so the PID
+    # cannot be reused while the server holds it), and J' gets the report socket.
+    pidfd = os.pidfd_open(os.getpid())
+    for sock, data, passed in ((REPORT_FD, record(RECORD_PID, 0, 0, host_pid), pidfd), (k_end, b"r", REPORT_FD)):
+        s = socket.socket(fileno=sock)
+        try:
+            socket.send_fds(s, [data], [passed])
+        finally:
+            s.detach()
+    os.close(pidfd)
+    os.close(k_end)
+    payload = b""
+    while chunk := os.pread(PAYLOAD_FD, 1 << 20, len(payload)):
+        payload += chunk
+    os.close(PAYLOAD_FD)
+    code, args, env = pickle.loads(payload)
+    del payload
+    core.lib.aiogaol_zygote_init_enter(REPORT_FD)
+    program = os.fork()
+    if program:
+        core.lib.aiogaol_zygote_init_run(program)
+        os._exit(NOBODY_EXIT)  # not reached
+    core.lib.aiogaol_zygote_program_enter()
+    return code, args, env
+
+
+def _run_job(code: str, args: list[str], env: dict[str, str]) -> None:
+    """What ``python3 -c CODE ARGS`` does with its code, in P: a fresh ``__main__``, ``sys.argv``,
+    ``sys.path[0] == ''``, the job's environment; SystemExit and an uncaught exception as CPython
+    handles them (the traceback starts at the job's own frame); then what the end of the interpreter
+    does that a program can see (``_exit_as_python``)."""
+    for name in ("_aiogaol_zygote", "_core"):
+        sys.modules.pop(name, None)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv[:] = ["-c", *args]
+    sys.path.insert(0, "")
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = __builtins__
+    main.__dict__["__loader__"] = importlib.machinery.BuiltinImporter
+    sys.modules["__main__"] = main
+    status: object = 0
+    try:
+        exec(compile(code, "<string>", "exec"), main.__dict__)
+    except SystemExit as exc:
+        status = exc.code
+    except BaseException as exc:  # noqa: BLE001 - as the interpreter reports an uncaught exception
+        tb = exc.__traceback__
+        exc = exc.with_traceback(tb.tb_next if tb is not None else None)  # from the job's own frame
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        status = 1
+    _exit_as_python(status)
+
+
+def _exit_as_python(status: object) -> None:
+    """The end of ``python3 -c`` as a program sees it: the exit status from SystemExit's code (None 0, an
+    int itself, anything else printed on stderr and 1), non-daemon threads joined, atexit handlers run,
+    stdio flushed (120 if stdout cannot be), then out.  Without the interpreter's teardown of every
+    module and object: in a fork of the warm image that would touch (and copy) every page of it, for
+    nothing a job could observe but ``__del__`` methods run at shutdown."""
+    if status is None:
+        code = 0
+    elif isinstance(status, int):
+        code = status
+    else:
+        try:
+            print(status, file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            pass
+        code = 1
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()
+        except BaseException:  # noqa: BLE001 - as at the interpreter's end: reported, not fatal
+            traceback.print_exc()
+    atexit._run_exitfuncs()
+    for stream, failed in ((sys.stdout, 120), (sys.stderr, None)):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BaseException:  # noqa: BLE001
+            if failed is not None and code == 0:
+                code = failed
+    os._exit(code & 0xFF)
+
+
+if __name__ == "__main__":  # pragma: no cover - the pool starts it through BOOT
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
