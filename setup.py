@@ -12,7 +12,7 @@ from setuptools.command.build_ext import build_ext
 
 HELPER = "aiogaol-jail"
 NATIVE = os.path.join("aiogaol", "_native")
-SOURCES = [os.path.join(NATIVE, "jail.c"), os.path.join(NATIVE, "helper_main.c")]
+SOURCES = [os.path.join(NATIVE, "jail.c"), os.path.join(NATIVE, "helper_main.c"), os.path.join(NATIVE, "agent.c")]
 
 
 class build_ext_with_helper(build_ext):

@@ -20,7 +20,7 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "aiogaol._native._core",
     '#include "jail.h"',
-    sources=[os.path.relpath(os.path.join(HERE, "jail.c"))],
+    sources=[os.path.relpath(os.path.join(HERE, "jail.c")), os.path.relpath(os.path.join(HERE, "agent.c"))],
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=["-O2", "-fno-strict-aliasing"],
     py_limited_api=True,

@@ -29,6 +29,7 @@
  */
 #define _GNU_SOURCE
 #include "jail.h"
+#include "agent.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -230,6 +231,9 @@ struct plan {
     int unshare_net;
     int loopback;      /* --loopback: bring up lo in the jail's own network namespace */
     int no_namespaces; /* the fallback: Landlock, seccomp, no_new_privs and rlimits only */
+    int agent_fd;      /* --agent FD IDLE_MS: a sandbox, whose resident agent (agent.c) runs in place of */
+    long agent_idle;   /* the program on socket FD (-1: a program); IDLE_MS > 0: its idle timeout */
+    uint64_t deadline_ms; /* --deadline MS: init ends the jail this long after it starts (0: never) */
     const char *hostname;
     unsigned long long root_size;
     const char *cwd;
@@ -341,6 +345,7 @@ static void parse_args(int argc, char **argv, char **envp)
     plan.lifeline_fd = -1;
     plan.seccomp_fd = -1;
     plan.cgroup_fd = -1;
+    plan.agent_fd = -1;
     plan.inside_uid = -1;
     plan.inside_gid = -1;
     plan.cwd = "/";
@@ -399,6 +404,13 @@ static void parse_args(int argc, char **argv, char **envp)
         } else if (strcmp(o, "--gid") == 0) {
             NEED(1);
             plan.inside_gid = (long)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--agent") == 0) {
+            NEED(2);
+            plan.agent_fd = (int)parse_num(argv[++i], 10);
+            plan.agent_idle = (long)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--deadline") == 0) {
+            NEED(1);
+            plan.deadline_ms = parse_num(argv[++i], 10);
         } else if (strcmp(o, "--timings") == 0) {
             plan.timings = 1;
         } else if (strcmp(o, "--no-namespaces") == 0) {
@@ -1284,6 +1296,8 @@ static void __attribute__((noreturn)) run_program(void)
         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
         fail(AIOGAOL_STEP_SECCOMP, errno, "seccomp");
     mark(AIOGAOL_STEP_SECCOMP);
+    if (plan.agent_fd >= 0) /* a sandbox: its agent, as jailed as any program, instead of an exec */
+        aiogaol_agent_main(plan.agent_fd, plan.cwd, err_fd, plan.agent_idle);
     mark(AIOGAOL_STEP_EXEC);
     exec_program();
     _exit(127);
@@ -1439,6 +1453,8 @@ static void __attribute__((noreturn)) run_init(void)
     pid_t child;
     struct pollfd pfd[2];
 
+    uint64_t deadline = now_ns() / 1000000u + plan.deadline_ms;
+
     /* Init never runs beside the program unfiltered (see drop_init): no filter, no jail. */
     if (init_len == 0)
         fail(AIOGAOL_STEP_DROP_INIT, EINVAL, "no seccomp filter for init (--init-filter)");
@@ -1483,7 +1499,9 @@ static void __attribute__((noreturn)) run_init(void)
     /* vfork-class: the program shares init's memory (on a stack of its own) until its exec, so no page
      * table is copied and no page faulted in for it; init waits, which it would do anyway. */
     program_sfd = sfd;
-    child = clone(program_main, program_stack + sizeof program_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, NULL);
+    /* A sandbox's agent never execs: it gets memory of its own (a plain fork onto the same stack). */
+    child = clone(program_main, program_stack + sizeof program_stack,
+                  (plan.agent_fd >= 0 ? 0 : CLONE_VM | CLONE_VFORK) | SIGCHLD, NULL);
     if (child < 0)
         fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "clone");
 
@@ -1509,7 +1527,18 @@ static void __attribute__((noreturn)) run_init(void)
     pfd[1].fd = plan.lifeline_fd;
     pfd[1].events = POLLIN;
     for (;;) {
-        if (poll(pfd, plan.lifeline_fd >= 0 ? 2 : 1, -1) < 0) {
+        int timeout = -1;
+        /* A sandbox's lifetime: kept here, since no program of the jail can stop or kill PID 1. */
+        if (plan.deadline_ms && !done) {
+            uint64_t now = now_ns() / 1000000u;
+            if (now >= deadline) {
+                kill_jail(child);
+                plan.deadline_ms = 0;
+                continue;
+            }
+            timeout = (int)(deadline - now > 1000000 ? 1000000 : deadline - now);
+        }
+        if (poll(pfd, plan.lifeline_fd >= 0 ? 2 : 1, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             kill_jail(child);

@@ -62,7 +62,8 @@
     X(MASK, "mask a kernel interface")                    \
     X(DEVPTS, "mount devpts")                             \
     X(LOOPBACK, "bring up loopback")                      \
-    X(DROP_INIT, "drop init's privileges")
+    X(DROP_INIT, "drop init's privileges")                 \
+    X(AGENT, "start the sandbox's agent")
 
 enum aiogaol_step {
 #define AIOGAOL_STEP_ENUM(name, text) AIOGAOL_STEP_##name,

@@ -1,0 +1,1160 @@
+"""Sandboxes that live across calls: one jail, many programs, files in and out, stateful code cells.
+
+``open_sandbox`` spawns one jail by the usual path (spawner, init as PID 1) whose "program" is the
+sandbox's resident agent (``aiogaol/_native/agent.c``), started where a program would exec, so it is as
+jailed as any program of the sandbox.  The server talks to it over one SOCK_SEQPACKET socket: each call
+is a request (a program's pipes travel with it as SCM_RIGHTS) and fixed-size replies (started, failed,
+exited with rusage).  Everything the agent says is untrusted: replies are checked for size and kind,
+answers are awaited with a deadline, and an agent that misbehaves or dies ends the sandbox (its init is
+killed) and the calls raise ``SandboxError``.
+
+Nothing here runs in the background: replies are read by whichever call is waiting (one reader at a time,
+behind a lock, dispatching to the others' mailboxes), so the sandbox works the same under asyncio and
+trio and needs no task group of its own.  ``lifetime`` is kept by init (PID 1, which no program of the
+jail can stop or kill), ``idle_timeout`` by the agent (it knows when no call is running); the server
+notices either at the next call (``SandboxClosed``) and reaps what is left then, at ``aclose``, at the
+next ``open_sandbox``, or in the finaliser.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import dataclasses
+import errno
+import itertools
+import json
+import math
+import os
+import signal as _signal
+import socket
+import struct
+import time
+import warnings
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from . import _pacing, _plan
+from ._anyio_process import PipeReceiveStream, PipeSendStream
+from ._errors import AiogaolError, ProfileError, ProfileTypeError, SandboxSetupError, setup_error
+from ._jail import RunningJail, Usage, launch
+from ._kernel_cell import SOURCE as _KERNEL_SOURCE
+from ._limits import MAX_SECONDS, Limits, resolve_limits
+from ._profile import Profile, Tmpfs, check_path
+from ._ready import python_executable
+from ._run import Result, Status, _classify, enforcement
+from ._spawnargs import SpawnArgs, check_argv
+from ._stdio import DEVNULL, PIPE, STDOUT
+
+DEFAULT_WORKSPACE_SIZE = 256 << 20
+# The agent answers a request at once when it runs at all: one that has not for this long is stopped
+# (a program of the sandbox can SIGSTOP it) or starved, and the sandbox is ended rather than waited for.
+AGENT_TIMEOUT = 10.0
+DEFAULT_GRACE = 0.5  # seconds between SIGTERM and SIGKILL of a call past its timeout
+INTERRUPT_GRACE = 1.0  # seconds a cell has to stop after SIGINT before its kernel is killed
+_DRAIN_TIMEOUT = 5.0
+_READ_SIZE = 65536
+_MAX_MSG = 65536
+_KERNEL_REPLY_MAX = 1 << 20  # the kernel caps its value and texts at 64 KiB each
+
+# The agent's wire format (aiogaol/_native/agent.h), native byte order.
+_REQ = struct.Struct("=II")  # op, id
+_EXEC = struct.Struct("=IIIIiI")  # flags, n_rlimits, argc, envc, umask, pad
+_RLIM = struct.Struct("=iiQQ")
+_FILE = struct.Struct("=IIQ")  # mode, pad, max bytes
+_SIG = struct.Struct("=IiI")  # call id, signal, group
+_REPLY = struct.Struct("=IIiiQQQ")  # kind, id, a, b, utime ns, stime ns, maxrss bytes
+_OP_EXEC, _OP_SIGNAL, _OP_WRITE, _OP_READ = 1, 2, 3, 4
+_STARTED, _FAILED, _EXITED, _ACK, _IDLE = 1, 2, 3, 4, 5
+_BACKGROUND = 1
+_STAGES = {1: "sandbox request", 2: "fork program", 3: "setsid", 4: "setrlimit", 5: "place fds", 6: "chdir",
+           7: "exec", 8: "exec (program found, its ELF interpreter or script interpreter is not in the jail)"}
+_KERNEL_HDR = struct.Struct(">I")
+
+
+class SandboxError(AiogaolError, RuntimeError):
+    """The sandbox cannot serve this call: its agent misbehaved, stopped answering or died, so the
+    sandbox was ended; the message says what happened."""
+
+
+class SandboxClosed(SandboxError):
+    """The sandbox has ended (``aclose``, its ``idle_timeout`` or its ``lifetime``, or an earlier
+    failure); the message says which."""
+
+
+@dataclass(frozen=True)
+class CodeError:
+    """What a cell raised: the exception's type name, its message, and the formatted traceback (the
+    cell's own frames only)."""
+
+    type: str
+    message: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class CodeResult:
+    """One cell's outcome.  ``status`` is "ok", "error" (the cell raised; see ``error``; the kernel lives
+    on), "timed-out" or "output-limit".  ``value`` is the repr of the cell's final expression (None when
+    it has none, or it is None).  ``state_lost`` says the kernel had to be killed (it did not stop at
+    SIGINT, or it died), so the next cell starts in a fresh one."""
+
+    status: str
+    stdout: str
+    stderr: str
+    value: str | None
+    error: CodeError | None
+    state_lost: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    wall_time: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    kind: int
+    id: int
+    a: int
+    b: int
+    utime: float
+    stime: float
+    maxrss: int
+
+
+@dataclass(frozen=True)
+class _SandboxSpawn(SpawnArgs):
+    """The spawn of a sandbox's jail: a plain spawn's arguments plus the agent's own."""
+
+    agent_args: tuple[str, ...] = ()
+
+    def helper_argv(self, err_fd: int, lifeline_fd: int, seccomp_fd: int | None = None, cgroup: Any = None,
+                    umask: int | None = None, inherited_rlimits: Sequence[tuple[int, int, int]] = ()) -> list[bytes]:
+        argv = super().helper_argv(err_fd, lifeline_fd, seccomp_fd, cgroup, umask, inherited_rlimits)
+        return argv[:1] + [os.fsencode(a) for a in self.agent_args] + argv[1:]
+
+
+def _seconds(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProfileTypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise ProfileError(f"{name} must be a finite number of seconds, more than 0 and at most {MAX_SECONDS:g}, "
+                           f"not {value!r}")
+    return float(value)
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    fds.clear()
+
+
+# Sandboxes not yet closed: the next open_sandbox reaps those whose jail ended by itself (idle_timeout,
+# lifetime, a dead agent), so a server that never calls them again keeps no zombie for long.
+_open: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
+
+
+def _reap_ended() -> None:
+    for sb in list(_open):
+        jail = sb._jail
+        if jail is not None and jail.returncode is None and jail.try_reap():
+            sb._release(sb._ended or "its jail ended")
+
+
+async def open_sandbox(profile: Profile, *, limits: Limits | None = None, workspace: str = "/work",
+                       workspace_size: int = DEFAULT_WORKSPACE_SIZE, idle_timeout: float | None = None,
+                       lifetime: float | None = None, python: str | None = None) -> "Sandbox":
+    """Start a sandbox: one jail built from ``profile`` plus a private tmpfs of ``workspace_size`` bytes
+    at ``workspace`` (the default cwd of every call), in which ``exec``, ``spawn``, the file calls and
+    ``run_code`` run.  ``limits`` bound the sandbox (memory and processes for the whole sandbox where a
+    cgroup exists, else per process, as ``run`` documents) and are every call's defaults.  The sandbox ends
+    at ``aclose``, after ``idle_timeout`` seconds with no call running, ``lifetime`` seconds after it
+    started, or with the server.  ``python`` is the interpreter of ``run_code`` (default: the host's own,
+    which the profile must let the jail read, as ``python_profile()`` does)."""
+    if not isinstance(profile, Profile):
+        raise ProfileTypeError(f"profile must be an aiogaol.Profile, not {type(profile).__name__}")
+    limits = resolve_limits(limits)
+    workspace = check_path(workspace, "workspace")
+    if workspace == "/":
+        raise ProfileError("workspace must be a directory below /, not / itself")
+    if isinstance(workspace_size, bool) or not isinstance(workspace_size, int):
+        raise ProfileTypeError(f"workspace_size must be an int (bytes), not {type(workspace_size).__name__}")
+    if any(isinstance(op, Tmpfs) and op.path == workspace for op in profile):
+        raise ProfileError(f"the profile already mounts a Tmpfs at the workspace {workspace}; "
+                           "give its size as workspace_size instead")
+    idle = _seconds(idle_timeout, "idle_timeout")
+    life = _seconds(lifetime, "lifetime")
+    if python is not None and (not isinstance(python, str) or not python.startswith("/")):
+        raise ProfileTypeError(f"python must be the absolute path of an interpreter in the jail, not {python!r}")
+    full = profile + [Tmpfs(workspace, workspace_size)]
+    _reap_ended()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    null = -1
+    try:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        agent = ["--agent", str(theirs.fileno()), str(int(idle * 1000) if idle else 0)]
+        if life:
+            agent += ["--deadline", str(max(1, int(life * 1000)))]
+        async with _pacing.starting() as ticket:
+            # The agent lives as long as the sandbox: CPU and wall time are per call, never its own.
+            base = SpawnArgs.build(full, "aiogaol-sandbox", [], env=None, cwd=workspace,
+                                   pass_fds=[theirs.fileno()], limits=limits.replace(cpu_time=None, wall_time=None))
+            spawn = _SandboxSpawn(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
+                                  agent_args=tuple(agent))
+            jail = await launch(spawn, stdio=[null, null, null], wait_readable=anyio.wait_readable, ticket=ticket)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+        if null >= 0:
+            os.close(null)
+    ours.setblocking(False)
+    sb = Sandbox(jail, ours, full, limits, workspace, workspace_size, python, idle, life)
+    _open.add(sb)
+    return sb
+
+
+class Sandbox:
+    """A jail that lives across calls (see ``open_sandbox``).  Every method is async and works under
+    asyncio and trio; ``aclose`` (or leaving ``async with``) may be called from any task."""
+
+    def __init__(self, jail: RunningJail, sock: socket.socket, profile: Profile, limits: Limits, workspace: str,
+                 workspace_size: int, python: str | None, idle_timeout: float | None,
+                 lifetime: float | None) -> None:
+        self._jail: RunningJail | None = jail
+        self._sock: socket.socket | None = sock
+        self.profile = profile
+        self.limits = limits
+        self.workspace = workspace
+        self.workspace_size = workspace_size
+        self.python = python
+        self.idle_timeout = idle_timeout
+        self.lifetime = lifetime
+        self._opened = time.monotonic()
+        self._ids = itertools.count(1)
+        self._live: set[int] = set()
+        self._mail: dict[int, collections.deque[_Reply]] = {}
+        self._read_lock = anyio.Lock()
+        self._send_lock = anyio.Lock()
+        self._kernel_lock = anyio.Lock()
+        self._kernel: _Kernel | None = None
+        self._ended: str | None = None
+        self._idle_seen = False
+
+    def __repr__(self) -> str:
+        state = self._ended or "open"
+        return f"<Sandbox {self.pid} {self.workspace} {state}>"
+
+    @property
+    def pid(self) -> int:
+        """The host PID of the sandbox's init (0 once it is closed)."""
+        return self._jail.pid if self._jail is not None else 0
+
+    @property
+    def closed(self) -> bool:
+        return self._ended is not None
+
+    async def __aenter__(self) -> "Sandbox":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------------------------------------
+    # Lifetime
+
+    async def aclose(self) -> None:
+        """End the sandbox: every program in it is killed, its workspace is gone, init is reaped.  Safe to
+        call twice, and from a task other than the ones using the sandbox (their calls raise
+        ``SandboxClosed``).  Never blocks the loop; shielded from cancellation (bounded by SIGKILL)."""
+        if self._ended is None:
+            self._ended = "the sandbox was closed (aclose)"
+        jail = self._jail
+        if jail is None:
+            return
+        self._close_socket()
+        jail.kill_quietly()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(_DRAIN_TIMEOUT):
+                while not jail.try_reap():
+                    assert jail.pidfd is not None
+                    await anyio.wait_readable(jail.pidfd)
+        self._release(self._ended)
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        try:
+            anyio.notify_closing(sock)
+        except RuntimeError:
+            pass
+        sock.close()
+
+    def _release(self, reason: str) -> None:
+        """What the server holds for the sandbox goes: the agent socket, the kernel's pipes, init."""
+        if self._ended is None:
+            self._ended = reason
+        self._close_socket()
+        if self._kernel is not None:
+            self._kernel.close()
+            self._kernel = None
+        jail, self._jail = self._jail, None
+        if jail is not None:
+            jail.reap_blocking()  # at once when reaped already; else bounded by SIGKILL
+        _open.discard(self)
+
+    def _fail(self, why: str) -> SandboxError:
+        """The agent cannot be trusted any more: end the sandbox now, and say why."""
+        if self._ended is None:
+            self._ended = f"the sandbox was ended: {why}"
+        if self._jail is not None:
+            self._jail.kill_quietly()
+        self._close_socket()
+        return SandboxError(self._ended)
+
+    def _why_ended(self) -> str:
+        if self._ended is not None:
+            return self._ended
+        if self._idle_seen:
+            return f"the sandbox ended after {self.idle_timeout:g} s idle (idle_timeout)"
+        if self.lifetime is not None and time.monotonic() - self._opened >= self.lifetime - 0.05:
+            return f"the sandbox's lifetime of {self.lifetime:g} s ended"
+        return "the sandbox's agent exited (was it killed by a program of the sandbox?)"
+
+    def _ended_now(self) -> SandboxClosed:
+        """The agent's socket reached EOF: the jail has ended (or is ending) by itself."""
+        self._ended = self._why_ended()
+        self._close_socket()
+        jail = self._jail
+        if jail is not None and jail.try_reap():
+            self._release(self._ended)
+        return SandboxClosed(self._ended)
+
+    def _check_open(self) -> socket.socket:
+        if self._ended is not None or self._sock is None:
+            raise SandboxClosed(self._ended or "the sandbox is closed")
+        return self._sock
+
+    def __del__(self) -> None:
+        jail = getattr(self, "_jail", None)
+        if jail is not None:
+            if jail.returncode is None and self._ended is None:
+                warnings.warn(f"{self!r} was never closed; killing its jail", ResourceWarning, stacklevel=2,
+                              source=self)
+            self._ended = self._ended or "garbage-collected"
+            self._release(self._ended)
+
+    # ------------------------------------------------------------------------------------------------
+    # The agent's wire
+
+    async def _send(self, op: int, body: bytes, fds: Sequence[int] = ()) -> int:
+        if len(body) + _REQ.size > _MAX_MSG:
+            raise ProfileError(f"this call's request is {len(body) + _REQ.size} bytes; a sandbox takes at most "
+                               f"{_MAX_MSG} (arguments, environment and path together)")
+        call_id = next(self._ids)
+        msg = _REQ.pack(op, call_id) + body
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+        async with self._send_lock:
+            while True:
+                sock = self._check_open()
+                try:
+                    sock.sendmsg([msg], anc)
+                    break
+                except BlockingIOError:
+                    await anyio.wait_writable(sock)
+                except anyio.ClosedResourceError:
+                    raise SandboxClosed(self._why_ended()) from None
+                except OSError as e:
+                    if e.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+                        raise self._ended_now() from None
+                    raise
+        return call_id
+
+    def _signal_nowait(self, call_id: int, sig: int, group: bool = True) -> None:
+        """Fire and forget (its ACK is dropped): used where a call must be stopped now, cancelled or not."""
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.send(_REQ.pack(_OP_SIGNAL, next(self._ids)) + _SIG.pack(call_id, sig, 1 if group else 0))
+        except OSError:
+            pass  # a full socket or a dead agent: the wait that follows finds out
+
+    def _drain_nowait(self) -> None:
+        """Read every reply already there and put it in its call's mailbox."""
+        sock = self._sock
+        while sock is not None:
+            try:
+                data = sock.recv(_REPLY.size + 1)
+            except BlockingIOError:
+                return
+            except OSError:
+                raise self._ended_now() from None
+            if not data:
+                raise self._ended_now()
+            if len(data) != _REPLY.size:
+                raise self._fail(f"its agent sent a malformed reply ({len(data)} bytes)")
+            kind, call_id, a, b, utime, stime, maxrss = _REPLY.unpack(data)
+            if kind == _IDLE:
+                self._idle_seen = True
+                continue
+            if kind not in (_STARTED, _FAILED, _EXITED, _ACK):
+                raise self._fail(f"its agent sent a reply of unknown kind {kind}")
+            if call_id in self._live:
+                self._mail.setdefault(call_id, collections.deque()).append(
+                    _Reply(kind, call_id, a, b, utime / 1e9, stime / 1e9, maxrss))
+            sock = self._sock
+
+    async def _reply(self, call_id: int) -> _Reply:
+        """The next reply for a call: from its mailbox, or read (one reader at a time) until it comes."""
+        while True:
+            box = self._mail.get(call_id)
+            if box:
+                return box.popleft()
+            if self._ended is not None:
+                raise SandboxClosed(self._ended)
+            async with self._read_lock:
+                if self._mail.get(call_id):
+                    continue
+                self._drain_nowait()
+                if self._mail.get(call_id):
+                    continue
+                sock = self._check_open()
+                try:
+                    await anyio.wait_readable(sock)
+                except anyio.ClosedResourceError:
+                    raise SandboxClosed(self._why_ended()) from None
+                except OSError:
+                    raise SandboxClosed(self._why_ended()) from None
+                self._drain_nowait()
+
+    async def _reply_within(self, call_id: int, seconds: float, what: str) -> _Reply:
+        with anyio.move_on_after(seconds):
+            return await self._reply(call_id)
+        raise self._fail(f"its agent did not answer {what} within {seconds:g} s (stopped by a program?)")
+
+    async def _start(self, op: int, body: bytes, fds: Sequence[int]) -> tuple[int, int]:
+        """Send a call and wait for it to start: (call id, PID in the sandbox)."""
+        call_id = await self._send(op, body, fds)
+        self._live.add(call_id)
+        try:
+            r = await self._reply_within(call_id, AGENT_TIMEOUT, "a request")
+        except BaseException as exc:
+            if not isinstance(exc, SandboxError):
+                # Cancelled while the agent starts it: learn whether it started, and if so end it, so
+                # nothing of a cancelled call lives on.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        late = await self._reply_within(call_id, AGENT_TIMEOUT, "a request")
+                        if late.kind == _STARTED:
+                            await self._kill(call_id)
+                    except SandboxError:
+                        pass
+            self._forget(call_id)
+            raise
+        if r.kind == _STARTED:
+            return call_id, r.a
+        self._forget(call_id)
+        if r.kind != _FAILED:
+            raise self._fail(f"its agent answered a request with reply kind {r.kind}")
+        stage = _STAGES.get(r.b, f"stage {r.b}")
+        if r.b == 1 and r.a == errno.EAGAIN:
+            raise SandboxSetupError(stage, r.a, "the sandbox runs 1024 calls already")
+        raise setup_error(stage, r.a if 0 < r.a < 4096 else errno.EIO, "")
+
+    def _forget(self, call_id: int) -> None:
+        self._live.discard(call_id)
+        self._mail.pop(call_id, None)
+
+    async def _exited(self, call_id: int) -> _Reply:
+        r = await self._reply(call_id)
+        if r.kind != _EXITED:
+            raise self._fail(f"its agent sent reply kind {r.kind} for a running call")
+        self._forget(call_id)
+        return r
+
+    async def _stop(self, call_id: int, grace: float) -> _Reply:
+        """SIGTERM the call's process group, then after ``grace`` SIGKILL; its exit, or the sandbox ends."""
+        self._signal_nowait(call_id, _signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            return await self._exited(call_id)
+        return await self._kill(call_id)
+
+    async def _kill(self, call_id: int) -> _Reply:
+        self._signal_nowait(call_id, _signal.SIGKILL)
+        with anyio.move_on_after(AGENT_TIMEOUT):
+            return await self._exited(call_id)
+        raise self._fail("a killed call was not reported dead within "
+                         f"{AGENT_TIMEOUT:g} s (its agent is stopped?)")
+
+    async def _abandon(self, call_id: int) -> None:
+        """A call left early (cancelled, or an error): kill it and wait for it, shielded, so nothing of it
+        lives on; a sandbox that cannot confirm that is ended."""
+        if call_id not in self._live or self._ended is not None:
+            self._forget(call_id)
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._kill(call_id)
+            except SandboxError:
+                pass
+        self._forget(call_id)
+
+    # ------------------------------------------------------------------------------------------------
+    # Paths
+
+    def _relpath(self, path: object) -> str:
+        """A path inside the workspace, relative to it; ValueError (ProfileError) for anything else."""
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not isinstance(path, str):
+            raise ProfileTypeError(f"path must be a str, bytes or os.PathLike, not {type(path).__name__}")
+        if "\0" in path or not path:
+            raise ProfileError(f"path {path!r} is empty or contains a NUL byte")
+        if path.startswith("/"):
+            norm = os.path.normpath(path)
+            if norm != self.workspace and not norm.startswith(self.workspace + "/"):
+                raise ProfileError(f"path {path!r} is outside the workspace {self.workspace}")
+            rel = os.path.relpath(norm, self.workspace)
+        else:
+            rel = os.path.normpath(path)
+        if rel == "." or rel == ".." or rel.startswith("../"):
+            raise ProfileError(f"path {path!r} is not a file inside the workspace {self.workspace}")
+        return rel
+
+    def _cwd(self, cwd: object) -> str:
+        if cwd is None:
+            return self.workspace
+        if isinstance(cwd, (str, bytes, os.PathLike)):
+            text = os.fsdecode(os.fspath(cwd))
+            if not text.startswith("/"):
+                return os.path.normpath(os.path.join(self.workspace, text))
+        return check_path(cwd, "cwd")
+
+    def _file_cap(self) -> int:
+        caps = [self.workspace_size]
+        if self.limits.file_size is not None:
+            caps.append(self.limits.file_size)
+        return min(caps)
+
+    # ------------------------------------------------------------------------------------------------
+    # Programs
+
+    def _call_limits(self, limits: Limits | None, timeout: object) -> Limits:
+        call = self.limits if limits is None else resolve_limits(limits)
+        wall = _seconds(timeout, "timeout")
+        return call.replace(wall_time=wall) if wall is not None else call
+
+    def _rlimits(self, limits: Limits, *, cpu: bool = True) -> list[tuple[int, int, int]]:
+        cg = self._jail.cgroup if self._jail is not None else None
+        controllers = cg.controllers if cg is not None else frozenset()
+        if not cpu:
+            limits = limits.replace(cpu_time=None)
+        return limits.rlimits(cgroup_memory="memory" in controllers, cgroup_pids="pids" in controllers)
+
+    def _exec_body(self, argv: Sequence[object], env: Mapping[Any, Any] | None, cwd: object,
+                   rlimits: Sequence[tuple[int, int, int]], background: bool = False) -> bytes:
+        check_argv(argv)
+        args = _plan.program_argv(argv[0], list(argv[1:]))
+        envp = _plan.environment(env)
+        where = os.fsencode(self._cwd(cwd))
+        head = _EXEC.pack(_BACKGROUND if background else 0, len(rlimits), len(args), len(envp), -1, 0)
+        rl = b"".join(_RLIM.pack(res, 0, soft if soft >= 0 else (1 << 64) - 1, hard if hard >= 0 else (1 << 64) - 1)
+                      for res, soft, hard in rlimits)
+        return head + rl + where + b"\0" + b"".join(a + b"\0" for a in args) + b"".join(e + b"\0" for e in envp)
+
+    async def exec(self, argv: Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]], *,
+                   input: bytes | None = None, timeout: float | None = None, env: Mapping[Any, Any] | None = None,
+                   cwd: str | os.PathLike[str] | None = None, limits: Limits | None = None) -> Result:
+        """Run a program in the sandbox to its end and report it as ``run`` does (``aiogaol.Result``).
+
+        ``timeout`` (seconds; else the sandbox's ``limits.wall_time``) ends the call with SIGTERM, then
+        SIGKILL after a grace; ``limits`` (else the sandbox's) give its CPU time, output cap and rlimits,
+        which can only lower the sandbox's own.  The cwd is the workspace unless given (a relative cwd is
+        taken from the workspace).  When the call's first process exits, the rest of its process group is
+        killed.  Cancelling ``exec`` kills the call before the cancellation propagates."""
+        if input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
+            raise ProfileTypeError(f"input must be bytes or None, not {type(input).__name__}")
+        call_limits = self._call_limits(limits, timeout)
+        body = self._exec_body(argv, env, cwd, self._rlimits(call_limits))
+        self._check_open()
+        ours: list[int] = []
+        theirs: list[int] = []
+        try:
+            if input is not None:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                theirs.append(r)
+                ours.append(w)
+            else:
+                theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                ours.append(-1)
+            for _ in range(2):
+                r, w = os.pipe2(os.O_CLOEXEC)
+                ours.append(r)
+                theirs.append(w)
+            for fd in ours:
+                if fd >= 0:
+                    os.set_blocking(fd, False)
+            started = time.monotonic()
+            call_id, _pid = await self._start(_OP_EXEC, body, theirs)
+            _close_fds(theirs)
+            return await self._supervise(call_id, argv, call_limits, ours, input, started)
+        finally:
+            _close_fds(theirs)
+            _close_fds(ours)
+
+    async def _supervise(self, call_id: int, argv: Sequence[object], limits: Limits, ours: list[int],
+                         input: bytes | bytearray | memoryview | None, started: float) -> Result:
+        capped = {"stdout": False, "stderr": False}
+        outputs = {"stdout": bytearray(), "stderr": bytearray()}
+        timed_out = False
+        exit_reply: _Reply | None = None
+
+        async def pump(fd: int, name: str, scope: anyio.CancelScope) -> None:
+            with scope:
+                while True:
+                    try:
+                        chunk = os.read(fd, _READ_SIZE)
+                    except BlockingIOError:
+                        await anyio.wait_readable(fd)
+                        continue
+                    if not chunk:
+                        return
+                    buf = outputs[name]
+                    if capped[name]:
+                        continue
+                    if limits.output is not None and len(buf) + len(chunk) > limits.output:
+                        buf += chunk[:limits.output - len(buf)]
+                        capped[name] = True
+                        self._signal_nowait(call_id, _signal.SIGKILL)
+                        continue
+                    buf += chunk
+
+        async def feed(data: bytes, scope: anyio.CancelScope) -> None:
+            fd = ours[0]
+            view = memoryview(data)
+            with scope:
+                try:
+                    while view:
+                        try:
+                            view = view[os.write(fd, view[:_READ_SIZE]):]
+                        except BlockingIOError:
+                            await anyio.wait_writable(fd)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+            ours[0] = -1
+            os.close(fd)
+
+        pump_scopes = [anyio.CancelScope(), anyio.CancelScope()]
+        feed_scope = anyio.CancelScope()
+        try:
+            async with anyio.create_task_group() as tg:
+                for fd, name, scope in zip(ours[1:], ("stdout", "stderr"), pump_scopes):
+                    tg.start_soon(pump, fd, name, scope)
+                if input is not None:
+                    tg.start_soon(feed, bytes(input), feed_scope)
+                with anyio.move_on_after(limits.wall_time if limits.wall_time is not None else math.inf):
+                    exit_reply = await self._exited(call_id)
+                if exit_reply is None:
+                    timed_out = True
+                    exit_reply = await self._stop(call_id, DEFAULT_GRACE)
+                feed_scope.cancel()
+                deadline = anyio.current_time() + _DRAIN_TIMEOUT
+                for scope in pump_scopes:
+                    scope.deadline = deadline
+        finally:
+            if exit_reply is None:
+                await self._abandon(call_id)
+        wall = time.monotonic() - started
+        returncode = os.waitstatus_to_exitcode(exit_reply.a)
+        stderr = bytes(outputs["stderr"])
+        cpu = exit_reply.utime + exit_reply.stime
+        status, evidence = _classify(limits, returncode, stderr, cpu, timed_out,
+                                     capped["stdout"] or capped["stderr"], max_rss=exit_reply.maxrss)
+        if timed_out:
+            evidence = f"wall time {limits.wall_time} s ran out; the sandbox ended the call"
+        enforced = enforcement(limits, None)
+        enforced.pop("cgroup", None)
+        if "cpu_time" in enforced:
+            enforced["cpu_time"] = "rlimit RLIMIT_CPU (per process: SIGXCPU, then SIGKILL a second later)"
+        return Result(args=tuple(os.fsdecode(a) for a in argv),  # type: ignore[arg-type]
+                      returncode=returncode, signal=-returncode if returncode < 0 else None,
+                      stdout=bytes(outputs["stdout"]), stderr=stderr, status=status, evidence=evidence,
+                      wall_time=wall, cpu_time=cpu, max_rss=exit_reply.maxrss, limits=limits,
+                      enforced_by=enforced, stdout_truncated=capped["stdout"], stderr_truncated=capped["stderr"])
+
+    async def spawn(self, argv: Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]], *,
+                    stdin: int | None = PIPE, stdout: int | None = PIPE, stderr: int | None = PIPE,
+                    env: Mapping[Any, Any] | None = None, cwd: str | os.PathLike[str] | None = None,
+                    limits: Limits | None = None) -> "SandboxProcess":
+        """Start a program in the sandbox and return it as an ``anyio.abc.Process`` (stdin, stdout and
+        stderr are pipes unless given as ``DEVNULL``, ``STDOUT`` for stderr, or an fd of the server's to
+        hand over).  It shares the sandbox's jail with every other call."""
+        call_limits = self._call_limits(limits, None)
+        body = self._exec_body(argv, env, cwd, self._rlimits(call_limits))
+        self._check_open()
+        ours: list[int] = [-1, -1, -1]
+        theirs: list[int] = []
+        try:
+            for target, spec in enumerate((stdin, stdout, stderr)):
+                if spec == PIPE:
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    ours[target], mine = (w, r) if target == 0 else (r, w)
+                    theirs.append(mine)
+                elif spec == DEVNULL or spec is None:
+                    theirs.append(os.open(os.devnull, (os.O_RDONLY if target == 0 else os.O_WRONLY) | os.O_CLOEXEC))
+                elif spec == STDOUT and target == 2:
+                    theirs.append(os.dup(theirs[1]))
+                elif isinstance(spec, int) and not isinstance(spec, bool) and spec >= 0:
+                    theirs.append(os.dup(spec))
+                else:
+                    raise ProfileError(f"{('stdin', 'stdout', 'stderr')[target]} must be PIPE, DEVNULL, an fd "
+                                       f"(or STDOUT for stderr), not {spec!r}")
+            started = time.monotonic()
+            call_id, pid = await self._start(_OP_EXEC, body, theirs)
+        except BaseException:
+            _close_fds(ours)
+            raise
+        finally:
+            _close_fds(theirs)
+        return SandboxProcess(self, call_id, pid, argv, ours, started)
+
+    # ------------------------------------------------------------------------------------------------
+    # Files
+
+    async def write_file(self, path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0o644) -> None:
+        """Write ``data`` (str as UTF-8) to ``path`` in the workspace, replacing it.  The path is resolved
+        beneath the workspace by the kernel (openat2 RESOLVE_BENEATH), so a symlink planted by a program
+        cannot redirect it outside (PermissionError); its parent must exist.  At most the smaller of
+        ``workspace_size`` and ``limits.file_size`` bytes."""
+        rel = self._relpath(path)
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ProfileTypeError(f"data must be bytes or str, not {type(data).__name__}")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise ProfileError(f"mode must be a permission mode from 0 to 0o7777, not {mode!r}")
+        cap = self._file_cap()
+        if len(data) > cap:
+            raise ProfileError(f"{len(data)} bytes is more than a sandbox file may hold ({cap} bytes)")
+        r, w = os.pipe2(os.O_CLOEXEC)
+        fds = [r, w]
+        try:
+            os.set_blocking(w, False)
+            call_id, _ = await self._start(_OP_WRITE, _FILE.pack(mode, 0, cap) + os.fsencode(rel) + b"\0", [r])
+            os.close(r)
+            fds[0] = -1
+            exit_reply = None
+            try:
+                view = memoryview(bytes(data))
+                try:
+                    while view:
+                        try:
+                            view = view[os.write(w, view[:_READ_SIZE]):]
+                        except BlockingIOError:
+                            await anyio.wait_writable(w)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                os.close(w)
+                fds[1] = -1
+                exit_reply = await self._exited(call_id)
+            finally:
+                if exit_reply is None:
+                    await self._abandon(call_id)
+        finally:
+            _close_fds(fds)
+        self._file_status(exit_reply, path)
+
+    async def read_file(self, path: str | os.PathLike[str]) -> bytes:
+        """The bytes of ``path`` in the workspace (a regular file; resolved beneath the workspace as
+        ``write_file`` is), at most the smaller of ``workspace_size`` and ``limits.file_size``."""
+        rel = self._relpath(path)
+        cap = self._file_cap()
+        r, w = os.pipe2(os.O_CLOEXEC)
+        fds = [r, w]
+        buf = bytearray()
+        try:
+            os.set_blocking(r, False)
+            call_id, _ = await self._start(_OP_READ, _FILE.pack(0, 0, cap) + os.fsencode(rel) + b"\0", [w])
+            os.close(w)
+            fds[1] = -1
+            exit_reply = None
+            try:
+                while True:
+                    try:
+                        chunk = os.read(r, _READ_SIZE)
+                    except BlockingIOError:
+                        await anyio.wait_readable(r)
+                        continue
+                    if not chunk:
+                        break
+                    if len(buf) + len(chunk) > cap:
+                        raise self._fail(f"its agent sent more than the {cap} bytes asked for")
+                    buf += chunk
+                exit_reply = await self._exited(call_id)
+            finally:
+                if exit_reply is None:
+                    await self._abandon(call_id)
+        finally:
+            _close_fds(fds)
+        self._file_status(exit_reply, path)
+        return bytes(buf)
+
+    def _file_status(self, r: _Reply, path: object) -> None:
+        if os.WIFSIGNALED(r.a):
+            raise SandboxError(f"{path}: the sandbox's file worker was killed by signal {os.WTERMSIG(r.a)}")
+        code = os.WEXITSTATUS(r.a) if os.WIFEXITED(r.a) else errno.EIO
+        if code == 0:
+            return
+        if code in (errno.EXDEV, errno.ELOOP):
+            raise PermissionError(code, f"{path}: resolves outside the workspace {self.workspace} "
+                                  "(through a symlink or a mount); sandbox files stay inside it", os.fspath(path))  # type: ignore[arg-type]
+        if code == errno.EFBIG:
+            raise ProfileError(f"{path}: larger than a sandbox file may be ({self._file_cap()} bytes)")
+        if code == errno.ENOSPC:
+            raise OSError(code, f"{path}: the workspace is full (workspace_size {self.workspace_size} bytes)")
+        if code == errno.EINVAL:
+            raise OSError(code, f"{path}: not a regular file")
+        raise OSError(code, os.strerror(code), os.fspath(path))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------------------------------------
+    # Code cells
+
+    async def run_code(self, code: str, *, timeout: float | None = None,
+                       output_limit: int | None = None) -> CodeResult:
+        """Run a cell of Python in the sandbox's kernel (started at the first cell; state carries over).
+
+        Past ``timeout`` the cell is interrupted (SIGINT: KeyboardInterrupt in the cell) and the result is
+        "timed-out"; if it does not stop within a second, the kernel is killed (``state_lost``) and the
+        next cell starts a new one.  Each of stdout and stderr is capped at ``output_limit`` bytes (default:
+        the sandbox's ``limits.output``); past it the cell is stopped the same way ("output-limit")."""
+        if not isinstance(code, str):
+            raise ProfileTypeError(f"code must be a str, not {type(code).__name__}")
+        wall = _seconds(timeout, "timeout")
+        cap = self.limits.output if output_limit is None else output_limit
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0):
+            raise ProfileError(f"output_limit must be a positive int (bytes) or None, not {cap!r}")
+        request = json.dumps({"code": code}).encode()
+        async with self._kernel_lock:
+            kernel = self._kernel
+            if kernel is None:
+                kernel = self._kernel = await self._start_kernel()
+            return await kernel.cell(request, wall, cap)
+
+    async def _start_kernel(self) -> "_Kernel":
+        python = self.python or python_executable()
+        pipes: list[int] = []
+        ours: list[int] = []
+        theirs: list[int] = []
+        try:
+            theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            for _ in range(2):  # the cell's stdout and stderr
+                r, w = os.pipe2(os.O_CLOEXEC)
+                ours.append(r)
+                theirs.append(w)
+            r, w = os.pipe2(os.O_CLOEXEC)  # requests: fd 3 in the kernel
+            theirs.append(r)
+            ours.append(w)
+            r, w = os.pipe2(os.O_CLOEXEC)  # replies: fd 4 in the kernel
+            ours.append(r)
+            theirs.append(w)
+            for fd in ours:
+                os.set_blocking(fd, False)
+            body = self._exec_body([python, "-I", "-u", "-c", _KERNEL_SOURCE],
+                                   {"HOME": self.workspace, "LC_ALL": "C.UTF-8"}, None,
+                                   self._rlimits(self.limits, cpu=False), background=True)
+            call_id, pid = await self._start(_OP_EXEC, body, theirs)
+        except BaseException:
+            _close_fds(ours)
+            raise
+        finally:
+            _close_fds(theirs + pipes)
+        return _Kernel(self, call_id, pid, *ours)
+
+
+class _Kernel:
+    """The sandbox's Python kernel: its call, and our ends of its pipes (stdout, stderr, requests,
+    replies)."""
+
+    def __init__(self, sb: Sandbox, call_id: int, pid: int, out_r: int, err_r: int, req_w: int, rep_r: int) -> None:
+        self.sb = sb
+        self.call_id = call_id
+        self.pid = pid
+        self.fds = [out_r, err_r, req_w, rep_r]
+        self.pending = b""
+
+    def close(self) -> None:
+        _close_fds(self.fds)
+
+    async def _write(self, data: bytes) -> None:
+        fd = self.fds[2]
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                await anyio.wait_writable(fd)
+
+    async def _read_reply(self) -> dict[str, Any] | None:
+        """The kernel's reply to the cell, or None at EOF (the kernel died)."""
+        fd = self.fds[3]
+        while True:
+            if len(self.pending) >= _KERNEL_HDR.size:
+                (size,) = _KERNEL_HDR.unpack_from(self.pending)
+                if size > _KERNEL_REPLY_MAX:
+                    raise _KernelBroken(f"the kernel sent a reply of {size} bytes")
+                if len(self.pending) >= _KERNEL_HDR.size + size:
+                    data = self.pending[_KERNEL_HDR.size:_KERNEL_HDR.size + size]
+                    self.pending = self.pending[_KERNEL_HDR.size + size:]
+                    try:
+                        reply = json.loads(data)
+                    except ValueError:
+                        raise _KernelBroken("the kernel sent a reply that is not JSON") from None
+                    if not isinstance(reply, dict):
+                        raise _KernelBroken("the kernel sent a reply that is not an object")
+                    return reply
+            try:
+                chunk = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+                continue
+            if not chunk:
+                return None
+            self.pending += chunk
+
+    async def cell(self, request: bytes, timeout: float | None, cap: int | None) -> CodeResult:
+        sb = self.sb
+        started = time.monotonic()
+        outputs = [bytearray(), bytearray()]
+        capped = [False, False]
+        stop = anyio.CancelScope(deadline=anyio.current_time() + timeout if timeout is not None else math.inf)
+        reply: dict[str, Any] | None = None
+        died = False
+        why = "timed-out"
+        done = False
+
+        def take(i: int, chunk: bytes) -> None:
+            nonlocal why
+            buf = outputs[i]
+            if capped[i]:
+                return
+            if cap is not None and len(buf) + len(chunk) > cap:
+                buf += chunk[:cap - len(buf)]
+                capped[i] = True
+                why = "output-limit"
+                stop.cancel()
+                return
+            buf += chunk
+
+        async def pump(i: int) -> None:
+            fd = self.fds[i]
+            while True:
+                try:
+                    chunk = os.read(fd, _READ_SIZE)
+                except BlockingIOError:
+                    await anyio.wait_readable(fd)
+                    continue
+                if not chunk:
+                    await anyio.sleep_forever()
+                take(i, chunk)
+
+        def drain() -> None:
+            for i in (0, 1):
+                while True:
+                    try:
+                        chunk = os.read(self.fds[i], _READ_SIZE)
+                    except (BlockingIOError, OSError):
+                        break
+                    if not chunk:
+                        break
+                    take(i, chunk)
+
+        state_lost = False
+        interrupted = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump, 0)
+                tg.start_soon(pump, 1)
+                try:
+                    await self._write(_KERNEL_HDR.pack(len(request)) + request)
+                    with stop:
+                        reply = await self._read_reply()
+                        died = reply is None
+                    interrupted = reply is None and not died
+                    if interrupted:
+                        # Past the timeout or the output cap: interrupt the cell, then kill the kernel.
+                        sb._signal_nowait(self.call_id, _signal.SIGINT)
+                        with anyio.move_on_after(INTERRUPT_GRACE):
+                            reply = await self._read_reply()
+                            died = reply is None
+                        if reply is None:
+                            state_lost = True
+                except (BrokenPipeError, ConnectionResetError):
+                    died = True
+                except _KernelBroken:
+                    state_lost = True
+                    reply = None
+                drain()
+                tg.cancel_scope.cancel()
+            done = True
+        finally:
+            if not done or state_lost or died:
+                state_lost = True
+                await self._end()
+        wall = time.monotonic() - started
+        out = outputs[0].decode(errors="replace")
+        err = outputs[1].decode(errors="replace")
+        if died:
+            return CodeResult("error", out, err, None, CodeError("KernelDied", "the kernel exited during the cell",
+                                                                 ""), True, capped[0], capped[1], wall)
+        if reply is None:
+            return CodeResult(why, out, err, None, None, state_lost, capped[0], capped[1], wall)
+        status = reply.get("status")
+        error = _code_error(reply.get("error"))
+        value = reply.get("value")
+        if not isinstance(value, str):
+            value = None
+        if interrupted:
+            return CodeResult(why, out, err, None, error, False, capped[0], capped[1], wall)
+        if status == "ok":
+            return CodeResult("ok", out, err, value, None, False, capped[0], capped[1], wall)
+        if status == "error":
+            return CodeResult("error", out, err, None, error, False, capped[0], capped[1], wall)
+        # "interrupted" without our SIGINT: the cell raised KeyboardInterrupt itself.
+        return CodeResult("error", out, err, None, error, False, capped[0], capped[1], wall)
+
+    async def _end(self) -> None:
+        """Kill the kernel and wait for it (shielded); the next cell starts a new one."""
+        sb = self.sb
+        if sb._kernel is self:
+            sb._kernel = None
+        with anyio.CancelScope(shield=True):
+            try:
+                if self.call_id in sb._live and sb._ended is None:
+                    await sb._kill(self.call_id)
+            except SandboxError:
+                pass
+        sb._forget(self.call_id)
+        self.close()
+
+
+class _KernelBroken(Exception):
+    pass
+
+
+def _code_error(data: object) -> CodeError | None:
+    if not isinstance(data, dict):
+        return None
+    fields = [data.get(k) for k in ("type", "message", "traceback")]
+    return CodeError(*(f if isinstance(f, str) else "" for f in fields))
+
+
+class SandboxProcess(anyio.abc.Process):
+    """A program started by ``Sandbox.spawn``: an ``anyio.abc.Process`` whose PID is the one in the
+    sandbox's PID namespace, signalled and reaped through the sandbox's agent (its parent), so a PID
+    reused after exit is never hit.  ``usage`` is its own (and its reaped children's) once it exited."""
+
+    def __init__(self, sb: Sandbox, call_id: int, pid: int, argv: Sequence[object], ours: list[int],
+                 started: float) -> None:
+        self._sb = sb
+        self._call_id = call_id
+        self._pid = pid
+        self.args = tuple(os.fsdecode(a) for a in argv)  # type: ignore[arg-type]
+        self._stdin = PipeSendStream(ours[0]) if ours[0] >= 0 else None
+        self._stdout = PipeReceiveStream(ours[1]) if ours[1] >= 0 else None
+        self._stderr = PipeReceiveStream(ours[2]) if ours[2] >= 0 else None
+        self._started = started
+        self._returncode: int | None = None
+        self.usage: Usage | None = None
+        self._wait_lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<SandboxProcess {self._pid} returncode={self._returncode}>"
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def stdin(self) -> PipeSendStream | None:
+        return self._stdin
+
+    @property
+    def stdout(self) -> PipeReceiveStream | None:
+        return self._stdout
+
+    @property
+    def stderr(self) -> PipeReceiveStream | None:
+        return self._stderr
+
+    def _take(self, r: _Reply) -> int:
+        self._returncode = os.waitstatus_to_exitcode(r.a)
+        self.usage = Usage(time.monotonic() - self._started, r.utime + r.stime, r.utime, r.stime, r.maxrss)
+        return self._returncode
+
+    @property
+    def returncode(self) -> int | None:
+        if self._returncode is None and self._call_id in self._sb._live:
+            try:
+                self._sb._drain_nowait()
+            except SandboxError:
+                pass
+            box = self._sb._mail.get(self._call_id)
+            if box:
+                r = box.popleft()
+                self._sb._forget(self._call_id)
+                self._take(r)
+        return self._returncode
+
+    async def wait(self) -> int:
+        """The exit code (negative: killed by that signal); ``SandboxClosed`` if the sandbox ended first."""
+        async with self._wait_lock:
+            if self.returncode is not None:
+                return self._returncode  # type: ignore[return-value]
+            r = await self._sb._exited(self._call_id)
+            return self._take(r)
+
+    def send_signal(self, signal: int) -> None:
+        if self.returncode is not None:
+            raise ProcessLookupError(errno.ESRCH, "the sandboxed process has already exited")
+        self._sb._signal_nowait(self._call_id, int(signal), group=False)
+
+    def terminate(self) -> None:
+        self.send_signal(_signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(_signal.SIGKILL)
+
+    async def aclose(self) -> None:
+        """Close our ends of its pipes and wait for it; cancelled, it is killed and waited for."""
+        for stream in (self._stdin, self._stdout, self._stderr):
+            if stream is not None:
+                stream.close()
+        if self._returncode is not None or self._call_id not in self._sb._live:
+            return
+        try:
+            await self.wait()
+        except SandboxClosed:
+            pass
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._sb._abandon(self._call_id)
+            raise
