@@ -19,6 +19,8 @@ from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll
                        NetworkOutbound, OperationSupportLevel, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
 from ._ready import python_executable, python_profile, system_profile
 from ._run import Result, RunError, Status, run
+from ._sandbox import (CodeError, CodeResult, Sandbox, SandboxClosed, SandboxError, SandboxProcess,
+                       open_sandbox)
 from ._spawner import shutdown as shutdown_spawner
 from ._stdio import DEVNULL, PIPE, STDOUT
 
@@ -40,4 +42,5 @@ __all__ = [
     "UserNamespacesUnavailable", "check", "create_sandboxed_subprocess", "explain", "python_executable",
     "python_profile", "Result", "RunError", "Status", "run", "shutdown_spawner", "spawn", "support", "system_profile",
     "__version__",
+    "CodeError", "CodeResult", "Sandbox", "SandboxClosed", "SandboxError", "SandboxProcess", "open_sandbox",
 ]

@@ -171,7 +171,8 @@ _open: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
 def _reap_ended() -> None:
     for sb in list(_open):
         jail = sb._jail
-        if jail is not None and jail.returncode is None and jail.try_reap():
+        # One that is ending (aclose, a failure) is its owner's to reap: its task may be waiting on the pidfd.
+        if sb._ended is None and jail is not None and jail.returncode is None and jail.try_reap():
             sb._release(sb._ended or "its jail ended")
 
 
@@ -255,6 +256,8 @@ class Sandbox:
         self._kernel: _Kernel | None = None
         self._ended: str | None = None
         self._idle_seen = False
+        self._closing = False
+        self._closed_event = anyio.Event()
 
     def __repr__(self) -> str:
         state = self._ended or "open"
@@ -287,14 +290,23 @@ class Sandbox:
         jail = self._jail
         if jail is None:
             return
+        if self._closing:
+            # Another task is closing it (one waiter per pidfd): wait for that one to finish.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_DRAIN_TIMEOUT):
+                await self._closed_event.wait()
+            return
+        self._closing = True
         self._close_socket()
         jail.kill_quietly()
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(_DRAIN_TIMEOUT):
-                while not jail.try_reap():
-                    assert jail.pidfd is not None
-                    await anyio.wait_readable(jail.pidfd)
+                while not jail.try_reap() and jail.pidfd is not None:
+                    try:
+                        await anyio.wait_readable(jail.pidfd)
+                    except anyio.ClosedResourceError:
+                        break  # reaped elsewhere
         self._release(self._ended)
+        self._closed_event.set()
 
     def _close_socket(self) -> None:
         sock, self._sock = self._sock, None
@@ -339,6 +351,15 @@ class Sandbox:
 
     def _ended_now(self) -> SandboxClosed:
         """The agent's socket reached EOF: the jail has ended (or is ending) by itself."""
+        sock = self._sock
+        while sock is not None and not self._idle_seen:  # its last words: was it idle?
+            try:
+                data = sock.recv(_REPLY.size + 1, socket.MSG_DONTWAIT)
+            except OSError:
+                break
+            if len(data) != _REPLY.size:
+                break
+            self._idle_seen = _REPLY.unpack(data)[0] == _IDLE
         self._ended = self._why_ended()
         self._close_socket()
         jail = self._jail
@@ -449,7 +470,7 @@ class Sandbox:
             return await self._reply(call_id)
         raise self._fail(f"its agent did not answer {what} within {seconds:g} s (stopped by a program?)")
 
-    async def _start(self, op: int, body: bytes, fds: Sequence[int]) -> tuple[int, int]:
+    async def _start(self, op: int, body: bytes, fds: Sequence[int], what: Mapping[int, str] = {}) -> tuple[int, int]:
         """Send a call and wait for it to start: (call id, PID in the sandbox)."""
         call_id = await self._send(op, body, fds)
         self._live.add(call_id)
@@ -476,7 +497,7 @@ class Sandbox:
         stage = _STAGES.get(r.b, f"stage {r.b}")
         if r.b == 1 and r.a == errno.EAGAIN:
             raise SandboxSetupError(stage, r.a, "the sandbox runs 1024 calls already")
-        raise setup_error(stage, r.a if 0 < r.a < 4096 else errno.EIO, "")
+        raise setup_error(stage, r.a if 0 < r.a < 4096 else errno.EIO, what.get(r.b, ""))
 
     def _forget(self, call_id: int) -> None:
         self._live.discard(call_id)
@@ -570,6 +591,11 @@ class Sandbox:
             limits = limits.replace(cpu_time=None)
         return limits.rlimits(cgroup_memory="memory" in controllers, cgroup_pids="pids" in controllers)
 
+    def _what(self, argv: Sequence[object], cwd: object) -> dict[int, str]:
+        """What a failed start names, by stage: the cwd for chdir, the program for exec."""
+        prog = os.fsdecode(argv[0]) if isinstance(argv[0], (str, bytes, os.PathLike)) else str(argv[0])
+        return {6: self._cwd(cwd), 7: prog, 8: prog}
+
     def _exec_body(self, argv: Sequence[object], env: Mapping[Any, Any] | None, cwd: object,
                    rlimits: Sequence[tuple[int, int, int]], background: bool = False) -> bytes:
         check_argv(argv)
@@ -614,7 +640,7 @@ class Sandbox:
                 if fd >= 0:
                     os.set_blocking(fd, False)
             started = time.monotonic()
-            call_id, _pid = await self._start(_OP_EXEC, body, theirs)
+            call_id, _pid = await self._start(_OP_EXEC, body, theirs, self._what(argv, cwd))
             _close_fds(theirs)
             return await self._supervise(call_id, argv, call_limits, ours, input, started)
         finally:
@@ -627,6 +653,7 @@ class Sandbox:
         outputs = {"stdout": bytearray(), "stderr": bytearray()}
         timed_out = False
         exit_reply: _Reply | None = None
+        failure: SandboxError | None = None
 
         async def pump(fd: int, name: str, scope: anyio.CancelScope) -> None:
             with scope:
@@ -671,11 +698,15 @@ class Sandbox:
                     tg.start_soon(pump, fd, name, scope)
                 if input is not None:
                     tg.start_soon(feed, bytes(input), feed_scope)
-                with anyio.move_on_after(limits.wall_time if limits.wall_time is not None else math.inf):
-                    exit_reply = await self._exited(call_id)
-                if exit_reply is None:
-                    timed_out = True
-                    exit_reply = await self._stop(call_id, DEFAULT_GRACE)
+                try:
+                    with anyio.move_on_after(limits.wall_time if limits.wall_time is not None else math.inf):
+                        exit_reply = await self._exited(call_id)
+                    if exit_reply is None:
+                        timed_out = True
+                        exit_reply = await self._stop(call_id, DEFAULT_GRACE)
+                except SandboxError as e:
+                    failure = e  # raised below, on its own rather than in an exception group
+                    tg.cancel_scope.cancel()
                 feed_scope.cancel()
                 deadline = anyio.current_time() + _DRAIN_TIMEOUT
                 for scope in pump_scopes:
@@ -683,6 +714,9 @@ class Sandbox:
         finally:
             if exit_reply is None:
                 await self._abandon(call_id)
+        if failure is not None:
+            raise failure
+        assert exit_reply is not None
         wall = time.monotonic() - started
         returncode = os.waitstatus_to_exitcode(exit_reply.a)
         stderr = bytes(outputs["stderr"])
@@ -693,6 +727,10 @@ class Sandbox:
             evidence = f"wall time {limits.wall_time} s ran out; the sandbox ended the call"
         enforced = enforcement(limits, None)
         enforced.pop("cgroup", None)
+        if "output" in enforced:
+            enforced["output"] = "event loop (reading stops and the call's process group is killed at the cap)"
+        if "wall_time" in enforced:
+            enforced["wall_time"] = "event loop (SIGTERM to the call's process group, grace, SIGKILL)"
         if "cpu_time" in enforced:
             enforced["cpu_time"] = "rlimit RLIMIT_CPU (per process: SIGXCPU, then SIGKILL a second later)"
         return Result(args=tuple(os.fsdecode(a) for a in argv),  # type: ignore[arg-type]
@@ -729,7 +767,7 @@ class Sandbox:
                     raise ProfileError(f"{('stdin', 'stdout', 'stderr')[target]} must be PIPE, DEVNULL, an fd "
                                        f"(or STDOUT for stderr), not {spec!r}")
             started = time.monotonic()
-            call_id, pid = await self._start(_OP_EXEC, body, theirs)
+            call_id, pid = await self._start(_OP_EXEC, body, theirs, self._what(argv, cwd))
         except BaseException:
             _close_fds(ours)
             raise
@@ -818,7 +856,9 @@ class Sandbox:
         self._file_status(exit_reply, path)
         return bytes(buf)
 
-    def _file_status(self, r: _Reply, path: object) -> None:
+    def _file_status(self, r: _Reply | None, path: object) -> None:
+        assert r is not None
+        path = str(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(path)
         if os.WIFSIGNALED(r.a):
             raise SandboxError(f"{path}: the sandbox's file worker was killed by signal {os.WTERMSIG(r.a)}")
         code = os.WEXITSTATUS(r.a) if os.WIFEXITED(r.a) else errno.EIO
@@ -826,14 +866,14 @@ class Sandbox:
             return
         if code in (errno.EXDEV, errno.ELOOP):
             raise PermissionError(code, f"{path}: resolves outside the workspace {self.workspace} "
-                                  "(through a symlink or a mount); sandbox files stay inside it", os.fspath(path))  # type: ignore[arg-type]
+                                  "(through a symlink or a mount); sandbox files stay inside it", path)
         if code == errno.EFBIG:
             raise ProfileError(f"{path}: larger than a sandbox file may be ({self._file_cap()} bytes)")
         if code == errno.ENOSPC:
             raise OSError(code, f"{path}: the workspace is full (workspace_size {self.workspace_size} bytes)")
-        if code == errno.EINVAL:
+        if code in (errno.EINVAL, errno.ENXIO):  # ENXIO: a FIFO with no reader, opened without blocking
             raise OSError(code, f"{path}: not a regular file")
-        raise OSError(code, os.strerror(code), os.fspath(path))  # type: ignore[arg-type]
+        raise OSError(code, os.strerror(code), path)
 
     # ------------------------------------------------------------------------------------------------
     # Code cells
