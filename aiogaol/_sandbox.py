@@ -901,7 +901,6 @@ class Sandbox:
 
     async def _start_kernel(self) -> "_Kernel":
         python = self.python or python_executable()
-        pipes: list[int] = []
         ours: list[int] = []
         theirs: list[int] = []
         try:
@@ -926,7 +925,7 @@ class Sandbox:
             _close_fds(ours)
             raise
         finally:
-            _close_fds(theirs + pipes)
+            _close_fds(theirs)
         return _Kernel(self, call_id, pid, *ours)
 
 
