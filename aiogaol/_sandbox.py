@@ -882,13 +882,15 @@ class Sandbox:
                        output_limit: int | None = None) -> CodeResult:
         """Run a cell of Python in the sandbox's kernel (started at the first cell; state carries over).
 
-        Past ``timeout`` the cell is interrupted (SIGINT: KeyboardInterrupt in the cell) and the result is
+        Past ``timeout`` (else the sandbox's ``limits.wall_time``) the cell is interrupted (SIGINT: KeyboardInterrupt in the cell) and the result is
         "timed-out"; if it does not stop within a second, the kernel is killed (``state_lost``) and the
         next cell starts a new one.  Each of stdout and stderr is capped at ``output_limit`` bytes (default:
         the sandbox's ``limits.output``); past it the cell is stopped the same way ("output-limit")."""
         if not isinstance(code, str):
             raise ProfileTypeError(f"code must be a str, not {type(code).__name__}")
         wall = _seconds(timeout, "timeout")
+        if wall is None:
+            wall = self.limits.wall_time
         cap = self.limits.output if output_limit is None else output_limit
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0):
             raise ProfileError(f"output_limit must be a positive int (bytes) or None, not {cap!r}")

@@ -366,6 +366,33 @@ async def test_a_dead_agent_ends_the_sandbox(profile: aiogaol.Profile) -> None:
         await sb.aclose()
 
 
+async def test_a_stopped_agent_ends_the_sandbox(profile: aiogaol.Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program can SIGSTOP the agent; the server does not wait on it for ever: the sandbox is ended
+    with a named error once an answer is overdue."""
+    from aiogaol import _sandbox
+
+    monkeypatch.setattr(_sandbox, "AGENT_TIMEOUT", 1.0)
+    sb = await aiogaol.open_sandbox(profile)
+    pid = sb.pid
+    try:
+        with pytest.raises(aiogaol.SandboxError, match="did not answer|not reported dead"):
+            await sb.exec(["/bin/sh", "-c", "kill -STOP 2; sleep 30"], timeout=0.5)
+        with pytest.raises(aiogaol.SandboxClosed):
+            await sb.exec(["true"])
+    finally:
+        await sb.aclose()
+    assert not _alive(pid)
+
+
+async def test_a_cancelled_cell_kills_its_kernel(profile: aiogaol.Profile) -> None:
+    async with await aiogaol.open_sandbox(profile) as sb:
+        await sb.run_code("state = 1")
+        with anyio.move_on_after(0.3):
+            await sb.run_code("import time\ntime.sleep(30)")
+        cell = await sb.run_code("'state' in globals()")
+        assert cell.ok and cell.value == "False"
+
+
 async def test_bad_arguments_are_named(profile: aiogaol.Profile) -> None:
     with pytest.raises(TypeError):
         await aiogaol.open_sandbox("not a profile")  # type: ignore[arg-type]
