@@ -508,6 +508,8 @@ class Sandbox:
         if r.kind != _EXITED:
             raise self._fail(f"its agent sent reply kind {r.kind} for a running call")
         self._forget(call_id)
+        if not (os.WIFEXITED(r.a) or os.WIFSIGNALED(r.a)):
+            raise self._fail(f"its agent reported the impossible wait status {r.a:#x}")
         return r
 
     async def _stop(self, call_id: int, grace: float) -> _Reply:
@@ -967,7 +969,7 @@ class _Kernel:
                     self.pending = self.pending[_KERNEL_HDR.size + size:]
                     try:
                         reply = json.loads(data)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         raise _KernelBroken("the kernel sent a reply that is not JSON") from None
                     if not isinstance(reply, dict):
                         raise _KernelBroken("the kernel sent a reply that is not an object")
@@ -1162,7 +1164,10 @@ class SandboxProcess(anyio.abc.Process):
             if box:
                 r = box.popleft()
                 self._sb._forget(self._call_id)
-                self._take(r)
+                if r.kind == _EXITED and (os.WIFEXITED(r.a) or os.WIFSIGNALED(r.a)):
+                    self._take(r)
+                else:
+                    self._sb._fail(f"its agent sent reply kind {r.kind}, status {r.a:#x} for a running call")
         return self._returncode
 
     async def wait(self) -> int:
