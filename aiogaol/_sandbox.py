@@ -14,6 +14,9 @@ trio and needs no task group of its own.  ``lifetime`` is kept by init (PID 1, w
 jail can stop or kill), ``idle_timeout`` by the agent (it knows when no call is running); the server
 notices either at the next call (``SandboxClosed``) and reaps what is left then, at ``aclose``, at the
 next ``open_sandbox``, or in the finaliser.
+
+The wire format and the errors are in ``_agent``, the code cells' side in ``_cells`` (the kernel's own
+source in ``_kernel_cell``), the spawned programs' face in ``_sandbox_process``.
 """
 
 from __future__ import annotations
@@ -28,119 +31,42 @@ import math
 import os
 import signal as _signal
 import socket
-import struct
 import time
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
 import anyio.abc
 
+from . import _agent as wire
 from . import _pacing, _plan
-from ._anyio_process import PipeReceiveStream, PipeSendStream
-from ._errors import AiogaolError, ProfileError, ProfileTypeError, SandboxSetupError, setup_error
-from ._jail import RunningJail, Usage, launch
+from ._agent import SandboxClosed, SandboxError
+from ._agent import SandboxSpawn as _SandboxSpawn
+from ._agent import close_fds as _close_fds
+from ._cells import CodeError, CodeResult
+from ._cells import Kernel as _Kernel
+from ._errors import ProfileError, ProfileTypeError, SandboxSetupError, setup_error
+from ._jail import RunningJail, launch
 from ._kernel_cell import SOURCE as _KERNEL_SOURCE
 from ._limits import MAX_SECONDS, Limits, resolve_limits
 from ._profile import Profile, Tmpfs, check_path
 from ._ready import python_executable
-from ._run import Result, Status, _classify, enforcement
+from ._run import Result, _classify, enforcement
+from ._sandbox_process import SandboxProcess
 from ._spawnargs import SpawnArgs, check_argv
 from ._stdio import DEVNULL, PIPE, STDOUT
+
+__all__ = ["CodeError", "CodeResult", "Sandbox", "SandboxClosed", "SandboxError", "SandboxProcess", "open_sandbox"]
 
 DEFAULT_WORKSPACE_SIZE = 256 << 20
 # The agent answers a request at once when it runs at all: one that has not for this long is stopped
 # (a program of the sandbox can SIGSTOP it) or starved, and the sandbox is ended rather than waited for.
 AGENT_TIMEOUT = 10.0
 DEFAULT_GRACE = 0.5  # seconds between SIGTERM and SIGKILL of a call past its timeout
-INTERRUPT_GRACE = 1.0  # seconds a cell has to stop after SIGINT before its kernel is killed
 _DRAIN_TIMEOUT = 5.0
 _READ_SIZE = 65536
-_MAX_MSG = 65536
-_KERNEL_REPLY_MAX = 1 << 20  # the kernel caps its value and texts at 64 KiB each
-
-# The agent's wire format (aiogaol/_native/agent.h), native byte order.
-_REQ = struct.Struct("=II")  # op, id
-_EXEC = struct.Struct("=IIIIiI")  # flags, n_rlimits, argc, envc, umask, pad
-_RLIM = struct.Struct("=iiQQ")
-_FILE = struct.Struct("=IIQ")  # mode, pad, max bytes
-_SIG = struct.Struct("=IiI")  # call id, signal, group
-_REPLY = struct.Struct("=IIiiQQQ")  # kind, id, a, b, utime ns, stime ns, maxrss bytes
-_OP_EXEC, _OP_SIGNAL, _OP_WRITE, _OP_READ = 1, 2, 3, 4
-_STARTED, _FAILED, _EXITED, _ACK, _IDLE = 1, 2, 3, 4, 5
-_BACKGROUND = 1
-_STAGES = {1: "sandbox request", 2: "fork program", 3: "setsid", 4: "setrlimit", 5: "place fds", 6: "chdir",
-           7: "exec", 8: "exec (program found, its ELF interpreter or script interpreter is not in the jail)"}
-_KERNEL_HDR = struct.Struct(">I")
-
-
-class SandboxError(AiogaolError, RuntimeError):
-    """The sandbox cannot serve this call: its agent misbehaved, stopped answering or died, so the
-    sandbox was ended; the message says what happened."""
-
-
-class SandboxClosed(SandboxError):
-    """The sandbox has ended (``aclose``, its ``idle_timeout`` or its ``lifetime``, or an earlier
-    failure); the message says which."""
-
-
-@dataclass(frozen=True)
-class CodeError:
-    """What a cell raised: the exception's type name, its message, and the formatted traceback (the
-    cell's own frames only)."""
-
-    type: str
-    message: str
-    traceback: str
-
-
-@dataclass(frozen=True)
-class CodeResult:
-    """One cell's outcome.  ``status`` is "ok", "error" (the cell raised; see ``error``; the kernel lives
-    on), "timed-out" or "output-limit".  ``value`` is the repr of the cell's final expression (None when
-    it has none, or it is None).  ``state_lost`` says the kernel had to be killed (it did not stop at
-    SIGINT, or it died), so the next cell starts in a fresh one."""
-
-    status: str
-    stdout: str
-    stderr: str
-    value: str | None
-    error: CodeError | None
-    state_lost: bool = False
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
-    wall_time: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-@dataclass(frozen=True)
-class _Reply:
-    kind: int
-    id: int
-    a: int
-    b: int
-    utime: float
-    stime: float
-    maxrss: int
-
-
-@dataclass(frozen=True)
-class _SandboxSpawn(SpawnArgs):
-    """The spawn of a sandbox's jail: a plain spawn's arguments plus the agent's own."""
-
-    agent_args: tuple[str, ...] = ()
-
-    def helper_argv(self, err_fd: int, lifeline_fd: int, seccomp_fd: int | None = None, cgroup: Any = None,
-                    umask: int | None = None, inherited_rlimits: Sequence[tuple[int, int, int]] = ()) -> list[bytes]:
-        argv = super().helper_argv(err_fd, lifeline_fd, seccomp_fd, cgroup, umask, inherited_rlimits)
-        return argv[:1] + [os.fsencode(a) for a in self.agent_args] + argv[1:]
-
 
 def _seconds(value: object, name: str) -> float | None:
     if value is None:
@@ -151,16 +77,6 @@ def _seconds(value: object, name: str) -> float | None:
         raise ProfileError(f"{name} must be a finite number of seconds, more than 0 and at most {MAX_SECONDS:g}, "
                            f"not {value!r}")
     return float(value)
-
-
-def _close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    fds.clear()
 
 
 # Sandboxes not yet closed: the next open_sandbox reaps those whose jail ended by itself (idle_timeout,
@@ -249,7 +165,7 @@ class Sandbox:
         self._opened = time.monotonic()
         self._ids = itertools.count(1)
         self._live: set[int] = set()
-        self._mail: dict[int, collections.deque[_Reply]] = {}
+        self._mail: dict[int, collections.deque[wire.Reply]] = {}
         self._read_lock = anyio.Lock()
         self._send_lock = anyio.Lock()
         self._kernel_lock = anyio.Lock()
@@ -354,12 +270,12 @@ class Sandbox:
         sock = self._sock
         while sock is not None and not self._idle_seen:  # its last words: was it idle?
             try:
-                data = sock.recv(_REPLY.size + 1, socket.MSG_DONTWAIT)
+                data = sock.recv(wire.REPLY.size + 1, socket.MSG_DONTWAIT)
             except OSError:
                 break
-            if len(data) != _REPLY.size:
+            if len(data) != wire.REPLY.size:
                 break
-            self._idle_seen = _REPLY.unpack(data)[0] == _IDLE
+            self._idle_seen = wire.REPLY.unpack(data)[0] == wire.IDLE
         self._ended = self._why_ended()
         self._close_socket()
         jail = self._jail
@@ -385,11 +301,11 @@ class Sandbox:
     # The agent's wire
 
     async def _send(self, op: int, body: bytes, fds: Sequence[int] = ()) -> int:
-        if len(body) + _REQ.size > _MAX_MSG:
-            raise ProfileError(f"this call's request is {len(body) + _REQ.size} bytes; a sandbox takes at most "
-                               f"{_MAX_MSG} (arguments, environment and path together)")
+        if len(body) + wire.REQ.size > wire.MAX_MSG:
+            raise ProfileError(f"this call's request is {len(body) + wire.REQ.size} bytes; a sandbox takes at most "
+                               f"{wire.MAX_MSG} (arguments, environment and path together)")
         call_id = next(self._ids)
-        msg = _REQ.pack(op, call_id) + body
+        msg = wire.REQ.pack(op, call_id) + body
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
         async with self._send_lock:
             while True:
@@ -413,7 +329,7 @@ class Sandbox:
         if sock is None:
             return
         try:
-            sock.send(_REQ.pack(_OP_SIGNAL, next(self._ids)) + _SIG.pack(call_id, sig, 1 if group else 0))
+            sock.send(wire.REQ.pack(wire.OP_SIGNAL, next(self._ids)) + wire.SIG.pack(call_id, sig, 1 if group else 0))
         except OSError:
             pass  # a full socket or a dead agent: the wait that follows finds out
 
@@ -422,27 +338,27 @@ class Sandbox:
         sock = self._sock
         while sock is not None:
             try:
-                data = sock.recv(_REPLY.size + 1)
+                data = sock.recv(wire.REPLY.size + 1)
             except BlockingIOError:
                 return
             except OSError:
                 raise self._ended_now() from None
             if not data:
                 raise self._ended_now()
-            if len(data) != _REPLY.size:
+            if len(data) != wire.REPLY.size:
                 raise self._fail(f"its agent sent a malformed reply ({len(data)} bytes)")
-            kind, call_id, a, b, utime, stime, maxrss = _REPLY.unpack(data)
-            if kind == _IDLE:
+            kind, call_id, a, b, utime, stime, maxrss = wire.REPLY.unpack(data)
+            if kind == wire.IDLE:
                 self._idle_seen = True
                 continue
-            if kind not in (_STARTED, _FAILED, _EXITED, _ACK):
+            if kind not in (wire.STARTED, wire.FAILED, wire.EXITED, wire.ACK):
                 raise self._fail(f"its agent sent a reply of unknown kind {kind}")
             if call_id in self._live:
                 self._mail.setdefault(call_id, collections.deque()).append(
-                    _Reply(kind, call_id, a, b, utime / 1e9, stime / 1e9, maxrss))
+                    wire.Reply(kind, call_id, a, b, utime / 1e9, stime / 1e9, maxrss))
             sock = self._sock
 
-    async def _reply(self, call_id: int) -> _Reply:
+    async def _reply(self, call_id: int) -> wire.Reply:
         """The next reply for a call: from its mailbox, or read (one reader at a time) until it comes."""
         while True:
             box = self._mail.get(call_id)
@@ -465,7 +381,7 @@ class Sandbox:
                     raise SandboxClosed(self._why_ended()) from None
                 self._drain_nowait()
 
-    async def _reply_within(self, call_id: int, seconds: float, what: str) -> _Reply:
+    async def _reply_within(self, call_id: int, seconds: float, what: str) -> wire.Reply:
         with anyio.move_on_after(seconds):
             return await self._reply(call_id)
         raise self._fail(f"its agent did not answer {what} within {seconds:g} s (stopped by a program?)")
@@ -483,18 +399,18 @@ class Sandbox:
                 with anyio.CancelScope(shield=True):
                     try:
                         late = await self._reply_within(call_id, AGENT_TIMEOUT, "a request")
-                        if late.kind == _STARTED:
+                        if late.kind == wire.STARTED:
                             await self._kill(call_id)
                     except SandboxError:
                         pass
             self._forget(call_id)
             raise
-        if r.kind == _STARTED:
+        if r.kind == wire.STARTED:
             return call_id, r.a
         self._forget(call_id)
-        if r.kind != _FAILED:
+        if r.kind != wire.FAILED:
             raise self._fail(f"its agent answered a request with reply kind {r.kind}")
-        stage = _STAGES.get(r.b, f"stage {r.b}")
+        stage = wire.STAGES.get(r.b, f"stage {r.b}")
         if r.b == 1 and r.a == errno.EAGAIN:
             raise SandboxSetupError(stage, r.a, "the sandbox runs 1024 calls already")
         raise setup_error(stage, r.a if 0 < r.a < 4096 else errno.EIO, what.get(r.b, ""))
@@ -503,23 +419,23 @@ class Sandbox:
         self._live.discard(call_id)
         self._mail.pop(call_id, None)
 
-    async def _exited(self, call_id: int) -> _Reply:
+    async def _exited(self, call_id: int) -> wire.Reply:
         r = await self._reply(call_id)
-        if r.kind != _EXITED:
+        if r.kind != wire.EXITED:
             raise self._fail(f"its agent sent reply kind {r.kind} for a running call")
         self._forget(call_id)
         if not (os.WIFEXITED(r.a) or os.WIFSIGNALED(r.a)):
             raise self._fail(f"its agent reported the impossible wait status {r.a:#x}")
         return r
 
-    async def _stop(self, call_id: int, grace: float) -> _Reply:
+    async def _stop(self, call_id: int, grace: float) -> wire.Reply:
         """SIGTERM the call's process group, then after ``grace`` SIGKILL; its exit, or the sandbox ends."""
         self._signal_nowait(call_id, _signal.SIGTERM)
         with anyio.move_on_after(grace):
             return await self._exited(call_id)
         return await self._kill(call_id)
 
-    async def _kill(self, call_id: int) -> _Reply:
+    async def _kill(self, call_id: int) -> wire.Reply:
         self._signal_nowait(call_id, _signal.SIGKILL)
         with anyio.move_on_after(AGENT_TIMEOUT):
             return await self._exited(call_id)
@@ -604,8 +520,8 @@ class Sandbox:
         args = _plan.program_argv(argv[0], list(argv[1:]))
         envp = _plan.environment(env)
         where = os.fsencode(self._cwd(cwd))
-        head = _EXEC.pack(_BACKGROUND if background else 0, len(rlimits), len(args), len(envp), -1, 0)
-        rl = b"".join(_RLIM.pack(res, 0, soft if soft >= 0 else (1 << 64) - 1, hard if hard >= 0 else (1 << 64) - 1)
+        head = wire.EXEC.pack(wire.BACKGROUND if background else 0, len(rlimits), len(args), len(envp), -1, 0)
+        rl = b"".join(wire.RLIM.pack(res, 0, soft if soft >= 0 else (1 << 64) - 1, hard if hard >= 0 else (1 << 64) - 1)
                       for res, soft, hard in rlimits)
         return head + rl + where + b"\0" + b"".join(a + b"\0" for a in args) + b"".join(e + b"\0" for e in envp)
 
@@ -642,7 +558,7 @@ class Sandbox:
                 if fd >= 0:
                     os.set_blocking(fd, False)
             started = time.monotonic()
-            call_id, _pid = await self._start(_OP_EXEC, body, theirs, self._what(argv, cwd))
+            call_id, _pid = await self._start(wire.OP_EXEC, body, theirs, self._what(argv, cwd))
             _close_fds(theirs)
             return await self._supervise(call_id, argv, call_limits, ours, input, started)
         finally:
@@ -654,7 +570,7 @@ class Sandbox:
         capped = {"stdout": False, "stderr": False}
         outputs = {"stdout": bytearray(), "stderr": bytearray()}
         timed_out = False
-        exit_reply: _Reply | None = None
+        exit_reply: wire.Reply | None = None
         failure: SandboxError | None = None
 
         async def pump(fd: int, name: str, scope: anyio.CancelScope) -> None:
@@ -769,7 +685,7 @@ class Sandbox:
                     raise ProfileError(f"{('stdin', 'stdout', 'stderr')[target]} must be PIPE, DEVNULL, an fd "
                                        f"(or STDOUT for stderr), not {spec!r}")
             started = time.monotonic()
-            call_id, pid = await self._start(_OP_EXEC, body, theirs, self._what(argv, cwd))
+            call_id, pid = await self._start(wire.OP_EXEC, body, theirs, self._what(argv, cwd))
         except BaseException:
             _close_fds(ours)
             raise
@@ -799,7 +715,7 @@ class Sandbox:
         fds = [r, w]
         try:
             os.set_blocking(w, False)
-            call_id, _ = await self._start(_OP_WRITE, _FILE.pack(mode, 0, cap) + os.fsencode(rel) + b"\0", [r])
+            call_id, _ = await self._start(wire.OP_WRITE, wire.FILE.pack(mode, 0, cap) + os.fsencode(rel) + b"\0", [r])
             os.close(r)
             fds[0] = -1
             exit_reply = None
@@ -833,7 +749,7 @@ class Sandbox:
         buf = bytearray()
         try:
             os.set_blocking(r, False)
-            call_id, _ = await self._start(_OP_READ, _FILE.pack(0, 0, cap) + os.fsencode(rel) + b"\0", [w])
+            call_id, _ = await self._start(wire.OP_READ, wire.FILE.pack(0, 0, cap) + os.fsencode(rel) + b"\0", [w])
             os.close(w)
             fds[1] = -1
             exit_reply = None
@@ -858,7 +774,7 @@ class Sandbox:
         self._file_status(exit_reply, path)
         return bytes(buf)
 
-    def _file_status(self, r: _Reply | None, path: object) -> None:
+    def _file_status(self, r: wire.Reply | None, path: object) -> None:
         assert r is not None
         path = str(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(path)
         if os.WIFSIGNALED(r.a):
@@ -924,7 +840,7 @@ class Sandbox:
             body = self._exec_body([python, "-I", "-u", "-c", _KERNEL_SOURCE],
                                    {"HOME": self.workspace, "LC_ALL": "C.UTF-8"}, None,
                                    self._rlimits(self.limits, cpu=False), background=True)
-            call_id, pid = await self._start(_OP_EXEC, body, theirs)
+            call_id, pid = await self._start(wire.OP_EXEC, body, theirs)
         except BaseException:
             _close_fds(ours)
             raise
@@ -933,274 +849,3 @@ class Sandbox:
         return _Kernel(self, call_id, pid, *ours)
 
 
-class _Kernel:
-    """The sandbox's Python kernel: its call, and our ends of its pipes (stdout, stderr, requests,
-    replies)."""
-
-    def __init__(self, sb: Sandbox, call_id: int, pid: int, out_r: int, err_r: int, req_w: int, rep_r: int) -> None:
-        self.sb = sb
-        self.call_id = call_id
-        self.pid = pid
-        self.fds = [out_r, err_r, req_w, rep_r]
-        self.pending = b""
-
-    def close(self) -> None:
-        _close_fds(self.fds)
-
-    async def _write(self, data: bytes) -> None:
-        fd = self.fds[2]
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(fd, view):]
-            except BlockingIOError:
-                await anyio.wait_writable(fd)
-
-    async def _read_reply(self) -> dict[str, Any] | None:
-        """The kernel's reply to the cell, or None at EOF (the kernel died)."""
-        fd = self.fds[3]
-        while True:
-            if len(self.pending) >= _KERNEL_HDR.size:
-                (size,) = _KERNEL_HDR.unpack_from(self.pending)
-                if size > _KERNEL_REPLY_MAX:
-                    raise _KernelBroken(f"the kernel sent a reply of {size} bytes")
-                if len(self.pending) >= _KERNEL_HDR.size + size:
-                    data = self.pending[_KERNEL_HDR.size:_KERNEL_HDR.size + size]
-                    self.pending = self.pending[_KERNEL_HDR.size + size:]
-                    try:
-                        reply = json.loads(data)
-                    except (ValueError, RecursionError):
-                        raise _KernelBroken("the kernel sent a reply that is not JSON") from None
-                    if not isinstance(reply, dict):
-                        raise _KernelBroken("the kernel sent a reply that is not an object")
-                    return reply
-            try:
-                chunk = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                await anyio.wait_readable(fd)
-                continue
-            if not chunk:
-                return None
-            self.pending += chunk
-
-    async def cell(self, request: bytes, timeout: float | None, cap: int | None) -> CodeResult:
-        sb = self.sb
-        started = time.monotonic()
-        outputs = [bytearray(), bytearray()]
-        capped = [False, False]
-        stop = anyio.CancelScope(deadline=anyio.current_time() + timeout if timeout is not None else math.inf)
-        reply: dict[str, Any] | None = None
-        died = False
-        why = "timed-out"
-        done = False
-
-        def take(i: int, chunk: bytes) -> None:
-            nonlocal why
-            buf = outputs[i]
-            if capped[i]:
-                return
-            if cap is not None and len(buf) + len(chunk) > cap:
-                buf += chunk[:cap - len(buf)]
-                capped[i] = True
-                why = "output-limit"
-                stop.cancel()
-                return
-            buf += chunk
-
-        async def pump(i: int) -> None:
-            fd = self.fds[i]
-            while True:
-                try:
-                    chunk = os.read(fd, _READ_SIZE)
-                except BlockingIOError:
-                    await anyio.wait_readable(fd)
-                    continue
-                if not chunk:
-                    await anyio.sleep_forever()
-                take(i, chunk)
-
-        def drain() -> None:
-            for i in (0, 1):
-                while True:
-                    try:
-                        chunk = os.read(self.fds[i], _READ_SIZE)
-                    except (BlockingIOError, OSError):
-                        break
-                    if not chunk:
-                        break
-                    take(i, chunk)
-
-        state_lost = False
-        interrupted = False
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(pump, 0)
-                tg.start_soon(pump, 1)
-                try:
-                    await self._write(_KERNEL_HDR.pack(len(request)) + request)
-                    with stop:
-                        reply = await self._read_reply()
-                        died = reply is None
-                    interrupted = reply is None and not died
-                    if interrupted:
-                        # Past the timeout or the output cap: interrupt the cell, then kill the kernel.
-                        sb._signal_nowait(self.call_id, _signal.SIGINT)
-                        with anyio.move_on_after(INTERRUPT_GRACE):
-                            reply = await self._read_reply()
-                            died = reply is None
-                        if reply is None:
-                            state_lost = True
-                except (BrokenPipeError, ConnectionResetError):
-                    died = True
-                except _KernelBroken:
-                    state_lost = True
-                    reply = None
-                drain()
-                tg.cancel_scope.cancel()
-            done = True
-        finally:
-            if not done or state_lost or died:
-                state_lost = True
-                await self._end()
-        wall = time.monotonic() - started
-        out = outputs[0].decode(errors="replace")
-        err = outputs[1].decode(errors="replace")
-        if died:
-            return CodeResult("error", out, err, None, CodeError("KernelDied", "the kernel exited during the cell",
-                                                                 ""), True, capped[0], capped[1], wall)
-        if reply is None:
-            return CodeResult(why, out, err, None, None, state_lost, capped[0], capped[1], wall)
-        status = reply.get("status")
-        error = _code_error(reply.get("error"))
-        value = reply.get("value")
-        if not isinstance(value, str):
-            value = None
-        if interrupted:
-            return CodeResult(why, out, err, None, error, False, capped[0], capped[1], wall)
-        if status == "ok":
-            return CodeResult("ok", out, err, value, None, False, capped[0], capped[1], wall)
-        if status == "error":
-            return CodeResult("error", out, err, None, error, False, capped[0], capped[1], wall)
-        # "interrupted" without our SIGINT: the cell raised KeyboardInterrupt itself.
-        return CodeResult("error", out, err, None, error, False, capped[0], capped[1], wall)
-
-    async def _end(self) -> None:
-        """Kill the kernel and wait for it (shielded); the next cell starts a new one."""
-        sb = self.sb
-        if sb._kernel is self:
-            sb._kernel = None
-        with anyio.CancelScope(shield=True):
-            try:
-                if self.call_id in sb._live and sb._ended is None:
-                    await sb._kill(self.call_id)
-            except SandboxError:
-                pass
-        sb._forget(self.call_id)
-        self.close()
-
-
-class _KernelBroken(Exception):
-    pass
-
-
-def _code_error(data: object) -> CodeError | None:
-    if not isinstance(data, dict):
-        return None
-    fields = [data.get(k) for k in ("type", "message", "traceback")]
-    return CodeError(*(f if isinstance(f, str) else "" for f in fields))
-
-
-class SandboxProcess(anyio.abc.Process):
-    """A program started by ``Sandbox.spawn``: an ``anyio.abc.Process`` whose PID is the one in the
-    sandbox's PID namespace, signalled and reaped through the sandbox's agent (its parent), so a PID
-    reused after exit is never hit.  ``usage`` is its own (and its reaped children's) once it exited."""
-
-    def __init__(self, sb: Sandbox, call_id: int, pid: int, argv: Sequence[object], ours: list[int],
-                 started: float) -> None:
-        self._sb = sb
-        self._call_id = call_id
-        self._pid = pid
-        self.args = tuple(os.fsdecode(a) for a in argv)  # type: ignore[arg-type]
-        self._stdin = PipeSendStream(ours[0]) if ours[0] >= 0 else None
-        self._stdout = PipeReceiveStream(ours[1]) if ours[1] >= 0 else None
-        self._stderr = PipeReceiveStream(ours[2]) if ours[2] >= 0 else None
-        self._started = started
-        self._returncode: int | None = None
-        self.usage: Usage | None = None
-        self._wait_lock = anyio.Lock()
-
-    def __repr__(self) -> str:
-        return f"<SandboxProcess {self._pid} returncode={self._returncode}>"
-
-    @property
-    def pid(self) -> int:
-        return self._pid
-
-    @property
-    def stdin(self) -> PipeSendStream | None:
-        return self._stdin
-
-    @property
-    def stdout(self) -> PipeReceiveStream | None:
-        return self._stdout
-
-    @property
-    def stderr(self) -> PipeReceiveStream | None:
-        return self._stderr
-
-    def _take(self, r: _Reply) -> int:
-        self._returncode = os.waitstatus_to_exitcode(r.a)
-        self.usage = Usage(time.monotonic() - self._started, r.utime + r.stime, r.utime, r.stime, r.maxrss)
-        return self._returncode
-
-    @property
-    def returncode(self) -> int | None:
-        if self._returncode is None and self._call_id in self._sb._live:
-            try:
-                self._sb._drain_nowait()
-            except SandboxError:
-                pass
-            box = self._sb._mail.get(self._call_id)
-            if box:
-                r = box.popleft()
-                self._sb._forget(self._call_id)
-                if r.kind == _EXITED and (os.WIFEXITED(r.a) or os.WIFSIGNALED(r.a)):
-                    self._take(r)
-                else:
-                    self._sb._fail(f"its agent sent reply kind {r.kind}, status {r.a:#x} for a running call")
-        return self._returncode
-
-    async def wait(self) -> int:
-        """The exit code (negative: killed by that signal); ``SandboxClosed`` if the sandbox ended first."""
-        async with self._wait_lock:
-            if self.returncode is not None:
-                return self._returncode  # type: ignore[return-value]
-            r = await self._sb._exited(self._call_id)
-            return self._take(r)
-
-    def send_signal(self, signal: int) -> None:
-        if self.returncode is not None:
-            raise ProcessLookupError(errno.ESRCH, "the sandboxed process has already exited")
-        self._sb._signal_nowait(self._call_id, int(signal), group=False)
-
-    def terminate(self) -> None:
-        self.send_signal(_signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(_signal.SIGKILL)
-
-    async def aclose(self) -> None:
-        """Close our ends of its pipes and wait for it; cancelled, it is killed and waited for."""
-        for stream in (self._stdin, self._stdout, self._stderr):
-            if stream is not None:
-                stream.close()
-        if self._returncode is not None or self._call_id not in self._sb._live:
-            return
-        try:
-            await self.wait()
-        except SandboxClosed:
-            pass
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._sb._abandon(self._call_id)
-            raise
