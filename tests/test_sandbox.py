@@ -22,7 +22,6 @@ from aiogaol import _spawner
 from .conftest import open_fds, zombie_children
 from .test_reliability import _strays
 
-pytestmark = pytest.mark.anyio
 
 SOAK_SANDBOXES = int(os.environ.get("AIOGAOL_SOAK_SANDBOXES", "1000"))
 
@@ -35,8 +34,18 @@ def profile() -> aiogaol.Profile:
 PY = aiogaol.python_executable()
 
 
+def test_the_wire_matches_the_agent() -> None:
+    """The server's struct formats have the sizes of agent.h's structs (the compiler's, through cffi)."""
+    from aiogaol import _agent
+    from aiogaol._native import _core
+
+    formats = [_agent.REQ, _agent.EXEC, _agent.RLIM, _agent.FILE, _agent.REPLY]
+    assert [f.size for f in formats] == [_core.lib.aiogaol_agent_wire_size(i) for i in range(5)]
+
+
 # -- one jail across calls ------------------------------------------------------------------------
 
+@pytest.mark.anyio
 async def test_execs_share_the_jail(profile: aiogaol.Profile) -> None:
     """Files, processes, the PID namespace and the loopback are the sandbox's, not the call's."""
     async with await aiogaol.open_sandbox(profile) as sb:
@@ -73,6 +82,7 @@ async def test_execs_share_the_jail(profile: aiogaol.Profile) -> None:
             await sb.exec(["pwd"], cwd="/nowhere")
 
 
+@pytest.mark.anyio
 async def test_two_sandboxes_see_nothing_of_each_other(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as a, await aiogaol.open_sandbox(profile) as b:
         await a.write_file("secret.txt", b"a's")
@@ -95,6 +105,7 @@ async def test_two_sandboxes_see_nothing_of_each_other(profile: aiogaol.Profile)
 
 # -- files ----------------------------------------------------------------------------------------
 
+@pytest.mark.anyio
 async def test_files_in_and_out(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as sb:
         await sb.write_file("main.txt", "héllo")  # str as UTF-8
@@ -115,6 +126,7 @@ async def test_files_in_and_out(profile: aiogaol.Profile) -> None:
         assert e.value.errno in (errno.ENOTDIR, errno.ENOENT)
 
 
+@pytest.mark.anyio
 async def test_paths_outside_the_workspace_are_refused(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as sb:
         for bad in ("/etc/passwd", "../etc/passwd", "a/../../etc/passwd", "", ".", "/work", "x\0y"):
@@ -126,6 +138,7 @@ async def test_paths_outside_the_workspace_are_refused(profile: aiogaol.Profile)
             await sb.read_file(3)  # type: ignore[arg-type]
 
 
+@pytest.mark.anyio
 async def test_a_planted_symlink_never_leads_outside(profile: aiogaol.Profile, tmp_path: object) -> None:
     """A program plants symlinks to / and to a file outside; the file calls refuse to follow them out,
     whether the link is the last component or a directory on the way."""
@@ -151,6 +164,7 @@ async def test_a_planted_symlink_never_leads_outside(profile: aiogaol.Profile, t
             await sb.write_file("fifo", b"x")
 
 
+@pytest.mark.anyio
 async def test_file_sizes_are_capped(profile: aiogaol.Profile) -> None:
     limits = aiogaol.Limits(file_size=1 << 20)
     async with await aiogaol.open_sandbox(profile, limits=limits, workspace_size=4 << 20) as sb:
@@ -173,6 +187,7 @@ async def test_file_sizes_are_capped(profile: aiogaol.Profile) -> None:
 
 # -- per-call limits ------------------------------------------------------------------------------
 
+@pytest.mark.anyio
 async def test_per_call_timeout_cpu_and_output(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as sb:
         r = await sb.exec(["sleep", "30"], timeout=0.3)
@@ -199,6 +214,7 @@ async def test_per_call_timeout_cpu_and_output(profile: aiogaol.Profile) -> None
         assert (await sb.exec(["true"])).ok
 
 
+@pytest.mark.anyio
 async def test_cancelled_exec_kills_the_call(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as sb:
         with anyio.move_on_after(0.3):
@@ -210,6 +226,7 @@ async def test_cancelled_exec_kills_the_call(profile: aiogaol.Profile) -> None:
 
 # -- spawn ----------------------------------------------------------------------------------------
 
+@pytest.mark.anyio
 async def test_spawn_is_an_anyio_process_in_the_same_jail(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as sb:
         await sb.write_file("state", b"from a file call")
@@ -234,6 +251,7 @@ async def test_spawn_is_an_anyio_process_in_the_same_jail(profile: aiogaol.Profi
 
 # -- code cells -----------------------------------------------------------------------------------
 
+@pytest.mark.anyio
 async def test_run_code_keeps_state_and_reports(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as sb:
         cell = await sb.run_code("x = 6 * 7\nx")
@@ -259,6 +277,7 @@ async def test_run_code_keeps_state_and_reports(profile: aiogaol.Profile) -> Non
         assert await sb.read_file("from_cell.txt") == b"cell"
 
 
+@pytest.mark.anyio
 async def test_run_code_timeout_interrupts_then_restarts(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as sb:
         await sb.run_code("keep = 'kept'")
@@ -274,6 +293,7 @@ async def test_run_code_timeout_interrupts_then_restarts(profile: aiogaol.Profil
         assert (await sb.run_code("1 + 1")).value == "2"
 
 
+@pytest.mark.anyio
 async def test_run_code_output_limit(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as sb:
         cell = await sb.run_code("while True: print('x' * 1000)", output_limit=5000, timeout=30)
@@ -294,6 +314,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.anyio
 async def test_idle_timeout_ends_the_sandbox(profile: aiogaol.Profile) -> None:
     sb = await aiogaol.open_sandbox(profile, idle_timeout=0.5)
     try:
@@ -317,6 +338,7 @@ async def _wait_dead(pid: int) -> bool:
     return True
 
 
+@pytest.mark.anyio
 async def test_lifetime_ends_the_sandbox_even_mid_call(profile: aiogaol.Profile) -> None:
     sb = await aiogaol.open_sandbox(profile, lifetime=1)
     try:
@@ -328,6 +350,7 @@ async def test_lifetime_ends_the_sandbox_even_mid_call(profile: aiogaol.Profile)
         await sb.aclose()
 
 
+@pytest.mark.anyio
 async def test_close_from_another_task(profile: aiogaol.Profile) -> None:
     sb = await aiogaol.open_sandbox(profile)
     pid = sb.pid
@@ -352,6 +375,7 @@ async def test_close_from_another_task(profile: aiogaol.Profile) -> None:
         await sb.run_code("1")
 
 
+@pytest.mark.anyio
 async def test_a_dead_agent_ends_the_sandbox(profile: aiogaol.Profile) -> None:
     """A program may kill the agent (same uid); the sandbox then ends, and says so."""
     sb = await aiogaol.open_sandbox(profile)
@@ -366,6 +390,7 @@ async def test_a_dead_agent_ends_the_sandbox(profile: aiogaol.Profile) -> None:
         await sb.aclose()
 
 
+@pytest.mark.anyio
 async def test_a_stopped_agent_ends_the_sandbox(profile: aiogaol.Profile, monkeypatch: pytest.MonkeyPatch) -> None:
     """A program can SIGSTOP the agent; the server does not wait on it for ever: the sandbox is ended
     with a named error once an answer is overdue."""
@@ -384,6 +409,7 @@ async def test_a_stopped_agent_ends_the_sandbox(profile: aiogaol.Profile, monkey
     assert not _alive(pid)
 
 
+@pytest.mark.anyio
 async def test_a_cancelled_cell_kills_its_kernel(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as sb:
         await sb.run_code("state = 1")
@@ -393,6 +419,7 @@ async def test_a_cancelled_cell_kills_its_kernel(profile: aiogaol.Profile) -> No
         assert cell.ok and cell.value == "False"
 
 
+@pytest.mark.anyio
 async def test_bad_arguments_are_named(profile: aiogaol.Profile) -> None:
     with pytest.raises(TypeError):
         await aiogaol.open_sandbox("not a profile")  # type: ignore[arg-type]
@@ -411,6 +438,7 @@ async def test_bad_arguments_are_named(profile: aiogaol.Profile) -> None:
 
 # -- the soak -------------------------------------------------------------------------------------
 
+@pytest.mark.anyio
 async def test_open_close_soak_leaves_nothing_behind(profile: aiogaol.Profile) -> None:
     """SOAK_SANDBOXES sandboxes opened (one exec each) and closed, 16 at a time, about a third cancelled at
     a random point: no new fd, zombie or process afterwards."""

@@ -104,22 +104,12 @@ static void close_fds(const int *fds, int n)
 /* ------------------------------------------------------------------------------------------------ */
 /* exec: a program of the sandbox                                                                    */
 
-struct exec_req {
-    uint32_t flags, n_rlimits, argc, envc;
-    int32_t umask;
-    uint32_t pad;
-};
-
-struct rlimit_req {
-    int32_t resource, pad;
-    uint64_t soft, hard;
-};
 
 static struct {
     char *argv[MAX_ARGS + 1];
     char *envp[MAX_ARGS + 1];
     const char *cwd;
-    const struct rlimit_req *rl;
+    const struct aiogaol_agent_rlimit *rl;
     uint32_t n_rl;
     int32_t umask;
     int fds[MAX_FDS];
@@ -246,7 +236,7 @@ static struct call *free_slot(void)
 
 static void do_exec(uint32_t id, const char *body, size_t len, int *fds, int n_fds)
 {
-    struct exec_req rq;
+    struct aiogaol_agent_exec rq;
     const char *p, *end = body + len;
     struct call *slot;
     pid_t pid;
@@ -256,11 +246,11 @@ static void do_exec(uint32_t id, const char *body, size_t len, int *fds, int n_f
     p = body + sizeof rq;
     if (rq.argc < 1 || rq.argc > MAX_ARGS || rq.envc > MAX_ARGS || rq.n_rlimits > 32 || n_fds < 1)
         goto bad;
-    if ((size_t)(end - p) < rq.n_rlimits * sizeof(struct rlimit_req))
+    if ((size_t)(end - p) < rq.n_rlimits * sizeof(struct aiogaol_agent_rlimit))
         goto bad;
-    ex.rl = (const struct rlimit_req *)p; /* msg is aligned and the header is 24 bytes: 8-aligned */
+    ex.rl = (const struct aiogaol_agent_rlimit *)p; /* msg is aligned and the header is 24 bytes: 8-aligned */
     ex.n_rl = rq.n_rlimits;
-    p += rq.n_rlimits * sizeof(struct rlimit_req);
+    p += rq.n_rlimits * sizeof(struct aiogaol_agent_rlimit);
     ex.cwd = p;
     p = memchr(p, '\0', (size_t)(end - p));
     if (!p)
@@ -306,10 +296,6 @@ bad:
 /* ------------------------------------------------------------------------------------------------ */
 /* Files beneath the workspace, each in a forked worker whose exit status is 0 or an errno            */
 
-struct file_req {
-    uint32_t mode, pad;
-    uint64_t max;
-};
 
 static int open_beneath(const char *path, int flags, unsigned mode)
 {
@@ -394,7 +380,7 @@ static void __attribute__((noreturn)) file_worker(int op, const char *path, uint
 
 static void do_file(int op, uint32_t id, const char *body, size_t len, int *fds, int n_fds)
 {
-    struct file_req rq;
+    struct aiogaol_agent_file rq;
     struct call *slot;
     const char *path;
     pid_t pid;
@@ -624,4 +610,16 @@ void aiogaol_agent_fail(int err_fd, int err, const char *detail)
         while (write(err_fd, &rec, sizeof rec) < 0 && errno == EINTR)
             ;
     _exit(127);
+}
+
+int aiogaol_agent_wire_size(int which)
+{
+    switch (which) {
+    case 0: return (int)sizeof(struct aiogaol_agent_request);
+    case 1: return (int)sizeof(struct aiogaol_agent_exec);
+    case 2: return (int)sizeof(struct aiogaol_agent_rlimit);
+    case 3: return (int)sizeof(struct aiogaol_agent_file);
+    case 4: return (int)sizeof(struct aiogaol_agent_reply);
+    default: return -1;
+    }
 }

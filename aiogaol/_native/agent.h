@@ -55,6 +55,22 @@ struct aiogaol_agent_request {
     uint32_t id;
 };
 
+struct aiogaol_agent_exec {
+    uint32_t flags, n_rlimits, argc, envc;
+    int32_t umask;
+    uint32_t pad;
+};
+
+struct aiogaol_agent_rlimit {
+    int32_t resource, pad;
+    uint64_t soft, hard;
+};
+
+struct aiogaol_agent_file {
+    uint32_t mode, pad;
+    uint64_t max;
+};
+
 struct aiogaol_agent_reply {
     uint32_t kind;
     uint32_t id;
@@ -64,6 +80,10 @@ struct aiogaol_agent_reply {
     uint64_t stime_ns;
     uint64_t maxrss; /* bytes */
 };
+
+/* sizeof the request header (0), exec (1), rlimit (2) and file (3) bodies and the reply (4): the server's
+ * struct formats are checked against these (tests/test_sandbox.py). */
+int aiogaol_agent_wire_size(int which);
 
 /* Runs the agent on sock (kept from the jail's fds), in the workspace; closes err_fd once it is ready.
  * idle_ms > 0: exit after that long with no call running.  Never returns. */

@@ -15,11 +15,12 @@ ffibuilder.cdef(
                              const char *envblob, size_t envlen, int envc, const int *fd_map, int n_pairs);
     int aiogaol_probe_userns(void);
     int aiogaol_landlock_abi(void);
+    int aiogaol_agent_wire_size(int which);
     """
 )
 ffibuilder.set_source(
     "aiogaol._native._core",
-    '#include "jail.h"',
+    '#include "jail.h"\n#include "agent.h"',
     sources=[os.path.relpath(os.path.join(HERE, "jail.c")), os.path.relpath(os.path.join(HERE, "agent.c"))],
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=["-O2", "-fno-strict-aliasing"],
