@@ -840,7 +840,7 @@ class Sandbox:
             body = self._exec_body([python, "-I", "-u", "-c", _KERNEL_SOURCE],
                                    {"HOME": self.workspace, "LC_ALL": "C.UTF-8"}, None,
                                    self._rlimits(self.limits, cpu=False), background=True)
-            call_id, pid = await self._start(wire.OP_EXEC, body, theirs)
+            call_id, pid = await self._start(wire.OP_EXEC, body, theirs, self._what([python], None))
         except BaseException:
             _close_fds(ours)
             raise

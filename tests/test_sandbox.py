@@ -11,7 +11,10 @@ import errno
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -80,6 +83,32 @@ async def test_execs_share_the_jail(profile: aiogaol.Profile) -> None:
         assert r.stdout == b"/\n"
         with pytest.raises(FileNotFoundError, match="chdir /nowhere"):
             await sb.exec(["pwd"], cwd="/nowhere")
+
+
+@pytest.mark.anyio
+async def test_concurrent_calls_in_one_sandbox(profile: aiogaol.Profile) -> None:
+    """Many calls at once share the agent's one socket: each gets its own replies."""
+    async with await aiogaol.open_sandbox(profile) as sb:
+        results: dict[int, aiogaol.Result] = {}
+        cells: list[str | None] = []
+
+        async def one(k: int) -> None:
+            results[k] = await sb.exec(["/bin/sh", "-c", f"sleep 0.{k % 3}; echo {k}; echo e{k} >&2"],
+                                       input=b"ignored")
+
+        async def cell(k: int) -> None:
+            cells.append((await sb.run_code(f"{k} * 2")).value)
+
+        async with anyio.create_task_group() as tg:
+            for k in range(24):
+                tg.start_soon(one, k)
+            for k in range(4):
+                tg.start_soon(cell, k)
+            tg.start_soon(sb.write_file, "w.txt", b"w" * 100000)
+        for k, r in results.items():
+            assert r.ok and r.stdout == f"{k}\n".encode() and r.stderr == f"e{k}\n".encode(), r
+        assert len(results) == 24 and sorted(c or "" for c in cells) == ["0", "2", "4", "6"]
+        assert len(await sb.read_file("w.txt")) == 100000
 
 
 @pytest.mark.anyio
@@ -417,6 +446,47 @@ async def test_a_cancelled_cell_kills_its_kernel(profile: aiogaol.Profile) -> No
             await sb.run_code("import time\ntime.sleep(30)")
         cell = await sb.run_code("'state' in globals()")
         assert cell.ok and cell.value == "False"
+
+
+@pytest.mark.anyio
+async def test_run_code_with_a_given_python(profile: aiogaol.Profile) -> None:
+    async with await aiogaol.open_sandbox(profile, python=PY) as sb:
+        cell = await sb.run_code("import sys\nsys.executable")
+        assert cell.ok and cell.value == repr(PY)
+    async with await aiogaol.open_sandbox(profile, python="/no/such/python") as sb:
+        with pytest.raises(aiogaol.ProgramNotFoundError, match="/no/such/python"):
+            await sb.run_code("1")
+        assert (await sb.exec(["true"])).ok  # the sandbox is fine
+
+
+def test_a_sandbox_dies_with_its_server(tmp_path: Path) -> None:
+    """SIGKILL of the server: the sandbox's init (and with it every program in it) goes too."""
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import anyio, aiogaol, sys\n"
+        "async def main():\n"
+        "    sb = await aiogaol.open_sandbox(aiogaol.python_profile())\n"
+        "    await sb.spawn(['sleep', '300'])\n"
+        "    await sb.run_code('1')\n"
+        "    print(sb.pid, flush=True)\n"
+        "    await anyio.sleep(300)\n"
+        "anyio.run(main)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert proc.stdout is not None
+        init = int(proc.stdout.readline())
+        assert _alive(init)
+        proc.kill()
+        proc.wait(30)
+        for _ in range(200):
+            if not _alive(init):
+                break
+            time.sleep(0.05)
+        assert not _alive(init)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.anyio
