@@ -41,7 +41,7 @@ import anyio
 import anyio.abc
 
 from . import _agent as wire
-from . import _pacing, _plan
+from . import _cputime, _pacing, _plan
 from ._agent import SandboxClosed, SandboxError
 from ._agent import SandboxSpawn as _SandboxSpawn
 from ._agent import close_fds as _close_fds
@@ -558,16 +558,54 @@ class Sandbox:
                 if fd >= 0:
                     os.set_blocking(fd, False)
             started = time.monotonic()
-            call_id, _pid = await self._start(wire.OP_EXEC, body, theirs, self._what(argv, cwd))
+            call_id, pid = await self._start(wire.OP_EXEC, body, theirs, self._what(argv, cwd))
             _close_fds(theirs)
-            return await self._supervise(call_id, argv, call_limits, ours, input, started)
+            return await self._supervise(call_id, pid, argv, call_limits, ours, input, started)
         finally:
             _close_fds(theirs)
             _close_fds(ours)
 
-    async def _supervise(self, call_id: int, argv: Sequence[object], limits: Limits, ours: list[int],
+    def _host_pid(self, ns_pid: int) -> int | None:
+        """The host PID of a call's first process (a child of the agent, the child of init), from the
+        NSpid line of /proc/PID/status; None if it cannot be found (gone already, or no /proc children)."""
+        jail = self._jail
+        if jail is None:
+            return None
+        for agent in _cputime.children(jail.pid):
+            for pid in _cputime.children(agent):
+                try:
+                    with open(f"/proc/{pid}/status", "rb") as f:
+                        for line in f:
+                            if line.startswith(b"NSpid:"):
+                                if int(line.split()[-1]) == ns_pid:
+                                    return pid
+                                break
+                except (OSError, ValueError):
+                    continue
+        return None
+
+    async def _watch_cpu(self, call_id: int, ns_pid: int, limit: float, capped: list[bool]) -> None:
+        """The CPU time of the call's whole process tree, from /proc (``_cputime``), as ``run`` watches a
+        jail's: RLIMIT_CPU alone lets a call that forks spend ``processes x cpu_time``.  The call's first
+        process cannot be reaped (its PID reused) before the agent reports its exit, which ends this."""
+        host = self._host_pid(ns_pid)
+        if host is None:
+            return
+        period = min(0.1, max(0.01, limit / 20))
+        while True:
+            used = _cputime.tree_cpu_seconds(host)
+            if used is None:
+                return
+            if used >= limit:
+                capped[0] = True
+                self._signal_nowait(call_id, _signal.SIGKILL)
+                return
+            await anyio.sleep(period)
+
+    async def _supervise(self, call_id: int, ns_pid: int, argv: Sequence[object], limits: Limits, ours: list[int],
                          input: bytes | bytearray | memoryview | None, started: float) -> Result:
         capped = {"stdout": False, "stderr": False}
+        cpu_capped = [False]
         outputs = {"stdout": bytearray(), "stderr": bytearray()}
         timed_out = False
         exit_reply: wire.Reply | None = None
@@ -616,6 +654,13 @@ class Sandbox:
                     tg.start_soon(pump, fd, name, scope)
                 if input is not None:
                     tg.start_soon(feed, bytes(input), feed_scope)
+                watch_scope = anyio.CancelScope()
+                if limits.cpu_time is not None and _cputime.available():
+                    async def watch(cpu_time: float) -> None:
+                        with watch_scope:
+                            await self._watch_cpu(call_id, ns_pid, cpu_time, cpu_capped)
+
+                    tg.start_soon(watch, limits.cpu_time)
                 try:
                     with anyio.move_on_after(limits.wall_time if limits.wall_time is not None else math.inf):
                         exit_reply = await self._exited(call_id)
@@ -626,6 +671,7 @@ class Sandbox:
                     failure = e  # raised below, on its own rather than in an exception group
                     tg.cancel_scope.cancel()
                 feed_scope.cancel()
+                watch_scope.cancel()
                 deadline = anyio.current_time() + _DRAIN_TIMEOUT
                 for scope in pump_scopes:
                     scope.deadline = deadline
@@ -640,7 +686,9 @@ class Sandbox:
         stderr = bytes(outputs["stderr"])
         cpu = exit_reply.utime + exit_reply.stime
         status, evidence = _classify(limits, returncode, stderr, cpu, timed_out,
-                                     capped["stdout"] or capped["stderr"], max_rss=exit_reply.maxrss)
+                                     capped["stdout"] or capped["stderr"], max_rss=exit_reply.maxrss,
+                                     jail_cpu_capped=cpu_capped[0],
+                                     cpu_source="/proc/PID/stat of the call's processes")
         if timed_out:
             evidence = f"wall time {limits.wall_time} s ran out; the sandbox ended the call"
         enforced = enforcement(limits, None)
@@ -651,6 +699,8 @@ class Sandbox:
             enforced["wall_time"] = "event loop (SIGTERM to the call's process group, grace, SIGKILL)"
         if "cpu_time" in enforced:
             enforced["cpu_time"] = "rlimit RLIMIT_CPU (per process: SIGXCPU, then SIGKILL a second later)"
+            if _cputime.available():
+                enforced["cpu_time"] += "; event loop on /proc/PID/stat of the call's processes (the whole call)"
         return Result(args=tuple(os.fsdecode(a) for a in argv),  # type: ignore[arg-type]
                       returncode=returncode, signal=-returncode if returncode < 0 else None,
                       stdout=bytes(outputs["stdout"]), stderr=stderr, status=status, evidence=evidence,
