@@ -9,7 +9,7 @@ answers are awaited with a deadline, and an agent that misbehaves or dies ends t
 killed) and the calls raise ``SandboxError``.
 
 Nothing here runs in the background: replies are read by whichever call is waiting (one reader at a time,
-behind a lock, dispatching to the others' mailboxes), so the sandbox works the same under asyncio and
+dispatching to the others' mailboxes and waking them), so the sandbox works the same under asyncio and
 trio and needs no task group of its own.  ``lifetime`` is kept by init (PID 1, which no program of the
 jail can stop or kill), ``idle_timeout`` by the agent (it knows when no call is running); the server
 notices either at the next call (``SandboxClosed``) and reaps what is left then, at ``aclose``, at the
@@ -166,7 +166,8 @@ class Sandbox:
         self._ids = itertools.count(1)
         self._live: set[int] = set()
         self._mail: dict[int, collections.deque[wire.Reply]] = {}
-        self._read_lock = anyio.Lock()
+        self._reading = False  # a task is parked on the socket, reading for everyone (see _reply)
+        self._events: dict[int, anyio.Event] = {}
         self._send_lock = anyio.Lock()
         self._kernel_lock = anyio.Lock()
         self._kernel: _Kernel | None = None
@@ -226,6 +227,7 @@ class Sandbox:
 
     def _close_socket(self) -> None:
         sock, self._sock = self._sock, None
+        self._wake_all()  # the waiters see the end
         if sock is None:
             return
         try:
@@ -356,30 +358,50 @@ class Sandbox:
             if call_id in self._live:
                 self._mail.setdefault(call_id, collections.deque()).append(
                     wire.Reply(kind, call_id, a, b, utime / 1e9, stime / 1e9, maxrss))
+                self._wake(call_id)
             sock = self._sock
 
     async def _reply(self, call_id: int) -> wire.Reply:
-        """The next reply for a call: from its mailbox, or read (one reader at a time) until it comes."""
+        """The next reply for a call: from its mailbox, or, if no other task is reading the socket, read
+        until it comes.  One reader at a time (two waiters on one fd are an error in anyio); the others
+        wait on an event of their own, set when a reply lands in their mailbox or when the reader leaves
+        (then one of them takes over)."""
         while True:
             box = self._mail.get(call_id)
             if box:
                 return box.popleft()
             if self._ended is not None:
                 raise SandboxClosed(self._ended)
-            async with self._read_lock:
-                if self._mail.get(call_id):
-                    continue
+            if self._reading:
+                event = self._events.get(call_id)
+                if event is None:
+                    event = self._events[call_id] = anyio.Event()
+                await event.wait()
+                continue
+            self._reading = True
+            try:
                 self._drain_nowait()
                 if self._mail.get(call_id):
                     continue
                 sock = self._check_open()
                 try:
                     await anyio.wait_readable(sock)
-                except anyio.ClosedResourceError:
-                    raise SandboxClosed(self._why_ended()) from None
-                except OSError:
+                except (anyio.ClosedResourceError, OSError):
                     raise SandboxClosed(self._why_ended()) from None
                 self._drain_nowait()
+            finally:
+                self._reading = False
+                self._wake_all()
+
+    def _wake(self, call_id: int) -> None:
+        event = self._events.pop(call_id, None)
+        if event is not None:
+            event.set()
+
+    def _wake_all(self) -> None:
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
 
     async def _reply_within(self, call_id: int, seconds: float, what: str) -> wire.Reply:
         with anyio.move_on_after(seconds):

@@ -70,10 +70,13 @@ class SandboxProcess(anyio.abc.Process):
     @property
     def returncode(self) -> int | None:
         if self._returncode is None and self._call_id in self._sb._live:
-            try:
-                self._sb._drain_nowait()
-            except SandboxError:
-                pass
+            # Read what is there only if no task is parked on the socket: that task is the reader, and a
+            # reply taken from under it would leave it waiting for one that already came.
+            if not self._sb._reading:
+                try:
+                    self._sb._drain_nowait()
+                except SandboxError:
+                    pass
             box = self._sb._mail.get(self._call_id)
             if box:
                 r = box.popleft()

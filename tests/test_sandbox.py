@@ -112,6 +112,31 @@ async def test_concurrent_calls_in_one_sandbox(profile: aiogaol.Profile) -> None
 
 
 @pytest.mark.anyio
+async def test_a_waiting_reader_does_not_hold_up_other_calls(profile: aiogaol.Profile) -> None:
+    """One task parked on the socket for a long call reads the other calls' replies for them: a short call
+    started later ends first."""
+    async with await aiogaol.open_sandbox(profile) as sb:
+        order: list[str] = []
+        proc = await sb.spawn(["sleep", "3"], stdin=aiogaol.DEVNULL, stdout=aiogaol.DEVNULL,
+                              stderr=aiogaol.DEVNULL)
+
+        async def long() -> None:
+            await proc.wait()
+            order.append("long")
+
+        async def short() -> None:
+            await anyio.sleep(0.2)
+            assert (await sb.exec(["true"])).ok
+            await sb.write_file("x", b"x")
+            order.append("short")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(long)
+            tg.start_soon(short)
+        assert order == ["short", "long"]
+
+
+@pytest.mark.anyio
 async def test_two_sandboxes_see_nothing_of_each_other(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as a, await aiogaol.open_sandbox(profile) as b:
         await a.write_file("secret.txt", b"a's")
