@@ -15,7 +15,7 @@ all: demo
 deps:
 	@bash .ci/debian-deps.sh
 
-$(STAMP): pyproject.toml setup.py aiogaol/_native/jail.c aiogaol/_native/jail.h aiogaol/_native/build_native.py aiogaol/_native/agent.c aiogaol/_native/agent.h
+$(STAMP): pyproject.toml setup.py $(wildcard aiogaol/_native/*.c aiogaol/_native/*.h) aiogaol/_native/build_native.py
 	@$(MAKE) --no-print-directory deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -42,7 +42,6 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/spawn.py
-	$(PY) benchmarks/sandbox.py
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict --site-dir site

@@ -1,7 +1,7 @@
 /*
  * The sandbox's resident: the agent that a sandbox (aiogaol.open_sandbox) runs in place of a program.
  *
- * It is started exactly where a jail's program would exec (see run_program in jail.c), after the
+ * It is started exactly where a jail's program would exec (see run_program in program.c), after the
  * identity switch, rlimits, no_new_privs, the capability drops, Landlock and seccomp: it is as jailed as
  * any program of the sandbox, so a program that took it over would gain nothing it did not have.  It is
  * non-dumpable, so the sandbox's programs (same uid) can neither ptrace it nor reach its fds through
