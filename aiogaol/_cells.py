@@ -16,15 +16,12 @@ import signal as _signal
 import struct
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
-from ._agent import SandboxError
+from ._agent import Agent, SandboxError
 from ._agent import close_fds as _close_fds
-
-if TYPE_CHECKING:
-    from ._sandbox import Sandbox
 
 INTERRUPT_GRACE = 1.0  # seconds a cell has to stop after SIGINT before its kernel is killed
 _KERNEL_REPLY_MAX = 1 << 20  # the kernel caps its value and texts at 64 KiB each
@@ -69,8 +66,9 @@ class Kernel:
     """The sandbox's Python kernel: its call, and our ends of its pipes (stdout, stderr, requests,
     replies)."""
 
-    def __init__(self, sb: Sandbox, call_id: int, pid: int, out_r: int, err_r: int, req_w: int, rep_r: int) -> None:
-        self.sb = sb
+    def __init__(self, agent: Agent, call_id: int, pid: int, out_r: int, err_r: int, req_w: int, rep_r: int) -> None:
+        self.agent = agent
+        self.dead = False  # killed (or died): the next cell needs a new kernel
         self.call_id = call_id
         self.pid = pid
         self.fds = [out_r, err_r, req_w, rep_r]
@@ -116,7 +114,7 @@ class Kernel:
             self.pending += chunk
 
     async def cell(self, request: bytes, timeout: float | None, cap: int | None) -> CodeResult:
-        sb = self.sb
+        agent = self.agent
         started = time.monotonic()
         outputs = [bytearray(), bytearray()]
         capped = [False, False]
@@ -176,7 +174,7 @@ class Kernel:
                     interrupted = reply is None and not died
                     if interrupted:
                         # Past the timeout or the output cap: interrupt the cell, then kill the kernel.
-                        sb._signal_nowait(self.call_id, _signal.SIGINT)
+                        agent.signal_nowait(self.call_id, _signal.SIGINT)
                         with anyio.move_on_after(INTERRUPT_GRACE):
                             reply = await self._read_reply()
                             died = reply is None
@@ -218,16 +216,15 @@ class Kernel:
 
     async def _end(self) -> None:
         """Kill the kernel and wait for it (shielded); the next cell starts a new one."""
-        sb = self.sb
-        if sb._kernel is self:
-            sb._kernel = None
+        agent = self.agent
+        self.dead = True
         with anyio.CancelScope(shield=True):
             try:
-                if self.call_id in sb._live and sb._ended is None:
-                    await sb._kill(self.call_id)
+                if self.call_id in agent.live and agent.ended is None:
+                    await agent.kill(self.call_id)
             except SandboxError:
                 pass
-        sb._forget(self.call_id)
+        agent.forget(self.call_id)
         self.close()
 
 

@@ -15,17 +15,14 @@ jail can stop or kill), ``idle_timeout`` by the agent (it knows when no call is 
 notices either at the next call (``SandboxClosed``) and reaps what is left then, at ``aclose``, at the
 next ``open_sandbox``, or in the finaliser.
 
-The wire format and the errors are in ``_agent``, the code cells' side in ``_cells`` (the kernel's own
+The link to the agent (wire, mailboxes, errors) is ``_agent.Agent``, the code cells' side in ``_cells`` (the kernel's own
 source in ``_kernel_cell``), the spawned programs' face in ``_sandbox_process``.
 """
 
 from __future__ import annotations
 
-import array
-import collections
 import dataclasses
 import errno
-import itertools
 import json
 import math
 import os
@@ -47,7 +44,7 @@ from ._agent import SandboxSpawn as _SandboxSpawn
 from ._agent import close_fds as _close_fds
 from ._cells import CodeError, CodeResult
 from ._cells import Kernel as _Kernel
-from ._errors import ProfileError, ProfileTypeError, SandboxSetupError, setup_error
+from ._errors import ProfileError, ProfileTypeError
 from ._jail import RunningJail, launch
 from ._kernel_cell import SOURCE as _KERNEL_SOURCE
 from ._limits import MAX_SECONDS, Limits, resolve_limits
@@ -61,9 +58,6 @@ from ._stdio import DEVNULL, PIPE, STDOUT
 __all__ = ["CodeError", "CodeResult", "Sandbox", "SandboxClosed", "SandboxError", "SandboxProcess", "open_sandbox"]
 
 DEFAULT_WORKSPACE_SIZE = 256 << 20
-# The agent answers a request at once when it runs at all: one that has not for this long is stopped
-# (a program of the sandbox can SIGSTOP it) or starved, and the sandbox is ended rather than waited for.
-AGENT_TIMEOUT = 10.0
 DEFAULT_GRACE = 0.5  # seconds between SIGTERM and SIGKILL of a call past its timeout
 _DRAIN_TIMEOUT = 5.0
 _READ_SIZE = 65536
@@ -87,9 +81,9 @@ _open: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
 def _reap_ended() -> None:
     for sb in list(_open):
         jail = sb._jail
-        # One that is ending (aclose, a failure) is its owner's to reap: its task may be waiting on the pidfd.
-        if sb._ended is None and jail is not None and jail.returncode is None and jail.try_reap():
-            sb._release(sb._ended or "its jail ended")
+        # One being closed is its closer's to reap: that task may be waiting on the pidfd.
+        if not sb._closing and jail is not None and jail.returncode is None and jail.try_reap():
+            sb._release(sb._agent.ended or "its jail ended")
 
 
 async def open_sandbox(profile: Profile, *, limits: Limits | None = None, workspace: str = "/work",
@@ -154,7 +148,7 @@ class Sandbox:
                  workspace_size: int, python: str | None, idle_timeout: float | None,
                  lifetime: float | None) -> None:
         self._jail: RunningJail | None = jail
-        self._sock: socket.socket | None = sock
+        self._agent = wire.Agent(jail, sock, idle_timeout, lifetime)
         self.profile = profile
         self.limits = limits
         self.workspace = workspace
@@ -162,22 +156,13 @@ class Sandbox:
         self.python = python
         self.idle_timeout = idle_timeout
         self.lifetime = lifetime
-        self._opened = time.monotonic()
-        self._ids = itertools.count(1)
-        self._live: set[int] = set()
-        self._mail: dict[int, collections.deque[wire.Reply]] = {}
-        self._reading = False  # a task is parked on the socket, reading for everyone (see _reply)
-        self._events: dict[int, anyio.Event] = {}
-        self._send_lock = anyio.Lock()
         self._kernel_lock = anyio.Lock()
         self._kernel: _Kernel | None = None
-        self._ended: str | None = None
-        self._idle_seen = False
         self._closing = False
         self._closed_event = anyio.Event()
 
     def __repr__(self) -> str:
-        state = self._ended or "open"
+        state = self._agent.ended or "open"
         return f"<Sandbox {self.pid} {self.workspace} {state}>"
 
     @property
@@ -187,7 +172,7 @@ class Sandbox:
 
     @property
     def closed(self) -> bool:
-        return self._ended is not None
+        return self._agent.ended is not None
 
     async def __aenter__(self) -> "Sandbox":
         return self
@@ -202,8 +187,8 @@ class Sandbox:
         """End the sandbox: every program in it is killed, its workspace is gone, init is reaped.  Safe to
         call twice, and from a task other than the ones using the sandbox (their calls raise
         ``SandboxClosed``).  Never blocks the loop; shielded from cancellation (bounded by SIGKILL)."""
-        if self._ended is None:
-            self._ended = "the sandbox was closed (aclose)"
+        if self._agent.ended is None:
+            self._agent.ended = "the sandbox was closed (aclose)"
         jail = self._jail
         if jail is None:
             return
@@ -213,7 +198,7 @@ class Sandbox:
                 await self._closed_event.wait()
             return
         self._closing = True
-        self._close_socket()
+        self._agent.close_socket()
         jail.kill_quietly()
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(_DRAIN_TIMEOUT):
@@ -222,260 +207,31 @@ class Sandbox:
                         await anyio.wait_readable(jail.pidfd)
                     except anyio.ClosedResourceError:
                         break  # reaped elsewhere
-        self._release(self._ended)
+        self._release(self._agent.ended)
         self._closed_event.set()
-
-    def _close_socket(self) -> None:
-        sock, self._sock = self._sock, None
-        self._wake_all()  # the waiters see the end
-        if sock is None:
-            return
-        try:
-            anyio.notify_closing(sock)
-        except RuntimeError:
-            pass
-        sock.close()
 
     def _release(self, reason: str) -> None:
         """What the server holds for the sandbox goes: the agent socket, the kernel's pipes, init."""
-        if self._ended is None:
-            self._ended = reason
-        self._close_socket()
+        if self._agent.ended is None:
+            self._agent.ended = reason
+        self._agent.close_socket()
         if self._kernel is not None:
             self._kernel.close()
             self._kernel = None
         jail, self._jail = self._jail, None
+        self._agent.jail = None
         if jail is not None:
             jail.reap_blocking()  # at once when reaped already; else bounded by SIGKILL
         _open.discard(self)
 
-    def _fail(self, why: str) -> SandboxError:
-        """The agent cannot be trusted any more: end the sandbox now, and say why."""
-        if self._ended is None:
-            self._ended = f"the sandbox was ended: {why}"
-        if self._jail is not None:
-            self._jail.kill_quietly()
-        self._close_socket()
-        return SandboxError(self._ended)
-
-    def _why_ended(self) -> str:
-        if self._ended is not None:
-            return self._ended
-        if self._idle_seen:
-            return f"the sandbox ended after {self.idle_timeout:g} s idle (idle_timeout)"
-        if self.lifetime is not None and time.monotonic() - self._opened >= self.lifetime - 0.05:
-            return f"the sandbox's lifetime of {self.lifetime:g} s ended"
-        return "the sandbox's agent exited (was it killed by a program of the sandbox?)"
-
-    def _ended_now(self) -> SandboxClosed:
-        """The agent's socket reached EOF: the jail has ended (or is ending) by itself."""
-        sock = self._sock
-        while sock is not None and not self._idle_seen:  # its last words: was it idle?
-            try:
-                data = sock.recv(wire.REPLY.size + 1, socket.MSG_DONTWAIT)
-            except OSError:
-                break
-            if len(data) != wire.REPLY.size:
-                break
-            self._idle_seen = wire.REPLY.unpack(data)[0] == wire.IDLE
-        self._ended = self._why_ended()
-        self._close_socket()
-        jail = self._jail
-        if jail is not None and jail.try_reap():
-            self._release(self._ended)
-        return SandboxClosed(self._ended)
-
-    def _check_open(self) -> socket.socket:
-        if self._ended is not None or self._sock is None:
-            raise SandboxClosed(self._ended or "the sandbox is closed")
-        return self._sock
-
     def __del__(self) -> None:
         jail = getattr(self, "_jail", None)
         if jail is not None:
-            if jail.returncode is None and self._ended is None:
+            if jail.returncode is None and self._agent.ended is None:
                 warnings.warn(f"{self!r} was never closed; killing its jail", ResourceWarning, stacklevel=2,
                               source=self)
-            self._ended = self._ended or "garbage-collected"
-            self._release(self._ended)
-
-    # ------------------------------------------------------------------------------------------------
-    # The agent's wire
-
-    async def _send(self, op: int, body: bytes, fds: Sequence[int] = ()) -> int:
-        if len(body) + wire.REQ.size > wire.MAX_MSG:
-            raise ProfileError(f"this call's request is {len(body) + wire.REQ.size} bytes; a sandbox takes at most "
-                               f"{wire.MAX_MSG} (arguments, environment and path together)")
-        call_id = next(self._ids)
-        msg = wire.REQ.pack(op, call_id) + body
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-        async with self._send_lock:
-            while True:
-                sock = self._check_open()
-                try:
-                    sock.sendmsg([msg], anc)
-                    break
-                except BlockingIOError:
-                    await anyio.wait_writable(sock)
-                except anyio.ClosedResourceError:
-                    raise SandboxClosed(self._why_ended()) from None
-                except OSError as e:
-                    if e.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
-                        raise self._ended_now() from None
-                    raise
-        return call_id
-
-    def _signal_nowait(self, call_id: int, sig: int, group: bool = True) -> None:
-        """Fire and forget (its ACK is dropped): used where a call must be stopped now, cancelled or not."""
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            sock.send(wire.REQ.pack(wire.OP_SIGNAL, next(self._ids)) + wire.SIG.pack(call_id, sig, 1 if group else 0))
-        except OSError:
-            pass  # a full socket or a dead agent: the wait that follows finds out
-
-    def _drain_nowait(self) -> None:
-        """Read every reply already there and put it in its call's mailbox."""
-        sock = self._sock
-        while sock is not None:
-            try:
-                data = sock.recv(wire.REPLY.size + 1)
-            except BlockingIOError:
-                return
-            except OSError:
-                raise self._ended_now() from None
-            if not data:
-                raise self._ended_now()
-            if len(data) != wire.REPLY.size:
-                raise self._fail(f"its agent sent a malformed reply ({len(data)} bytes)")
-            kind, call_id, a, b, utime, stime, maxrss = wire.REPLY.unpack(data)
-            if kind == wire.IDLE:
-                self._idle_seen = True
-                continue
-            if kind not in (wire.STARTED, wire.FAILED, wire.EXITED, wire.ACK):
-                raise self._fail(f"its agent sent a reply of unknown kind {kind}")
-            if call_id in self._live:
-                self._mail.setdefault(call_id, collections.deque()).append(
-                    wire.Reply(kind, call_id, a, b, utime / 1e9, stime / 1e9, maxrss))
-                self._wake(call_id)
-            sock = self._sock
-
-    async def _reply(self, call_id: int) -> wire.Reply:
-        """The next reply for a call: from its mailbox, or, if no other task is reading the socket, read
-        until it comes.  One reader at a time (two waiters on one fd are an error in anyio); the others
-        wait on an event of their own, set when a reply lands in their mailbox or when the reader leaves
-        (then one of them takes over)."""
-        while True:
-            box = self._mail.get(call_id)
-            if box:
-                return box.popleft()
-            if self._ended is not None:
-                raise SandboxClosed(self._ended)
-            if self._reading:
-                event = self._events.get(call_id)
-                if event is None:
-                    event = self._events[call_id] = anyio.Event()
-                await event.wait()
-                continue
-            self._reading = True
-            try:
-                self._drain_nowait()
-                if self._mail.get(call_id):
-                    continue
-                sock = self._check_open()
-                try:
-                    await anyio.wait_readable(sock)
-                except (anyio.ClosedResourceError, OSError):
-                    raise SandboxClosed(self._why_ended()) from None
-                self._drain_nowait()
-            finally:
-                self._reading = False
-                self._wake_all()
-
-    def _wake(self, call_id: int) -> None:
-        event = self._events.pop(call_id, None)
-        if event is not None:
-            event.set()
-
-    def _wake_all(self) -> None:
-        events, self._events = self._events, {}
-        for event in events.values():
-            event.set()
-
-    async def _reply_within(self, call_id: int, seconds: float, what: str) -> wire.Reply:
-        with anyio.move_on_after(seconds):
-            return await self._reply(call_id)
-        raise self._fail(f"its agent did not answer {what} within {seconds:g} s (stopped by a program?)")
-
-    async def _start(self, op: int, body: bytes, fds: Sequence[int], what: Mapping[int, str] = {}) -> tuple[int, int]:
-        """Send a call and wait for it to start: (call id, PID in the sandbox)."""
-        call_id = await self._send(op, body, fds)
-        self._live.add(call_id)
-        try:
-            r = await self._reply_within(call_id, AGENT_TIMEOUT, "a request")
-        except BaseException as exc:
-            if not isinstance(exc, SandboxError):
-                # Cancelled while the agent starts it: learn whether it started, and if so end it, so
-                # nothing of a cancelled call lives on.
-                with anyio.CancelScope(shield=True):
-                    try:
-                        late = await self._reply_within(call_id, AGENT_TIMEOUT, "a request")
-                        if late.kind == wire.STARTED:
-                            await self._kill(call_id)
-                    except SandboxError:
-                        pass
-            self._forget(call_id)
-            raise
-        if r.kind == wire.STARTED:
-            return call_id, r.a
-        self._forget(call_id)
-        if r.kind != wire.FAILED:
-            raise self._fail(f"its agent answered a request with reply kind {r.kind}")
-        stage = wire.STAGES.get(r.b, f"stage {r.b}")
-        if r.b == 1 and r.a == errno.EAGAIN:
-            raise SandboxSetupError(stage, r.a, "the sandbox runs 1024 calls already")
-        raise setup_error(stage, r.a if 0 < r.a < 4096 else errno.EIO, what.get(r.b, ""))
-
-    def _forget(self, call_id: int) -> None:
-        self._live.discard(call_id)
-        self._mail.pop(call_id, None)
-
-    async def _exited(self, call_id: int) -> wire.Reply:
-        r = await self._reply(call_id)
-        if r.kind != wire.EXITED:
-            raise self._fail(f"its agent sent reply kind {r.kind} for a running call")
-        self._forget(call_id)
-        if not (os.WIFEXITED(r.a) or os.WIFSIGNALED(r.a)):
-            raise self._fail(f"its agent reported the impossible wait status {r.a:#x}")
-        return r
-
-    async def _stop(self, call_id: int, grace: float) -> wire.Reply:
-        """SIGTERM the call's process group, then after ``grace`` SIGKILL; its exit, or the sandbox ends."""
-        self._signal_nowait(call_id, _signal.SIGTERM)
-        with anyio.move_on_after(grace):
-            return await self._exited(call_id)
-        return await self._kill(call_id)
-
-    async def _kill(self, call_id: int) -> wire.Reply:
-        self._signal_nowait(call_id, _signal.SIGKILL)
-        with anyio.move_on_after(AGENT_TIMEOUT):
-            return await self._exited(call_id)
-        raise self._fail("a killed call was not reported dead within "
-                         f"{AGENT_TIMEOUT:g} s (its agent is stopped?)")
-
-    async def _abandon(self, call_id: int) -> None:
-        """A call left early (cancelled, or an error): kill it and wait for it, shielded, so nothing of it
-        lives on; a sandbox that cannot confirm that is ended."""
-        if call_id not in self._live or self._ended is not None:
-            self._forget(call_id)
-            return
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._kill(call_id)
-            except SandboxError:
-                pass
-        self._forget(call_id)
+            self._agent.ended = self._agent.ended or "garbage-collected"
+            self._release(self._agent.ended)
 
     # ------------------------------------------------------------------------------------------------
     # Paths
@@ -561,7 +317,7 @@ class Sandbox:
             raise ProfileTypeError(f"input must be bytes or None, not {type(input).__name__}")
         call_limits = self._call_limits(limits, timeout)
         body = self._exec_body(argv, env, cwd, self._rlimits(call_limits))
-        self._check_open()
+        self._agent.check_open()
         ours: list[int] = []
         theirs: list[int] = []
         try:
@@ -580,7 +336,7 @@ class Sandbox:
                 if fd >= 0:
                     os.set_blocking(fd, False)
             started = time.monotonic()
-            call_id, pid = await self._start(wire.OP_EXEC, body, theirs, self._what(argv, cwd))
+            call_id, pid = await self._agent.start(wire.OP_EXEC, body, theirs, self._what(argv, cwd))
             _close_fds(theirs)
             return await self._supervise(call_id, pid, argv, call_limits, ours, input, started)
         finally:
@@ -620,7 +376,7 @@ class Sandbox:
                 return
             if used >= limit:
                 capped[0] = True
-                self._signal_nowait(call_id, _signal.SIGKILL)
+                self._agent.signal_nowait(call_id, _signal.SIGKILL)
                 return
             await anyio.sleep(period)
 
@@ -649,7 +405,7 @@ class Sandbox:
                     if limits.output is not None and len(buf) + len(chunk) > limits.output:
                         buf += chunk[:limits.output - len(buf)]
                         capped[name] = True
-                        self._signal_nowait(call_id, _signal.SIGKILL)
+                        self._agent.signal_nowait(call_id, _signal.SIGKILL)
                         continue
                     buf += chunk
 
@@ -685,10 +441,10 @@ class Sandbox:
                     tg.start_soon(watch, limits.cpu_time)
                 try:
                     with anyio.move_on_after(limits.wall_time if limits.wall_time is not None else math.inf):
-                        exit_reply = await self._exited(call_id)
+                        exit_reply = await self._agent.exited(call_id)
                     if exit_reply is None:
                         timed_out = True
-                        exit_reply = await self._stop(call_id, DEFAULT_GRACE)
+                        exit_reply = await self._agent.stop(call_id, DEFAULT_GRACE)
                 except SandboxError as e:
                     failure = e  # raised below, on its own rather than in an exception group
                     tg.cancel_scope.cancel()
@@ -699,7 +455,7 @@ class Sandbox:
                     scope.deadline = deadline
         finally:
             if exit_reply is None:
-                await self._abandon(call_id)
+                await self._agent.abandon(call_id)
         if failure is not None:
             raise failure
         assert exit_reply is not None
@@ -738,7 +494,7 @@ class Sandbox:
         hand over).  It shares the sandbox's jail with every other call."""
         call_limits = self._call_limits(limits, None)
         body = self._exec_body(argv, env, cwd, self._rlimits(call_limits))
-        self._check_open()
+        self._agent.check_open()
         ours: list[int] = [-1, -1, -1]
         theirs: list[int] = []
         try:
@@ -757,13 +513,13 @@ class Sandbox:
                     raise ProfileError(f"{('stdin', 'stdout', 'stderr')[target]} must be PIPE, DEVNULL, an fd "
                                        f"(or STDOUT for stderr), not {spec!r}")
             started = time.monotonic()
-            call_id, pid = await self._start(wire.OP_EXEC, body, theirs, self._what(argv, cwd))
+            call_id, pid = await self._agent.start(wire.OP_EXEC, body, theirs, self._what(argv, cwd))
         except BaseException:
             _close_fds(ours)
             raise
         finally:
             _close_fds(theirs)
-        return SandboxProcess(self, call_id, pid, argv, ours, started)
+        return SandboxProcess(self._agent, call_id, pid, argv, ours, started)
 
     # ------------------------------------------------------------------------------------------------
     # Files
@@ -787,7 +543,7 @@ class Sandbox:
         fds = [r, w]
         try:
             os.set_blocking(w, False)
-            call_id, _ = await self._start(wire.OP_WRITE, wire.FILE.pack(mode, 0, cap) + os.fsencode(rel) + b"\0", [r])
+            call_id, _ = await self._agent.start(wire.OP_WRITE, wire.FILE.pack(mode, 0, cap) + os.fsencode(rel) + b"\0", [r])
             os.close(r)
             fds[0] = -1
             exit_reply = None
@@ -803,10 +559,10 @@ class Sandbox:
                     pass
                 os.close(w)
                 fds[1] = -1
-                exit_reply = await self._exited(call_id)
+                exit_reply = await self._agent.exited(call_id)
             finally:
                 if exit_reply is None:
-                    await self._abandon(call_id)
+                    await self._agent.abandon(call_id)
         finally:
             _close_fds(fds)
         self._file_status(exit_reply, path)
@@ -821,7 +577,7 @@ class Sandbox:
         buf = bytearray()
         try:
             os.set_blocking(r, False)
-            call_id, _ = await self._start(wire.OP_READ, wire.FILE.pack(0, 0, cap) + os.fsencode(rel) + b"\0", [w])
+            call_id, _ = await self._agent.start(wire.OP_READ, wire.FILE.pack(0, 0, cap) + os.fsencode(rel) + b"\0", [w])
             os.close(w)
             fds[1] = -1
             exit_reply = None
@@ -835,12 +591,12 @@ class Sandbox:
                     if not chunk:
                         break
                     if len(buf) + len(chunk) > cap:
-                        raise self._fail(f"its agent sent more than the {cap} bytes asked for")
+                        raise self._agent.fail(f"its agent sent more than the {cap} bytes asked for")
                     buf += chunk
-                exit_reply = await self._exited(call_id)
+                exit_reply = await self._agent.exited(call_id)
             finally:
                 if exit_reply is None:
-                    await self._abandon(call_id)
+                    await self._agent.abandon(call_id)
         finally:
             _close_fds(fds)
         self._file_status(exit_reply, path)
@@ -887,7 +643,7 @@ class Sandbox:
         request = json.dumps({"code": code}).encode()
         async with self._kernel_lock:
             kernel = self._kernel
-            if kernel is None:
+            if kernel is None or kernel.dead:
                 kernel = self._kernel = await self._start_kernel()
             return await kernel.cell(request, wall, cap)
 
@@ -912,12 +668,12 @@ class Sandbox:
             body = self._exec_body([python, "-I", "-u", "-c", _KERNEL_SOURCE],
                                    {"HOME": self.workspace, "LC_ALL": "C.UTF-8"}, None,
                                    self._rlimits(self.limits, cpu=False), background=True)
-            call_id, pid = await self._start(wire.OP_EXEC, body, theirs, self._what([python], None))
+            call_id, pid = await self._agent.start(wire.OP_EXEC, body, theirs, self._what([python], None))
         except BaseException:
             _close_fds(ours)
             raise
         finally:
             _close_fds(theirs)
-        return _Kernel(self, call_id, pid, *ours)
+        return _Kernel(self._agent, call_id, pid, *ours)
 
 

@@ -11,17 +11,13 @@ import os
 import signal as _signal
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 
-from ._agent import EXITED, Reply, SandboxClosed, SandboxError
+from ._agent import EXITED, Agent, Reply, SandboxClosed, SandboxError
 from ._anyio_process import PipeReceiveStream, PipeSendStream
 from ._jail import Usage
-
-if TYPE_CHECKING:
-    from ._sandbox import Sandbox
 
 
 class SandboxProcess(anyio.abc.Process):
@@ -29,9 +25,9 @@ class SandboxProcess(anyio.abc.Process):
     sandbox's PID namespace, signalled and reaped through the sandbox's agent (its parent), so a PID
     reused after exit is never hit.  ``usage`` is its own (and its reaped children's) once it exited."""
 
-    def __init__(self, sb: Sandbox, call_id: int, pid: int, argv: Sequence[object], ours: list[int],
+    def __init__(self, agent: Agent, call_id: int, pid: int, argv: Sequence[object], ours: list[int],
                  started: float) -> None:
-        self._sb = sb
+        self._agent = agent
         self._call_id = call_id
         self._pid = pid
         self.args = tuple(os.fsdecode(a) for a in argv)  # type: ignore[arg-type]
@@ -69,22 +65,22 @@ class SandboxProcess(anyio.abc.Process):
 
     @property
     def returncode(self) -> int | None:
-        if self._returncode is None and self._call_id in self._sb._live:
+        if self._returncode is None and self._call_id in self._agent.live:
             # Read what is there only if no task is parked on the socket: that task is the reader, and a
             # reply taken from under it would leave it waiting for one that already came.
-            if not self._sb._reading:
+            if not self._agent.reading:
                 try:
-                    self._sb._drain_nowait()
+                    self._agent.drain_nowait()
                 except SandboxError:
                     pass
-            box = self._sb._mail.get(self._call_id)
+            box = self._agent.mail.get(self._call_id)
             if box:
                 r = box.popleft()
-                self._sb._forget(self._call_id)
+                self._agent.forget(self._call_id)
                 if r.kind == EXITED and (os.WIFEXITED(r.a) or os.WIFSIGNALED(r.a)):
                     self._take(r)
                 else:
-                    self._sb._fail(f"its agent sent reply kind {r.kind}, status {r.a:#x} for a running call")
+                    self._agent.fail(f"its agent sent reply kind {r.kind}, status {r.a:#x} for a running call")
         return self._returncode
 
     async def wait(self) -> int:
@@ -92,13 +88,13 @@ class SandboxProcess(anyio.abc.Process):
         async with self._wait_lock:
             if self.returncode is not None:
                 return self._returncode  # type: ignore[return-value]
-            r = await self._sb._exited(self._call_id)
+            r = await self._agent.exited(self._call_id)
             return self._take(r)
 
     def send_signal(self, signal: int) -> None:
         if self.returncode is not None:
             raise ProcessLookupError(errno.ESRCH, "the sandboxed process has already exited")
-        self._sb._signal_nowait(self._call_id, int(signal), group=False)
+        self._agent.signal_nowait(self._call_id, int(signal), group=False)
 
     def terminate(self) -> None:
         self.send_signal(_signal.SIGTERM)
@@ -111,7 +107,7 @@ class SandboxProcess(anyio.abc.Process):
         for stream in (self._stdin, self._stdout, self._stderr):
             if stream is not None:
                 stream.close()
-        if self._returncode is not None or self._call_id not in self._sb._live:
+        if self._returncode is not None or self._call_id not in self._agent.live:
             return
         try:
             await self.wait()
@@ -119,5 +115,5 @@ class SandboxProcess(anyio.abc.Process):
             pass
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._sb._abandon(self._call_id)
+                await self._agent.abandon(self._call_id)
             raise

@@ -27,9 +27,10 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     # How a jail is started, fed and measured: spawn arguments, the spawner, launch, cgroups, stdio,
     # CPU time from /proc, pacing of the event loop, and check() which probes all of it.
     ("mechanism", frozenset({"_spawnargs", "_spawner", "_jail", "_cgroup", "_stdio", "_cputime", "_pacing",
-                             "_check"})),
+                             "_check", "_agent", "_kernel_cell"})),
     # What callers hold: the asyncio mirror, the anyio process, run(), the pool and its host task.
-    ("faces", frozenset({"_asyncio_process", "_anyio_process", "_run", "_pool", "_background"})),
+    ("faces", frozenset({"_asyncio_process", "_anyio_process", "_run", "_pool", "_background",
+                         "_sandbox", "_sandbox_process", "_cells"})),
     # Integrations in extras, built on the faces; the core below never imports them.
     ("integrations", frozenset({"_serve", "ray", "_ray"})),
     # The command line and the public re-exports.

@@ -456,9 +456,9 @@ async def test_a_dead_agent_ends_the_sandbox(profile: aiogaol.Profile) -> None:
 async def test_a_stopped_agent_ends_the_sandbox(profile: aiogaol.Profile, monkeypatch: pytest.MonkeyPatch) -> None:
     """A program can SIGSTOP the agent; the server does not wait on it for ever: the sandbox is ended
     with a named error once an answer is overdue."""
-    from aiogaol import _sandbox
+    from aiogaol import _agent
 
-    monkeypatch.setattr(_sandbox, "AGENT_TIMEOUT", 1.0)
+    monkeypatch.setattr(_agent, "AGENT_TIMEOUT", 1.0)
     sb = await aiogaol.open_sandbox(profile)
     pid = sb.pid
     try:
