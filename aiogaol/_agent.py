@@ -118,6 +118,7 @@ class Agent:
         self.idle_seen = False
 
     def close_socket(self) -> None:
+        """Our end goes (the agent reads EOF and exits); a task parked on it is woken first."""
         sock, self.sock = self.sock, None
         self.wake_all()  # the waiters see the end
         if sock is None:
@@ -138,6 +139,7 @@ class Agent:
         return SandboxError(self.ended)
 
     def why_ended(self) -> str:
+        """What to tell a caller of an ended sandbox: the first reason recorded, else the likeliest."""
         if self.ended is not None:
             return self.ended
         if self.idle_seen:
@@ -162,11 +164,13 @@ class Agent:
         return SandboxClosed(self.ended)
 
     def check_open(self) -> socket.socket:
+        """The socket, or ``SandboxClosed`` saying why there is none."""
         if self.ended is not None or self.sock is None:
             raise SandboxClosed(self.ended or "the sandbox is closed")
         return self.sock
 
     async def send(self, op: int, body: bytes, fds: Sequence[int] = ()) -> int:
+        """One request with its fds (SCM_RIGHTS, copied into the agent by the kernel); its call id."""
         if len(body) + REQ.size > MAX_MSG:
             raise ProfileError(f"this call's request is {len(body) + REQ.size} bytes; a sandbox takes at most "
                                f"{MAX_MSG} (arguments, environment and path together)")
