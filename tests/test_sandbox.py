@@ -277,6 +277,34 @@ async def test_per_call_timeout_cpu_and_output(profile: aiogaol.Profile) -> None
 
 
 @pytest.mark.anyio
+async def test_the_sandboxs_memory_and_process_limits(profile: aiogaol.Profile) -> None:
+    """Without a cgroup (cgroup v1 here) memory is RLIMIT_AS of each process and processes RLIMIT_NPROC of
+    the sandbox's user; a hog and a fork bomb are stopped and reported, and the sandbox serves on."""
+    limits = aiogaol.Limits(memory=256 << 20, processes=24)
+    async with await aiogaol.open_sandbox(profile, limits=limits) as sb:
+        r = await sb.exec([PY, "-c", "x = bytearray(512 << 20)"])
+        assert r.status is aiogaol.Status.MEMORY_LIMIT, r
+        r = await sb.exec([PY, "-c", "import os, time\nkids = 0\nwhile True:\n    try:\n        if os.fork() == 0:\n"
+                               "            time.sleep(30)\n            os._exit(0)\n        kids += 1\n"
+                               "    except OSError as e:\n        print('refused after', kids, e); break"],
+                          timeout=20)
+        assert r.ok and b"refused after" in r.stdout, r
+        assert int(r.stdout.split()[2]) < 24
+        # The bomb's processes went with the call; until init has reaped them they still count against
+        # RLIMIT_NPROC, so a start may be refused (EAGAIN, named) for a moment on a busy host.
+        for _ in range(100):
+            try:
+                assert (await sb.exec(["true"])).ok
+                break
+            except aiogaol.SandboxSetupError as e:
+                assert e.errno == errno.EAGAIN, e
+                await anyio.sleep(0.05)
+        else:
+            raise AssertionError("the sandbox did not recover from the fork bomb")
+        assert (await sb.run_code("1 + 1")).value == "2"
+
+
+@pytest.mark.anyio
 async def test_cancelled_exec_kills_the_call(profile: aiogaol.Profile) -> None:
     async with await aiogaol.open_sandbox(profile) as sb:
         with anyio.move_on_after(0.3):
