@@ -85,11 +85,16 @@ class SandboxSpawn(SpawnArgs):
         return argv[:1] + [os.fsencode(a) for a in self.agent_args] + argv[1:]
 
 
-
-
-def close_fds(fds: list[int]) -> None:
+def close_fds(fds: list[int], notify: bool = False) -> None:
+    """Close each fd of the list (-1s skipped) and empty it.  With ``notify``, a task of ours parked on one
+    of them is woken first (``anyio.notify_closing``), as an fd closed under a waiter must never be."""
     for fd in fds:
         if fd >= 0:
+            if notify:
+                try:
+                    anyio.notify_closing(fd)
+                except RuntimeError:
+                    pass  # not in an async context: nobody can be waiting
             try:
                 os.close(fd)
             except OSError:

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from ._agent import Agent, SandboxError
+from ._agent import Agent, SandboxClosed, SandboxError
 from ._agent import close_fds as _close_fds
 
 INTERRUPT_GRACE = 1.0  # seconds a cell has to stop after SIGINT before its kernel is killed
@@ -75,7 +75,9 @@ class Kernel:
         self.pending = b""
 
     def close(self) -> None:
-        _close_fds(self.fds)
+        """Our ends go; a cell's task still parked on one of them (the sandbox closed under it) is woken."""
+        self.dead = True
+        _close_fds(self.fds, notify=True)
 
     async def _write(self, data: bytes) -> None:
         fd = self.fds[2]
@@ -143,13 +145,20 @@ class Kernel:
                 try:
                     chunk = os.read(fd, _READ_SIZE)
                 except BlockingIOError:
-                    await anyio.wait_readable(fd)
+                    try:
+                        await anyio.wait_readable(fd)
+                    except anyio.ClosedResourceError:
+                        return  # the sandbox was closed under the cell
                     continue
+                except OSError:
+                    return
                 if not chunk:
                     await anyio.sleep_forever()
                 take(i, chunk)
 
         def drain() -> None:
+            if not self.fds:
+                return  # closed under the cell (the sandbox ended): nothing is ours to read any more
             for i in (0, 1):
                 while True:
                     try:
@@ -180,7 +189,7 @@ class Kernel:
                             died = reply is None
                         if reply is None:
                             state_lost = True
-                except (BrokenPipeError, ConnectionResetError):
+                except (BrokenPipeError, ConnectionResetError, anyio.ClosedResourceError, OSError):
                     died = True
                 except _KernelBroken:
                     state_lost = True
@@ -192,6 +201,8 @@ class Kernel:
             if not done or state_lost or died:
                 state_lost = True
                 await self._end()
+        if (died or reply is None) and agent.ended is not None:
+            raise SandboxClosed(agent.ended)  # the sandbox ended under the cell, as exec reports it
         wall = time.monotonic() - started
         out = outputs[0].decode(errors="replace")
         err = outputs[1].decode(errors="replace")

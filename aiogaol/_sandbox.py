@@ -62,6 +62,7 @@ DEFAULT_GRACE = 0.5  # seconds between SIGTERM and SIGKILL of a call past its ti
 _DRAIN_TIMEOUT = 5.0
 _READ_SIZE = 65536
 
+
 def _seconds(value: object, name: str) -> float | None:
     if value is None:
         return None

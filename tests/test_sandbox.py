@@ -466,6 +466,32 @@ async def test_close_from_another_task(profile: aiogaol.Profile) -> None:
 
 
 @pytest.mark.anyio
+async def test_close_while_a_cell_and_a_file_call_run(profile: aiogaol.Profile) -> None:
+    sb = await aiogaol.open_sandbox(profile)
+    raised: list[BaseException] = []
+
+    async def cell() -> None:
+        try:
+            await sb.run_code("import time\nprint('working', flush=True)\ntime.sleep(30)")
+        except aiogaol.SandboxClosed as e:
+            raised.append(e)
+
+    async def spawned() -> None:
+        proc = await sb.spawn(["sleep", "30"])
+        try:
+            await proc.wait()
+        except aiogaol.SandboxClosed as e:
+            raised.append(e)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cell)
+        tg.start_soon(spawned)
+        await anyio.sleep(0.5)
+        await sb.aclose()
+    assert len(raised) == 2 and all("aclose" in str(e) for e in raised), raised
+
+
+@pytest.mark.anyio
 async def test_a_dead_agent_ends_the_sandbox(profile: aiogaol.Profile) -> None:
     """A program may kill the agent (same uid); the sandbox then ends, and says so."""
     sb = await aiogaol.open_sandbox(profile)
