@@ -41,8 +41,9 @@ EXEC = struct.Struct("=IIIIiI")  # flags, n_rlimits, argc, envc, umask, pad
 RLIM = struct.Struct("=iiQQ")
 FILE = struct.Struct("=IIQ")  # mode, pad, max bytes
 SIG = struct.Struct("=IiI")  # call id, signal, group
+BUSY = struct.Struct("=II")  # call id, busy
 REPLY = struct.Struct("=IIiiQQQ")  # kind, id, a, b, utime ns, stime ns, maxrss bytes
-OP_EXEC, OP_SIGNAL, OP_WRITE, OP_READ = 1, 2, 3, 4
+OP_EXEC, OP_SIGNAL, OP_WRITE, OP_READ, OP_BUSY = 1, 2, 3, 4, 5
 STARTED, FAILED, EXITED, ACK, IDLE = 1, 2, 3, 4, 5
 BACKGROUND = 1
 STAGES = {1: "sandbox request", 2: "fork program", 3: "setsid", 4: "setrlimit", 5: "place fds", 6: "chdir",
@@ -107,12 +108,12 @@ class Agent:
     why the sandbox ended (``ended``), once it has."""
 
     def __init__(self, jail: RunningJail, sock: socket.socket, idle_timeout: float | None,
-                 lifetime: float | None) -> None:
+                 lifetime: float | None, opened: float) -> None:
         self.jail: RunningJail | None = jail  # killed when the agent cannot be trusted; None once released
         self.sock: socket.socket | None = sock
         self.idle_timeout = idle_timeout
         self.lifetime = lifetime
-        self.opened = time.monotonic()
+        self.opened = opened  # time.monotonic() before the jail was asked for: init's lifetime starts later
         self.ids = itertools.count(1)
         self.live: set[int] = set()
         self.mail: dict[int, collections.deque[Reply]] = {}
@@ -207,6 +208,16 @@ class Agent:
             sock.send(REQ.pack(OP_SIGNAL, next(self.ids)) + SIG.pack(call_id, sig, 1 if group else 0))
         except OSError:
             pass  # a full socket or a dead agent: the wait that follows finds out
+
+    def busy_nowait(self, call_id: int, busy: bool) -> None:
+        """A background call (the code kernel) counts as running, for the idle timeout, while ``busy``."""
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            sock.send(REQ.pack(OP_BUSY, next(self.ids)) + BUSY.pack(call_id, 1 if busy else 0))
+        except OSError:
+            pass  # a dead agent: the cell finds out
 
     def drain_nowait(self) -> None:
         """Read every reply already there and put it in its call's mailbox."""

@@ -176,6 +176,7 @@ class Kernel:
                 tg.start_soon(pump, 0)
                 tg.start_soon(pump, 1)
                 try:
+                    agent.busy_nowait(self.call_id, True)  # a running cell is not idle
                     await self._write(_KERNEL_HDR.pack(len(request)) + request)
                     with stop:
                         reply = await self._read_reply()
@@ -201,6 +202,8 @@ class Kernel:
             if not done or state_lost or died:
                 state_lost = True
                 await self._end()
+            else:
+                agent.busy_nowait(self.call_id, False)
         if (died or reply is None) and agent.ended is not None:
             raise SandboxClosed(agent.ended)  # the sandbox ended under the cell, as exec reports it
         wall = time.monotonic() - started

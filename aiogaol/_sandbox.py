@@ -114,6 +114,7 @@ async def open_sandbox(profile: Profile, *, limits: Limits | None = None, worksp
         raise ProfileTypeError(f"python must be the absolute path of an interpreter in the jail, not {python!r}")
     full = profile + [Tmpfs(workspace, workspace_size)]
     _reap_ended()
+    started = time.monotonic()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     null = -1
     try:
@@ -136,7 +137,7 @@ async def open_sandbox(profile: Profile, *, limits: Limits | None = None, worksp
         if null >= 0:
             os.close(null)
     ours.setblocking(False)
-    sb = Sandbox(jail, ours, full, limits, workspace, workspace_size, python, idle, life)
+    sb = Sandbox(jail, ours, full, limits, workspace, workspace_size, python, idle, life, started)
     _open.add(sb)
     return sb
 
@@ -147,9 +148,9 @@ class Sandbox:
 
     def __init__(self, jail: RunningJail, sock: socket.socket, profile: Profile, limits: Limits, workspace: str,
                  workspace_size: int, python: str | None, idle_timeout: float | None,
-                 lifetime: float | None) -> None:
+                 lifetime: float | None, opened: float) -> None:
         self._jail: RunningJail | None = jail
-        self._agent = wire.Agent(jail, sock, idle_timeout, lifetime)
+        self._agent = wire.Agent(jail, sock, idle_timeout, lifetime, opened)
         self.profile = profile
         self.limits = limits
         self.workspace = workspace

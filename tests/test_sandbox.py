@@ -409,7 +409,9 @@ async def test_idle_timeout_ends_the_sandbox(profile: aiogaol.Profile) -> None:
     sb = await aiogaol.open_sandbox(profile, idle_timeout=0.5)
     try:
         assert (await sb.exec(["sleep", "1"])).ok  # a running call is not idle
-        await sb.run_code("1")  # the kernel alone does not keep it alive
+        cell = await sb.run_code("import time\ntime.sleep(1)\n'done'")  # a running cell is not idle
+        assert cell.value == "'done'", cell
+        # but the kernel alone does not keep it alive
         pid = sb.pid
         await anyio.sleep(1.5)
         assert not _alive(pid) or not (await _wait_dead(pid))

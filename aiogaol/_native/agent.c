@@ -446,6 +446,32 @@ static void do_signal(uint32_t id, const char *body, size_t len)
     reply(AIOGAOL_AGENT_ACK, id, err, 0, NULL);
 }
 
+/* BUSY: a background call (the code kernel) counts as running while the server says so (a cell runs in
+ * it), so the idle timeout never ends a sandbox in the middle of a cell. */
+static void do_busy(uint32_t id, const char *body, size_t len)
+{
+    uint32_t target, busy;
+    int i, err = ESRCH;
+    if (len < 8) {
+        reply(AIOGAOL_AGENT_FAILED, id, EINVAL, AIOGAOL_AGENT_STAGE_REQUEST, NULL);
+        return;
+    }
+    memcpy(&target, body, 4);
+    memcpy(&busy, body + 4, 4);
+    for (i = 0; i < MAX_CALLS; i++) {
+        if (calls[i].pid > 0 && calls[i].id == target) {
+            int background = busy ? 0 : 1;
+            if (calls[i].background != background) {
+                n_active += background ? -1 : 1;
+                calls[i].background = background;
+            }
+            err = 0;
+            break;
+        }
+    }
+    reply(AIOGAOL_AGENT_ACK, id, err, 0, NULL);
+}
+
 static void reap(uint64_t *last)
 {
     for (;;) {
@@ -545,15 +571,16 @@ void aiogaol_agent_main(int sock_fd, const char *workspace, int err_fd, long idl
         int timeout = -1, r;
         if (idle_ms > 0 && n_active == 0) {
             uint64_t now = mono_ms(), due = last + (uint64_t)idle_ms;
-            if (now >= due) {
-                reply(AIOGAOL_AGENT_IDLE, 0, 0, 0, NULL);
-                _exit(0);
-            }
-            timeout = (int)(due - now > 1000000 ? 1000000 : due - now);
+            timeout = now >= due ? 0 : (int)(due - now > 1000000 ? 1000000 : due - now);
         }
         r = poll(pfd, 2, timeout);
         if (r < 0 && errno != EINTR)
             _exit(126);
+        /* Idle only when nothing is pending either: a request already sent is never lost to the timer. */
+        if (r == 0 && idle_ms > 0 && n_active == 0 && mono_ms() >= last + (uint64_t)idle_ms) {
+            reply(AIOGAOL_AGENT_IDLE, 0, 0, 0, NULL);
+            _exit(0);
+        }
         if (r <= 0)
             continue;
         if (pfd[1].revents & POLLIN) {
@@ -583,6 +610,10 @@ void aiogaol_agent_main(int sock_fd, const char *workspace, int err_fd, long idl
             case AIOGAOL_AGENT_SIGNAL:
                 close_fds(fds, n_fds);
                 do_signal(hd.id, msg + sizeof hd, len - sizeof hd);
+                break;
+            case AIOGAOL_AGENT_BUSY:
+                close_fds(fds, n_fds);
+                do_busy(hd.id, msg + sizeof hd, len - sizeof hd);
                 break;
             case AIOGAOL_AGENT_WRITE:
             case AIOGAOL_AGENT_READ:

@@ -12,6 +12,8 @@
  *   WRITE:  uint32 mode, pad; uint64 max bytes; path NUL (relative to the workspace).  SCM_RIGHTS: the
  *           read end of a pipe with the file's bytes.
  *   READ:   the same layout (mode unused); SCM_RIGHTS: the write end of a pipe for the bytes.
+ *   BUSY:   uint32 id of a background call; uint32 busy (1: it counts as running, for the idle timeout,
+ *           until a BUSY 0; the server sends it around each code cell).
  * Replies, struct aiogaol_agent_reply each:
  *   STARTED (a: the PID in the sandbox), FAILED (a: errno, b: stage), EXITED (a: wait status; rusage of
  *   the call's process and its reaped children; for WRITE/READ the exit code is 0 or an errno), ACK (a:
@@ -27,6 +29,7 @@ enum aiogaol_agent_op {
     AIOGAOL_AGENT_SIGNAL = 2,
     AIOGAOL_AGENT_WRITE = 3,
     AIOGAOL_AGENT_READ = 4,
+    AIOGAOL_AGENT_BUSY = 5,
 };
 
 enum aiogaol_agent_reply_kind {
