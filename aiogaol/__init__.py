@@ -22,6 +22,8 @@ from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll
                        support)
 from ._ready import python_executable, python_profile, system_profile
 from ._run import Result, RunError, Status, run
+from ._sandbox import (CodeError, CodeResult, Sandbox, SandboxClosed, SandboxError, SandboxProcess,
+                       open_sandbox)
 from ._spawner import shutdown as shutdown_spawner
 from ._stdio import DEVNULL, PIPE, STDOUT
 
@@ -44,4 +46,5 @@ __all__ = [
     "python_profile", "PreloadError", "PythonPool", "PythonPoolStats", "Result", "RunError", "Status", "run", "shutdown_spawner", "spawn", "support", "system_profile",
     "__version__",
     "PoolClosedError",
+    "CodeError", "CodeResult", "Sandbox", "SandboxClosed", "SandboxError", "SandboxProcess", "open_sandbox",
 ]

@@ -47,6 +47,9 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+children = _children  # a process's children: _sandbox finds a call's first process, the agent's child
+
+
 @functools.cache
 def available() -> bool:
     """Whether this kernel lists children in /proc (CONFIG_PROC_CHILDREN), which the sum needs."""

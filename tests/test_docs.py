@@ -35,7 +35,7 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(stage / "mkdocs.yml"),
                            "-d", str(site)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    for page in ("index", "profiles", "pools", "cli", "architecture", "spawn", "security", "limits", "benchmarks"):
+    for page in ("index", "profiles", "pools", "cli", "architecture", "spawn", "security", "limits", "benchmarks", "sandboxes"):
         assert (site / ("index.html" if page == "index" else f"{page}/index.html")).exists(), page
     html = (site / "index.html").read_text()
     assert "aiogaol.spawn" in html

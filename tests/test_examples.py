@@ -121,3 +121,19 @@ def test_python_pool_example(backend: str) -> None:
                       "raises": "nonzero-exit", "loops": "timed-out", "reads-host": "nonzero-exit"}
     assert "'45'" in done.stdout and "'False False'" in done.stdout and "ValueError: bad input" in done.stdout
     assert "40 jobs, 1 warm interpreter(s) started" in done.stdout
+
+def test_code_interpreter_session(backend: str) -> None:
+    done = run_example(str(EXAMPLES / "code_interpreter.py"), backend)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert ("./add says 5" in out) or ("sh says 5" in out)
+    assert "[load] ok value=3" in out
+    assert "[best] ok value='42' stdout='best is grace'" in out
+    assert "report.txt: grace leads with 42" in out
+    assert "[error] error error=ZeroDivisionError: division by zero" in out
+    assert "[still there] ok value=3" in out
+    assert "[hung] timed-out error=KeyboardInterrupt" in out
+    assert "[after hung] ok value='grace'" in out
+    assert "[stubborn] timed-out (state lost: the kernel was restarted)" in out
+    assert "[fresh kernel] ok value=False" in out
+    assert "report.txt" in out.split("files:")[1] and "closed: True" in out

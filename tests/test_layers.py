@@ -27,10 +27,11 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     # How a jail is started, fed and measured: spawn arguments, the spawner, launch, cgroups, stdio,
     # CPU time from /proc, pacing of the event loop, and check() which probes all of it.
     ("mechanism", frozenset({"_spawnargs", "_spawner", "_jail", "_cgroup", "_stdio", "_cputime", "_pacing",
-                             "_check"})),
+                             "_check", "_agent", "_kernel_cell", "_zygote"})),
     # What callers hold: the asyncio mirror and the anyio process (with what they share, _face), run(),
-    # the pool and its host task.
-    ("faces", frozenset({"_face", "_asyncio_process", "_anyio_process", "_run", "_pool", "_background"})),
+    # the pool and its host task, the sandboxes across calls and the warm-Python pool.
+    ("faces", frozenset({"_face", "_asyncio_process", "_anyio_process", "_run", "_pool", "_background",
+                         "_sandbox", "_sandbox_process", "_cells", "_python_pool"})),
     # Integrations in extras, built on the faces; the core below never imports them.
     ("integrations", frozenset({"_serve", "ray", "_ray"})),
     # The command line and the public re-exports.

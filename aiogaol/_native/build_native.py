@@ -23,11 +23,12 @@ ffibuilder.cdef(
     void aiogaol_zygote_init_enter(int report_fd);
     void aiogaol_zygote_init_run(int program);
     void aiogaol_zygote_program_enter(void);
+    int aiogaol_agent_wire_size(int which);
     """
 )
 ffibuilder.set_source(
     "aiogaol._native._core",
-    '#include "jail.h"',
+    '#include "jail.h"\n#include "agent.h"',
     # Every C file of the core but the helper's main() (setup.py links the same set into the helper).
     sources=sorted(os.path.relpath(os.path.join(HERE, f)) for f in os.listdir(HERE)
                    if f.endswith(".c") and f != "helper_main.c"),

@@ -9,6 +9,7 @@
  *   spawner.c  the spawner: one init per request, waiting inits, hand-over, the mount-table watch
  *   zygote.c   the same steps taken in-process by forks of PythonPool's warm interpreter
  *   server.c   the server's side: posix_spawn of the helper, probes
+ *   agent.c    the sandbox's resident: a sandbox's PID 2 in place of a program (agent.h, its wire)
  *
  * Each process runs single-threaded code that only fails through fail() (wire.c): one record naming the
  * step (AIOGAOL_STEPS, in jail.h, numbered as docs/spawn.md numbers them), the errno and the path.
@@ -125,6 +126,9 @@ struct plan {
     int unshare_net;
     int loopback;      /* --loopback: bring up lo in the jail's own network namespace */
     int no_namespaces; /* the fallback: Landlock, seccomp, no_new_privs and rlimits only */
+    int agent_fd;      /* --agent FD IDLE_MS: a sandbox, whose resident agent (agent.c) runs in place of */
+    long agent_idle;   /* the program on socket FD (-1: a program); IDLE_MS > 0: its idle timeout */
+    uint64_t deadline_ms; /* --deadline MS: init ends the jail this long after it starts (0: never) */
     const char *hostname;
     unsigned long long root_size;
     const char *cwd;

@@ -153,6 +153,7 @@ void run_init(void)
     int sfd, status = 0, done = 0;
     pid_t child;
     struct pollfd pfd[2];
+    uint64_t deadline = now_ns() / 1000000u + plan.deadline_ms;
 
     /* Init never runs beside the program unfiltered (see drop_init): no filter, no jail. */
     if (init_len == 0)
@@ -199,7 +200,9 @@ void run_init(void)
     /* vfork-class: the program shares init's memory (on a stack of its own) until its exec, so no page
      * table is copied and no page faulted in for it; init waits, which it would do anyway. */
     program_sfd = sfd;
-    child = clone(program_main, program_stack + sizeof program_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, NULL);
+    /* A sandbox's agent never execs: it gets memory of its own (a plain fork onto the same stack). */
+    child = clone(program_main, program_stack + sizeof program_stack,
+                  (plan.agent_fd >= 0 ? 0 : CLONE_VM | CLONE_VFORK) | SIGCHLD, NULL);
     if (child < 0)
         fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "clone");
 
@@ -225,7 +228,18 @@ void run_init(void)
     pfd[1].fd = plan.lifeline_fd;
     pfd[1].events = POLLIN;
     for (;;) {
-        if (poll(pfd, plan.lifeline_fd >= 0 ? 2 : 1, -1) < 0) {
+        int timeout = -1;
+        /* A sandbox's lifetime: kept here, since no program of the jail can stop or kill PID 1. */
+        if (plan.deadline_ms && !done) {
+            uint64_t now = now_ns() / 1000000u;
+            if (now >= deadline) {
+                kill_jail(child);
+                plan.deadline_ms = 0;
+                continue;
+            }
+            timeout = (int)(deadline - now > 1000000 ? 1000000 : deadline - now);
+        }
+        if (poll(pfd, plan.lifeline_fd >= 0 ? 2 : 1, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             kill_jail(child);

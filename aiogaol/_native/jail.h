@@ -67,6 +67,7 @@
     X(SECCOMP, "load seccomp filter")                      \
     X(EXEC, "exec")                                        \
     X(INTERPRETER, "exec (program found, its ELF interpreter or script interpreter is not in the jail)") \
+    X(AGENT, "start the sandbox's agent")                 \
     /* init, once the program runs (init.c) */             \
     X(DROP_INIT, "drop init's privileges")                 \
     X(REAP_PROGRAM, "reap the program")                    \

@@ -6,6 +6,7 @@
  * seccomp with TSYNC, exec (execvpe's search by hand, so the error kept is the meaningful one).
  */
 #include "core.h"
+#include "agent.h"
 
 /* ------------------------------------------------------------------------------------------------ */
 /* The program (PID 2): drop everything, exec                                                        */
@@ -258,6 +259,8 @@ void run_program(void)
         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
         fail(AIOGAOL_STEP_SECCOMP, errno, "seccomp");
     mark(AIOGAOL_STEP_SECCOMP);
+    if (plan.agent_fd >= 0) /* a sandbox: its agent, as jailed as any program, instead of an exec */
+        aiogaol_agent_main(plan.agent_fd, plan.cwd, err_fd, plan.agent_idle);
     mark(AIOGAOL_STEP_EXEC);
     exec_program();
     _exit(127);

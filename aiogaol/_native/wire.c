@@ -186,6 +186,7 @@ void parse_args(int argc, char **argv, char **envp)
     plan.lifeline_fd = -1;
     plan.seccomp_fd = -1;
     plan.cgroup_fd = -1;
+    plan.agent_fd = -1;
     plan.inside_uid = -1;
     plan.inside_gid = -1;
     plan.cwd = "/";
@@ -237,6 +238,13 @@ void parse_args(int argc, char **argv, char **envp)
         } else if (strcmp(o, "--uid") == 0) {
             NEED(1);
             plan.inside_uid = (long)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--agent") == 0) {
+            NEED(2);
+            plan.agent_fd = (int)parse_num(argv[++i], 10);
+            plan.agent_idle = (long)parse_num(argv[++i], 10);
+        } else if (strcmp(o, "--deadline") == 0) {
+            NEED(1);
+            plan.deadline_ms = parse_num(argv[++i], 10);
         } else if (strcmp(o, "--gid") == 0) {
             NEED(1);
             plan.inside_gid = (long)parse_num(argv[++i], 10);
