@@ -1,0 +1,10 @@
+"""aiogaol on a Ray cluster: ``RayPool``, one actor per node holding a local pool of jails.
+
+Install with ``pip install 'aiogaol[ray]'``.  The core of aiogaol never imports this package (nor Ray).
+See docs/scale-out.md.
+"""
+
+from ._pool import RayPool, RayResults
+from ._records import NodeLost, NodeStats, PythonJob, RayPoolError, RayPoolStats
+
+__all__ = ["NodeLost", "NodeStats", "PythonJob", "RayPool", "RayPoolError", "RayPoolStats", "RayResults"]
