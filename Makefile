@@ -15,7 +15,7 @@ all: demo
 deps:
 	@bash .ci/debian-deps.sh
 
-$(STAMP): pyproject.toml setup.py aiogaol/_native/jail.c aiogaol/_native/jail.h aiogaol/_native/build_native.py
+$(STAMP): pyproject.toml setup.py $(wildcard aiogaol/_native/*.c aiogaol/_native/*.h) aiogaol/_native/build_native.py
 	@$(MAKE) --no-print-directory deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

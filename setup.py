@@ -2,7 +2,7 @@
 
 The helper is a separate executable (not code run in a fork of Python) so that the server spawns it with
 posix_spawn, whose cost does not grow with the server's memory, and so that the namespace set-up runs in
-a small single-threaded process.  It is built from the same C sources as the cffi module.
+a small single-threaded process.  It is built from the same C sources as the cffi module (every .c file of aiogaol/_native).
 """
 
 import os
@@ -12,7 +12,9 @@ from setuptools.command.build_ext import build_ext
 
 HELPER = "aiogaol-jail"
 NATIVE = os.path.join("aiogaol", "_native")
-SOURCES = [os.path.join(NATIVE, "jail.c"), os.path.join(NATIVE, "helper_main.c")]
+# The C core, one file per process role (see aiogaol/_native/core.h), and the helper's main().
+CORE = sorted(f for f in os.listdir(NATIVE) if f.endswith(".c") and f != "helper_main.c")
+SOURCES = [os.path.join(NATIVE, f) for f in CORE] + [os.path.join(NATIVE, "helper_main.c")]
 
 
 class build_ext_with_helper(build_ext):

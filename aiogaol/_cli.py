@@ -32,7 +32,8 @@ from . import _cputime, _ready
 from ._anyio_process import spawn
 from ._errors import (AiogaolError, ProfileError, ProgramNotFoundError, ProgramPermissionError,
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
-from ._kernel import KernelReport, check
+from ._check import check
+from ._kernel import KernelReport
 from ._limits import DEFAULT_LIMITS, MAX_SECONDS, Limits, check_limit
 from ._plan import compile_profile
 from ._pool import ERROR, OK, STATUSES, Job, JobResult, Pool

@@ -18,7 +18,7 @@ import functools
 
 from ._errors import SandboxSetupError
 
-# What init calls after the program's exec (aiogaol/_native/jail.c, run_init, kill_children, mark_lifeline).
+# What init calls after the program's exec (aiogaol/_native/init.c: run_init, kill_children; wire.c: mark_lifeline).
 INIT_SYSCALLS = (
     "poll", "ppoll",  # the signalfd and the lifeline (glibc picks one or the other)
     "read",  # signalfd records, /proc/PID/stat in the fallback's kill_children
@@ -31,7 +31,7 @@ INIT_SYSCALLS = (
     "openat", "open", "getdents64",  # /proc in the fallback's kill_children
     "exit", "exit_group", "rt_sigreturn", "restart_syscall",
 )
-INIT_MAX_INSNS = 256  # the size of init's buffer for it (init_insns in jail.c)
+INIT_MAX_INSNS = 256  # the size of init's buffer for it (init_insns in aiogaol/_native/wire.c)
 _STEP = "compile init's seccomp filter"
 
 

@@ -33,7 +33,8 @@ from . import _cputime, _stdio
 from ._run import Status, _classify, _Outcome, _watch_cpu
 from ._anyio_process import JailedProcess, spawn
 from ._jail import Usage
-from ._errors import ProfileError, ProfileTypeError
+from ._background import Background
+from ._errors import PoolClosedError, ProfileError, ProfileTypeError
 from ._fallback import check_isolation
 from ._limits import MAX_SECONDS, Limits, resolve_limits
 from ._spawnargs import check_grace
@@ -200,7 +201,7 @@ class Pool:
         self.env = env
         self.isolation = isolation
         self._slots: anyio.Semaphore | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._background: Background | None = None  # where ``map`` feeders run; see open()
         self._closed = False
         self._cancelling = False
         self._running = 0
@@ -213,46 +214,60 @@ class Pool:
 
     # -- life cycle ---------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "Pool":
-        if self._tg is not None or self._closed:
-            raise RuntimeError("a Pool can be entered once")
+    async def open(self) -> "Pool":
+        """Make the pool ready for jobs and return it: ``pool = await Pool(...).open()``.
+
+        Nothing of the pool is tied to the opening task: ``run``, ``map`` and ``aclose`` may come from
+        any task of the same event loop (a Ray actor opens its pool in one method and closes it in
+        another), so the task group that runs ``map``'s feeders lives in a host task of its own
+        (``_background``), not in the caller's.  ``async with Pool(...)`` is ``open`` and ``aclose``.
+        """
+        if self._background is not None or self._closed:
+            raise RuntimeError("a Pool can be opened once")
         self._slots = anyio.Semaphore(self.size)
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
+        background = Background()
+        await background.start()
+        self._background = background
         return self
 
+    async def __aenter__(self) -> "Pool":
+        return await self.open()
+
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool | None:
-        assert self._tg is not None
-        try:
-            # Left normally: let running jobs finish.  Left by an exception (cancellation included):
-            # cancel them; either way each jail is terminated, killed and reaped before we return.
-            with anyio.CancelScope(shield=exc_type is not None):
-                await self.aclose(cancel=exc_type is not None)
-        except BaseException as e:
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(type(e), e, e.__traceback__)
-            raise
-        # The pool's own tasks (``map`` feeders) never fail, so the task group has nothing to add: the
-        # block's exception propagates as it is, not wrapped in an ExceptionGroup.  Cancellation alone
-        # is handed over, since the task group must see it to deliver it.
-        if exc_type is not None and issubclass(exc_type, anyio.get_cancelled_exc_class()):
-            return await self._tg.__aexit__(exc_type, exc, tb)
-        await self._tg.__aexit__(None, None, None)
-        return None
+                        tb: TracebackType | None) -> None:
+        # Left normally: let running jobs finish.  Left by an exception (cancellation included):
+        # cancel them; either way each jail is terminated, killed and reaped before we return, and the
+        # block's exception propagates as it is (the pool's task group is not the caller's to wrap it).
+        await self.aclose(cancel=exc_type is not None)
 
     async def aclose(self, *, cancel: bool = False) -> None:
-        """Refuse new jobs; then wait for the running ones (``cancel=False``) or cancel them."""
+        """Refuse new jobs; then wait for the running ones (``cancel=False``) or cancel them, and stop
+        the feeders of abandoned ``map`` iterations.  From any task, any number of times.
+
+        When it returns every jail of the pool has been reaped.  A closer that is itself cancelled
+        while it waits cancels the running jobs instead and still waits for them (shielded), so it
+        never leaves a jail behind.
+        """
         self._closed = True
         if cancel:
             self._cancel_running()
-        else:
-            while self._running:
-                self._idle = anyio.Event()
-                await self._idle.wait()
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()  # feeders of abandoned ``map`` iterations
+        try:
+            await self._wait_idle()
+        except BaseException:
+            self._cancel_running()
+            with anyio.CancelScope(shield=True):
+                await self._wait_idle()
+                if self._background is not None:
+                    await self._background.aclose()
+            raise
+        if self._background is not None:
+            await self._background.aclose()
+
+    async def _wait_idle(self) -> None:
+        while self._running:
+            if self._idle is None:
+                self._idle = anyio.Event()  # one event for every closer: _run sets it at the last job
+            await self._idle.wait()
 
     def _cancel_running(self) -> None:
         self._cancelling = True
@@ -286,11 +301,11 @@ class Pool:
         this iteration's ``size`` places frees up, i.e. when a result has been consumed.  Use as
         ``async for result in pool.map(jobs)``, or inside ``async with`` to stop it early and cleanly.
         """
-        if self._tg is None or self._closed:
-            raise RuntimeError("use the pool inside 'async with Pool(...)' before calling map()")
+        self._check_open()
         send, receive = anyio.create_memory_object_stream[JobResult](self.size)
         results = JobResults(receive, anyio.Semaphore(self.size), anyio.CancelScope())
-        self._tg.start_soon(self._feed, jobs, timeout, send, results)
+        assert self._background is not None
+        self._background.start_soon(self._feed, jobs, timeout, send, results)
         return results
 
     async def _feed(self, jobs: Iterable[Job | Argv] | AsyncIterable[Job | Argv], timeout: float | None,
@@ -320,13 +335,20 @@ class Pool:
                 except Exception as e:
                     results._error = e  # the jobs iterable itself failed: tell the consumer
 
-    async def _run(self, job: Job, *, raise_invalid: bool) -> JobResult:
-        if self._slots is None:
-            raise RuntimeError("use the pool inside 'async with Pool(...)'")
+    def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("the pool is closed")
+            raise PoolClosedError("the pool is closed: open a new Pool for more jobs")
+        if self._background is None:
+            raise PoolClosedError("the pool is not open yet: 'await pool.open()' or 'async with Pool(...)' first")
+
+    async def _run(self, job: Job, *, raise_invalid: bool) -> JobResult:
         submitted = time.monotonic()
         argv = _text_argv(job.argv) if not isinstance(job.argv, (str, bytes)) else (os.fsdecode(job.argv),)
+        if not raise_invalid and self._closed:  # a map feeder's job that lost the race with aclose
+            return self._record(JobResult(job.id, argv, CANCELLED, error="the pool closed",
+                                          evidence="the pool closed before the job started"), submitted)
+        self._check_open()
+        assert self._slots is not None
         try:
             deadline = _check_timeout(job.timeout, "timeout") or self.timeout
             if job.input is not None and not isinstance(job.input, (bytes, bytearray, memoryview)):
@@ -353,6 +375,7 @@ class Pool:
                 self._running -= 1
                 if not self._running and self._idle is not None:
                     self._idle.set()
+                    self._idle = None
         finally:
             self._slots.release()
 

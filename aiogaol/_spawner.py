@@ -10,7 +10,7 @@ spawn's own error pipe, so ``_jail.launch`` reads both paths the same way.  Send
 ``sendmsg``: nothing on the loop's thread waits for another process.
 
 After each request the spawner also makes the next default jail's init ahead of time (a *waiting init*,
-see jail.c), which takes the clone into seven namespaces off the next spawn's path.  A waiting init is the
+see aiogaol/_native/spawner.c), which takes the clone into seven namespaces off the next spawn's path.  A waiting init is the
 server's child too, so the spawner reports each one on the socket, and this module keeps the books: a
 waiting init is handed to a request (and its PID then arrives on that request's error pipe, to be
 ``claim``-ed), dropped by the spawner (reported, then killed and reaped here), or still waiting when the

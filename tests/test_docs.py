@@ -54,3 +54,18 @@ def test_documented_cli_flags_exist() -> None:
         for a in action._actions:
             known.update(o for o in a.option_strings if o.startswith("--"))
     assert documented <= known, documented - known
+
+
+def test_the_steps_in_spawn_md_are_the_c_cores_in_its_order() -> None:
+    """docs/spawn.md numbers the steps of a spawn as AIOGAOL_STEPS (jail.h) does, which every failure and
+    timing mark names: the list there is the C core's, in its order, with nothing missing or extra."""
+    from aiogaol import _ffi
+
+    c_steps = []
+    while (name := _ffi.step_name(len(c_steps) + 1)) != "unknown step":
+        c_steps.append(name)
+    section = (ROOT / "docs" / "spawn.md").read_text().split("### The steps", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^(\d+)\. (.+)$", section, re.M)
+    assert [int(n) for n, _ in documented] == list(range(1, len(documented) + 1))
+    # A line may go on after the name, in parentheses, to say more.
+    assert [re.sub(r" \((?:a timing|instead of).*\)$", "", text) for _, text in documented] == c_steps

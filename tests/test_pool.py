@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import anyio
@@ -188,3 +189,115 @@ async def test_pool_arguments_are_checked(py_profile: aiogaol.Profile) -> None:
     pool = aiogaol.Pool(py_profile, size=1)
     with pytest.raises(RuntimeError):
         pool.map([])
+    with pytest.raises(aiogaol.PoolClosedError, match="not open yet"):
+        pool.map([])
+    with pytest.raises(aiogaol.PoolClosedError, match="not open yet"):
+        await pool.run(["/bin/true"])
+
+
+def _alive(marker: str) -> list[int]:
+    """Host PIDs of processes (in jails or not) whose command line carries ``marker``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+async def test_open_run_and_close_from_different_tasks(py_profile: aiogaol.Profile, python: str) -> None:
+    """Opened in one task, used from several, closed from yet another (a Ray actor's methods, a server's
+    start-up and shutdown hooks): no cancel scope is tied to the opener."""
+    marker = f"# lifecycle-{os.getpid()}"
+    before = open_fds()
+    pools: list[aiogaol.Pool] = []
+    results: list[aiogaol.JobResult] = []
+
+    async def opener() -> None:
+        pools.append(await aiogaol.Pool(py_profile, size=2).open())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(opener)
+    pool = pools[0]
+
+    async def user(i: int) -> None:
+        results.append(await pool.run([python, "-c", f"print({i}) {marker}"]))
+
+    async def mapper() -> None:
+        async for r in pool.map([python, "-c", f"print('m{i}') {marker}"] for i in range(3)):
+            results.append(r)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(user, i)
+        tg.start_soon(mapper)
+    assert sorted(r.stdout for r in results) == sorted([f"{i}\n".encode() for i in range(4)]
+                                                       + [f"m{i}\n".encode() for i in range(3)])
+    assert all(r.ok for r in results)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.aclose)
+    await pool.aclose()  # twice is fine
+    with pytest.raises(aiogaol.PoolClosedError, match="closed"):
+        await pool.run([python, "-c", "pass"])
+    with pytest.raises(aiogaol.PoolClosedError):
+        pool.map([[python, "-c", "pass"]])
+    with pytest.raises(RuntimeError):
+        await pool.open()  # opened once
+    assert zombie_children() == []
+    assert _alive(marker) == []
+    assert open_fds() <= before
+
+
+async def test_closing_from_another_task_cancels_or_finishes_its_jobs(py_profile: aiogaol.Profile,
+                                                                      python: str) -> None:
+    """aclose() from a task that is not the opener: cancel=True ends the running jobs (their callers get
+    "cancelled"), and a map left running by its consumer is stopped; every jail is reaped on return."""
+    marker = f"# closing-{os.getpid()}"
+    before = open_fds()
+    pool = await aiogaol.Pool(py_profile, size=3, grace_period=0.1).open()
+    results: list[aiogaol.JobResult] = []
+    abandoned = pool.map([python, "-c", f"{SLEEP} {marker}", "30"] for _ in range(5))
+
+    async def user() -> None:
+        results.append(await pool.run([python, "-c", f"{SLEEP} {marker}", "30"]))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(user)
+        while pool.stats().running < 3:
+            await anyio.sleep(0.01)
+        tg.start_soon(lambda: pool.aclose(cancel=True))
+    assert [r.status for r in results] == ["cancelled"]
+    assert pool.stats().running == 0
+    assert _alive(marker) == []
+    await abandoned.aclose()
+    assert zombie_children() == []
+    assert open_fds() <= before
+
+
+async def test_a_cancelled_closer_still_reaps_every_jail(py_profile: aiogaol.Profile, python: str) -> None:
+    """A graceful aclose() whose own task is cancelled while it waits cancels the running jobs instead,
+    and returns (raising the cancellation) only once they are reaped."""
+    marker = f"# cancelled-closer-{os.getpid()}"
+    pool = await aiogaol.Pool(py_profile, size=2, grace_period=0.1).open()
+    results: list[aiogaol.JobResult] = []
+
+    async def user() -> None:
+        results.append(await pool.run([python, "-c", f"{SLEEP} {marker}", "30"]))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(user)
+        while pool.stats().running < 1:
+            await anyio.sleep(0.01)
+        with anyio.move_on_after(0.3) as closing:
+            await pool.aclose()  # waits for a 30 s job: cut short
+        assert closing.cancelled_caught
+        assert pool.stats().running == 0
+    assert [r.status for r in results] == ["cancelled"]
+    assert _alive(marker) == []
+    assert zombie_children() == []
+    await pool.aclose()

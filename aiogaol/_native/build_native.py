@@ -1,4 +1,4 @@
-"""cffi (API mode) build of the C core.  The same jail.c is linked into the helper executable by setup.py."""
+"""cffi (API mode) build of the C core.  The same C files are linked into the helper executable by setup.py."""
 
 import os
 
@@ -20,7 +20,9 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "aiogaol._native._core",
     '#include "jail.h"',
-    sources=[os.path.relpath(os.path.join(HERE, "jail.c"))],
+    # Every C file of the core but the helper's main() (setup.py links the same set into the helper).
+    sources=sorted(os.path.relpath(os.path.join(HERE, f)) for f in os.listdir(HERE)
+                   if f.endswith(".c") and f != "helper_main.c"),
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=["-O2", "-fno-strict-aliasing"],
     py_limited_api=True,

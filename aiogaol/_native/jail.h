@@ -3,8 +3,8 @@
  *
  * Python plans (what to mount, which namespaces, which limits); this code only carries the plan out,
  * in a small helper executable that the server starts with posix_spawn (vfork-class, so the cost does
- * not grow with the server's memory): once, as the spawner that serves every jail of the server, or
- * per jail, as a one-shot helper.  Every failure is written as one fixed-size record on the error
+ * not grow with the server's memory), once, as the spawner that serves every jail of the server.  The
+ * code is split by the process that runs it (see core.h, the internal header).  Every failure is written as one fixed-size record on the error
  * pipe, naming the step, the errno and the path, in the manner of CPython's _posixsubprocess.
  */
 #ifndef AIOGAOL_JAIL_H
@@ -13,56 +13,64 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The numbered steps of a spawn, in the order they run.  Python reads the names through the cffi
- * module (aiogaol_step_name), so this list is the single source of truth for both sides. */
+/* The numbered steps of a spawn, in the order they run (docs/spawn.md, "The steps", lists them in this
+ * order, numbered as here, and tests/test_docs.py checks it).  Python reads the names through the cffi
+ * module (aiogaol_step_name), so this list is the single source of truth for both sides.  Each step
+ * names the file whose process takes it. */
 #define AIOGAOL_STEPS(X)                                   \
     X(NONE, "none")                                        \
+    /* the spawner (spawner.c), per request */             \
     X(ARGS, "parse helper arguments")                      \
-    X(CLOSE_FDS, "close inherited fds")                    \
+    X(HAND_OVER, "hand the request to a waiting init")    \
+    X(CLONE_INIT, "clone init")                            \
     X(UNSHARE, "unshare namespaces")                       \
     X(SETGROUPS, "write setgroups")                        \
     X(GID_MAP, "write gid_map")                            \
     X(UID_MAP, "write uid_map")                            \
-    X(CLONE_INIT, "clone init")                            \
+    /* init (init.c), before the jail */                   \
+    X(CLOSE_FDS, "close inherited fds")                    \
+    X(PRIORITY, "set the jail's niceness")                 \
+    X(LOOPBACK, "bring up loopback")                       \
+    /* init building the jail (mounts.c) */                \
     X(MAKE_PRIVATE, "make mounts private")                 \
     X(STAGING, "mount staging tmpfs")                      \
     X(PIVOT_STAGING, "pivot_root into staging")            \
     X(MKDIR, "mkdir")                                      \
+    X(PROC, "mount proc")                                  \
+    X(TMPFS, "mount tmpfs")                                \
+    X(DEVICE, "bind device")                               \
+    X(SYMLINK, "symlink")                                  \
+    X(SETATTR, "set mount attributes")                     \
+    X(MASK, "mask a kernel interface")                     \
+    X(DEVPTS, "mount devpts")                              \
     X(BIND, "bind mount")                                  \
     X(BIND_CHANGED, "bind source changed")                 \
     X(TARGET_CHANGED, "mount point changed")               \
-    X(RULE_CHANGED, "landlock rule path changed")          \
-    X(SETATTR, "set mount attributes")                     \
-    X(TMPFS, "mount tmpfs")                                \
-    X(PROC, "mount proc")                                  \
-    X(DEVICE, "bind device")                               \
-    X(SYMLINK, "symlink")                                  \
+    X(BUILT_AHEAD, "jail built ahead of time")             \
     X(DETACH_OLDROOT, "detach old root")                   \
     X(PIVOT_ROOT, "pivot_root into jail")                  \
     X(ROOT_READONLY, "make jail root read-only")           \
     X(HOSTNAME, "sethostname")                             \
+    /* init, making the program (init.c) */                \
+    X(IDENTITY, "switch to the jail's user")               \
     X(SIGNALFD, "signalfd")                                \
     X(FORK_PROGRAM, "fork program")                        \
+    /* the program (program.c) */                          \
     X(CHDIR, "chdir")                                      \
     X(SETSID, "setsid")                                    \
-    X(IDENTITY, "switch to the jail's user")                \
     X(RLIMIT, "setrlimit")                                 \
     X(SIGNALS, "reset signals")                            \
     X(NO_NEW_PRIVS, "set no_new_privs")                    \
     X(CAPABILITIES, "drop capabilities")                   \
     X(LANDLOCK, "landlock")                                \
+    X(RULE_CHANGED, "landlock rule path changed")          \
     X(SECCOMP, "load seccomp filter")                      \
     X(EXEC, "exec")                                        \
     X(INTERPRETER, "exec (program found, its ELF interpreter or script interpreter is not in the jail)") \
-    X(HAND_OVER, "hand the request to a waiting init")    \
+    /* init, once the program runs (init.c) */             \
+    X(DROP_INIT, "drop init's privileges")                 \
     X(REAP_PROGRAM, "reap the program")                    \
-    X(REPORT_EXIT, "report the exit status")              \
-    X(PRIORITY, "set the jail's niceness")               \
-    X(BUILT_AHEAD, "jail built ahead of time")                \
-    X(MASK, "mask a kernel interface")                    \
-    X(DEVPTS, "mount devpts")                             \
-    X(LOOPBACK, "bring up loopback")                      \
-    X(DROP_INIT, "drop init's privileges")
+    X(REPORT_EXIT, "report the exit status")
 
 enum aiogaol_step {
 #define AIOGAOL_STEP_ENUM(name, text) AIOGAOL_STEP_##name,
@@ -94,7 +102,7 @@ const char *aiogaol_step_name(int step);
 int aiogaol_record_size(void);
 
 /* Entry point of the helper executable: one jail from its arguments, or with "--serve FD" the
- * spawner, which starts one jail per request read from the socket FD until EOF (see jail.c). */
+ * spawner, which starts one jail per request read from the socket FD until EOF (see spawner.c). */
 int aiogaol_helper_main(int argc, char **argv, char **envp);
 int aiogaol_serve(int sock);
 

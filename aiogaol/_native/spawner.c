@@ -1,0 +1,643 @@
+/*
+ * The spawner: the helper executable kept running (aiogaol-jail --serve FD), one jail per request.
+ *
+ * Per request: parse it (wire.c), create init in the new namespaces as the server's child (start_jail:
+ * clone, or clone3 into the jail's cgroup), report its PID, write its id maps, let it go.  Between
+ * requests, the shortcuts: the next default jail's init made ahead of time (a "waiting init"), for a
+ * steady profile with the whole jail built ahead, handed the next request that fits (hand_over), and
+ * dropped when the host's mount table changes (mounts_changed).
+ */
+#include "core.h"
+
+/* ------------------------------------------------------------------------------------------------ */
+/* The intermediate process: the spawner, or the one-shot helper                                     */
+
+/* cgroup v2 placement.  Init is created straight into the jail's cgroup (clone3 CLONE_INTO_CGROUP,
+ * Linux 5.7), so every process of the jail is in it from its first instruction, the helper never joins
+ * it (pids.max counts only the jail), and a CLONE_NEWCGROUP namespace is rooted there.  Where clone3 is
+ * missing (ENOSYS, or a seccomp policy that answers so) the helper moves itself in by cgroup.procs
+ * first and init inherits the cgroup; the helper exits at once and is not the jail's to count.  Only the
+ * one-shot helper places jails in cgroups: the spawner must never move itself. */
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+struct aiogaol_clone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+        set_tid_size, cgroup;
+};
+
+static pid_t clone_into_cgroup(unsigned long flags)
+{
+    struct aiogaol_clone_args ca;
+    pid_t pid;
+    int procs;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = (uint64_t)flags | CLONE_INTO_CGROUP;
+    /* clone3 refuses an exit signal with CLONE_PARENT: init inherits the helper's, which is SIGCHLD
+     * (posix_spawn), as the legacy clone does. */
+    ca.exit_signal = (flags & CLONE_PARENT) ? 0 : SIGCHLD;
+    ca.cgroup = (uint64_t)plan.cgroup_fd;
+    pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
+    if (pid >= 0 || (errno != ENOSYS && errno != E2BIG)) {
+        if (pid < 0)
+            fail(AIOGAOL_STEP_CLONE_INIT, errno, "clone3 into the jail's cgroup");
+        return pid;
+    }
+    procs = openat(plan.cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (procs < 0)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "open cgroup.procs");
+    if (write(procs, "0\n", 2) != 2)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "write cgroup.procs");
+    close(procs);
+    return (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, NULL);
+}
+
+/* --uid/--gid name the host identity the program runs as, mapped to the same numbers inside.  By default
+ * it is the caller's own (mapped to itself); a root caller passes nobody's, so the program never holds
+ * root's files as their owner nor root's supplementary groups. */
+static void resolve_identity(uid_t uid, gid_t gid)
+{
+    if (plan.inside_uid < 0)
+        plan.inside_uid = (long)uid;
+    if (plan.inside_gid < 0)
+        plan.inside_gid = (long)gid;
+    switch_identity = plan.inside_uid != (long)uid || plan.inside_gid != (long)gid;
+}
+
+
+static void write_file(int step, const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    ssize_t n, len = (ssize_t)str_len(text);
+    if (fd < 0)
+        fail(step, errno, path);
+    n = write(fd, text, (size_t)len);
+    if (n != len)
+        fail(step, n < 0 ? errno : EIO, path);
+    close(fd);
+}
+
+/* "inside outside 1\n" lines.  A single line mapping the caller's own id is what an unprivileged
+ * caller may write; a privileged one adds a second identity for the program (see --uid). */
+static void write_id_map(int step, const char *path, unsigned long caller, unsigned long program)
+{
+    char buf[128], *p = buf;
+    p = fmt_ulong(p, caller == program ? caller : 0);
+    *p++ = ' ';
+    p = fmt_ulong(p, caller);
+    memcpy(p, " 1\n", 3);
+    p += 3;
+    if (caller != program) {
+        p = fmt_ulong(p, program);
+        *p++ = ' ';
+        p = fmt_ulong(p, program);
+        memcpy(p, " 1\n", 3);
+        p += 3;
+    }
+    *p = '\0';
+    write_file(step, path, buf);
+}
+
+/* Init's id maps, from the parent user namespace: an unprivileged caller may map only its own ids, and
+ * only once setgroups is denied.  A caller with CAP_SETUID/CAP_SETGID maps nobody and keeps setgroups,
+ * so that the program can shed the caller's supplementary groups before it runs.  The caller's own id
+ * stays mapped (as 0 when another identity is added), so that init, which builds the jail, can still
+ * reach the host paths the caller can reach. */
+static void write_maps(pid_t init, uid_t uid, gid_t gid)
+{
+    char path[64], *p;
+    memcpy(path, "/proc/", 6);
+    p = fmt_ulong(path + 6, (unsigned long)init);
+    if (!switch_identity) {
+        memcpy(p, "/setgroups", 11);
+        write_file(AIOGAOL_STEP_SETGROUPS, path, "deny");
+    }
+    memcpy(p, "/gid_map", 9);
+    write_id_map(AIOGAOL_STEP_GID_MAP, path, (unsigned long)gid, (unsigned long)plan.inside_gid);
+    memcpy(p, "/uid_map", 9);
+    write_id_map(AIOGAOL_STEP_UID_MAP, path, (unsigned long)uid, (unsigned long)plan.inside_uid);
+}
+
+/* Create init (the server's child, in the new namespaces), report its PID, write its id maps, and let
+ * it go.  The PID goes first: once init exists, the server must learn of it whatever fails next, since
+ * only the server can reap it. */
+static pid_t start_jail(void)
+{
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    int flags;
+    pid_t init;
+
+    resolve_identity(uid, gid);
+    flags = JAIL_NAMESPACES; /* init unshares the network namespace itself (see init_child) */
+    if (plan.no_namespaces)
+        flags = 0; /* the fallback: init is only the server's child and the program's supervisor */
+    if (pipe2(sync_fds, O_CLOEXEC) < 0)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
+    /* Init is created straight into the new namespaces, and as the server's child (CLONE_PARENT).
+     * The helper stays in the parent user namespace and writes init's id maps from there: that is
+     * what lets a privileged caller map an identity other than its own (see --uid above). */
+    if (plan.cgroup_fd >= 0)
+        init = clone_into_cgroup(CLONE_PARENT | flags);
+    else
+        init = (pid_t)syscall(SYS_clone, CLONE_PARENT | flags | SIGCHLD, NULL, NULL, NULL, NULL);
+    if (init < 0)
+        fail(AIOGAOL_STEP_UNSHARE, errno, "user+pid+mount+ipc+uts+cgroup namespaces");
+    if (init == 0)
+        init_child();
+    close(sync_fds[0]);
+    sync_fds[0] = -1;
+    send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)init, "");
+    mark(AIOGAOL_STEP_UNSHARE);
+    if (!plan.no_namespaces)
+        write_maps(init, uid, gid);
+    if (write(sync_fds[1], "g", 1) != 1)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
+    close(sync_fds[1]);
+    sync_fds[1] = -1;
+    mark(AIOGAOL_STEP_UID_MAP);
+    return init;
+}
+
+int aiogaol_helper_main(int argc, char **argv, char **envp)
+{
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "--serve") == 0) {
+        /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
+         * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
+        if (argc == 4 && raise_nice((int)parse_num(argv[3], 10)) < 0)
+            return 1;
+        return aiogaol_serve((int)parse_num(argv[2], 10));
+    }
+    parse_args(argc, argv, envp);
+    if (err_fd < 0)
+        _exit(127);
+    mark(AIOGAOL_STEP_ARGS);
+    start_jail();
+    _exit(0);
+}
+
+/* Waiting inits.  Most of a jail's set-up before its mounts is the clone into fresh namespaces (the
+ * network namespace above all) and the id maps: about a millisecond.  So after each request the
+ * spawner creates the next default jail's init ahead of time: cloned into all seven namespaces, maps
+ * written, waiting on a socket of its own for a request.  A request that fits it (a network namespace of
+ * its own, no cgroup, the same ids) is handed over; any other takes the usual path.
+ *
+ * A waiting init is the server's child like any init (CLONE_PARENT), so the server must know of it even
+ * if it is never used: the spawner reports it (REPORT_WAITING) before letting it go, and reports it
+ * again (REPORT_DISCARDED) if it drops it.  When the server retires the spawner it kills and reaps the
+ * inits reported waiting and never handed a request; a handed one reaches the server through that
+ * request's PID record, as any init does.
+ *
+ * Its mount namespace is a copy of the host's taken when it was created: the spawner watches the host's
+ * mount table (poll on /proc/self/mountinfo) and drops a waiting init made before a change, so a jail
+ * never binds from a stale view. */
+static pid_t waiting_pid;
+static int waiting_chan = -1;
+static long waiting_uid = -1, waiting_gid = -1; /* the ids it was mapped for */
+static unsigned long long waiting_root_size;     /* the size of the jail root it prebuilt */
+static int waiting_off;                         /* creating one failed: the usual path only */
+static int mounts_fd = -1;
+#define WAITING_IDLE_MS 2    /* quiet time before making one, when no jail is known to be starting */
+#define WAITING_AFTER_MS 10  /* longest wait for the last jail's init to exit first */
+static int last_init = -1;   /* pidfd of the init last started, until it exits */
+
+/* A server that keeps spawning the same profile gets its next jail built in full ahead of time: every
+ * mount of the profile and the pivot into the jail, not only the standard part.  The spawner keeps the
+ * last request's mounts as bytes (ops_blob); when two requests in a row had the same, the next waiting
+ * init builds those, then tells the spawner it is ready (one message on its socket) with the device and
+ * inode of each host file or directory it bound.  It is handed only a request whose mounts are byte for
+ * byte the same, and only while each of those host paths still names the same file (a stat each, at the
+ * hand-over): a bind resolves its path when it is made, and a jail must not show a file the host has
+ * since replaced by rename or removed, which changes no mount.  Otherwise, or if it failed to build them
+ * (it exits), it is dropped and the request takes the usual path, where any failure is reported. */
+static char *last_ops;          /* the last request's mounts, as ops_blob made them */
+static size_t last_ops_len;
+static int ops_steady;          /* the last two requests (that a waiting init may serve) had the same */
+static char *waiting_ops;       /* the mounts the waiting init builds in full; NULL: the standard part */
+static size_t waiting_ops_len;
+static int waiting_ready_seen;  /* it said it has built them, and what it bound: */
+static struct bound_inode waiting_bound[MAX_OPS];
+static int waiting_n_bound;
+#define FULL_READY_WAIT_MS 2    /* longest wait at a hand-over for one still building */
+
+static void forget_waiting_ops(void)
+{
+    free(waiting_ops);
+    waiting_ops = NULL;
+    waiting_ops_len = 0;
+    waiting_ready_seen = 0;
+}
+
+/* Whether the waiting init building in full has done so; waits FULL_READY_WAIT_MS at most. */
+static int waiting_ready(void)
+{
+    struct pollfd p;
+    ssize_t n;
+    if (waiting_ready_seen)
+        return 1;
+    p.fd = waiting_chan;
+    p.events = POLLIN;
+    p.revents = 0;
+    if (poll(&p, 1, FULL_READY_WAIT_MS) <= 0)
+        return 0;
+    n = recv(waiting_chan, waiting_bound, sizeof waiting_bound, MSG_DONTWAIT);
+    if (n < (ssize_t)sizeof waiting_bound[0] || n % (ssize_t)sizeof waiting_bound[0] != 0)
+        return 0; /* one byte: it failed to build them (or EOF: it is gone) */
+    waiting_n_bound = (int)(n / (ssize_t)sizeof waiting_bound[0]) - 1; /* less the zero entry */
+    waiting_ready_seen = 1;
+    return 1;
+}
+
+/* Whether each host path the request binds still names what the waiting init bound and what the profile
+ * resolved, reached as a bind reaches it (no symlink followed): a path swapped for a symlink since the
+ * jail was built drops it, and the usual path then reports "bind source changed". */
+static int binds_current(void)
+{
+    struct stat st;
+    int i, k = 0, fd;
+    for (i = 0; i < plan.n_ops; i++) {
+        const struct op *op = &plan.ops[i];
+        if (op->kind != OP_RO && op->kind != OP_RW)
+            continue;
+        if (k >= waiting_n_bound)
+            return 0;
+        fd = open_nofollow(AT_FDCWD, op->a, O_PATH, 0);
+        if (fd < 0)
+            return 0;
+        if (fstat(fd, &st) < 0 || (uint64_t)st.st_dev != waiting_bound[k].dev ||
+            (uint64_t)st.st_ino != waiting_bound[k].ino || (uint64_t)st.st_dev != op->dev ||
+            (uint64_t)st.st_ino != op->ino) {
+            close(fd);
+            return 0;
+        }
+        close(fd);
+        k++;
+    }
+    return k == waiting_n_bound;
+}
+
+static void forget_last_init(void)
+{
+    if (last_init >= 0)
+        close(last_init);
+    last_init = -1;
+}
+
+static void watch_init(pid_t pid)
+{
+    forget_last_init();
+    last_init = (int)syscall(SYS_pidfd_open, pid, 0); /* -1 where pidfds are missing: the idle delay */
+    if (last_init >= 0)
+        fcntl(last_init, F_SETFD, FD_CLOEXEC);
+}
+
+static int mounts_changed(void)
+{
+    struct pollfd p;
+    if (mounts_fd < 0)
+        return 1;
+    p.fd = mounts_fd;
+    p.events = POLLPRI;
+    p.revents = 0;
+    return poll(&p, 1, 0) != 0; /* POLLPRI|POLLERR once per change since the last poll */
+}
+
+static void drop_waiting(int sock)
+{
+    if (!waiting_pid)
+        return;
+    close(waiting_chan); /* it exits at EOF */
+    waiting_chan = -1;
+    report(sock, REPORT_DISCARDED, waiting_pid);
+    waiting_pid = 0;
+    forget_waiting_ops();
+}
+
+/* The waiting init: no fd but its socket until a request comes, then what init_child does. */
+static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t uid, gid_t gid,
+                                                    unsigned long long root_size)
+{
+    char *buf = NULL;
+    size_t cap = 0, len;
+    int truncated, keep[3];
+    uint64_t got;
+    char go;
+    fail_escape = NULL;
+    err_fd = -1;
+    close(sync_fds[1]);
+    keep[0] = chan;
+    keep[1] = sync_fds[0];
+    keep[2] = server;
+    if (close_all_except(keep, 3) < 0)
+        _exit(127);
+    signal(SIGPIPE, SIG_DFL);
+    if (read(sync_fds[0], &go, 1) != 1) {
+        /* The spawner died between the clone and letting us go, perhaps before it told the server of
+         * us: tell it ourselves (twice is harmless), on our copy of the spawner's socket, so that the
+         * server reaps us when it retires the dead spawner. */
+        pid_t me = host_pid();
+        if (me > 0)
+            report(server, REPORT_WAITING, me);
+        _exit(127);
+    }
+    close(server); /* from here on the spawner speaks for us */
+    close(sync_fds[0]);
+    sync_fds[0] = -1;
+    /* What every default jail has, done while nobody waits.  A failure here ends this init unseen (no
+     * request, no error pipe): the hand-over then fails and the request takes the usual path, where the
+     * same step fails again and is reported. */
+    build_standard(root_size);
+    if (waiting_ops) {
+        /* A steady profile's mounts too, and the pivot into the jail (see "full" above).  If that fails
+         * (a host path gone, say), it says so in one byte and waits to be dropped: exiting now would
+         * leave the server a zombie until its next spawn. */
+        static jmp_buf escape;
+        if (setjmp(escape) == 0) {
+            fail_escape = &escape;
+            if (ops_from_blob(waiting_ops, waiting_ops_len) < 0)
+                fail(AIOGAOL_STEP_ARGS, EINVAL, "mounts");
+            n_bound = 0;
+            build_mounts();
+            fail_escape = NULL;
+            prebuilt = PREBUILT_ALL;
+            /* What it bound, then a zero entry, so that the message is never empty (empty means EOF). */
+            memset(&bound[n_bound < MAX_OPS ? n_bound : MAX_OPS - 1], 0, sizeof bound[0]);
+            if (n_bound >= MAX_OPS ||
+                send(chan, bound, sizeof bound[0] * (size_t)(n_bound + 1), MSG_NOSIGNAL) < 0)
+                _exit(0);
+        } else {
+            fail_escape = NULL;
+            if (send(chan, "x", 1, MSG_NOSIGNAL) == 1)
+                for (;;) {
+                    ssize_t r = recv(chan, &go, 1, 0);
+                    if (r > 0 || (r < 0 && errno == EINTR))
+                        continue;
+                    break; /* EOF: dropped */
+                }
+            _exit(0);
+        }
+    }
+    if (!recv_request(chan, &buf, &cap, &len, &truncated))
+        _exit(0); /* dropped, or the spawner is gone: never used */
+    got = now_ns();
+    close(chan);
+    err_fd = req_n > 0 ? req_from[0] : -1;
+    if (truncated)
+        fail(AIOGAOL_STEP_ARGS, E2BIG, "request");
+    parse_request(buf, len);
+    resolve_identity(uid, gid); /* the spawner checked that the request wants the ids mapped here */
+    place_fds();
+    init_fds(-1);
+    apply_nice();
+    mark_at(AIOGAOL_STEP_MAKE_PRIVATE, got);
+    if (prebuilt == PREBUILT_ALL)
+        mark_at(AIOGAOL_STEP_BUILT_AHEAD, got);
+    run_init();
+}
+
+static void make_waiting(int sock)
+{
+    static jmp_buf escape;
+    int chan[2] = {-1, -1};
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    pid_t pid = 0;
+    if (waiting_pid || waiting_off || waiting_uid < 0)
+        return;
+    (void)mounts_changed(); /* what changed before this clone is in its copy */
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, chan) < 0 || pipe2(sync_fds, O_CLOEXEC) < 0) {
+        waiting_off = 1;
+        goto out;
+    }
+    plan.inside_uid = waiting_uid;
+    plan.inside_gid = waiting_gid;
+    resolve_identity(uid, gid);
+    forget_waiting_ops();
+    if (ops_steady && last_ops && (waiting_ops = malloc(last_ops_len)) != NULL) {
+        memcpy(waiting_ops, last_ops, last_ops_len);
+        waiting_ops_len = last_ops_len;
+    }
+    pid = (pid_t)syscall(SYS_clone, CLONE_PARENT | JAIL_NAMESPACES | CLONE_NEWNET | SIGCHLD, NULL, NULL, NULL,
+                         NULL);
+    if (pid == 0) {
+        close(chan[0]);
+        waiting_child(chan[1], sock, uid, gid, waiting_root_size);
+    }
+    if (pid < 0) {
+        waiting_off = 1; /* the request that needs it will report why, on the usual path */
+        goto out;
+    }
+    close(sync_fds[0]);
+    sync_fds[0] = -1;
+    report(sock, REPORT_WAITING, pid);
+    err_fd = -1;
+    if (setjmp(escape) == 0) {
+        fail_escape = &escape;
+        write_maps(pid, uid, gid);
+        if (write(sync_fds[1], "g", 1) != 1)
+            fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
+        waiting_pid = pid;
+        waiting_chan = chan[0];
+        chan[0] = -1;
+    } else {
+        waiting_off = 1;
+        report(sock, REPORT_DISCARDED, pid); /* it exits when the sync pipe closes below */
+    }
+    fail_escape = NULL;
+out:
+    if (!waiting_pid)
+        forget_waiting_ops();
+    if (chan[0] >= 0)
+        close(chan[0]);
+    if (chan[1] >= 0)
+        close(chan[1]);
+    if (sync_fds[0] >= 0)
+        close(sync_fds[0]);
+    if (sync_fds[1] >= 0)
+        close(sync_fds[1]);
+    sync_fds[0] = sync_fds[1] = -1;
+}
+
+/* Hand the request to the waiting init, then write its PID on the request's error pipe; 0 if it could not
+ * take the request (it died: reported, for the server to reap), and the request takes the usual path.
+ * The request goes first so that a failed hand-over leaves no PID record behind; should the spawner die
+ * between the two, the init is one the server was told of (REPORT_WAITING) and reaps at retirement. */
+static int hand_over(int sock, const char *buf, size_t len)
+{
+    static char cbuf[CMSG_SPACE(sizeof(int) * MAX_REQ_FDS)];
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *c;
+    pid_t pid = waiting_pid;
+    int chan = waiting_chan;
+    ssize_t n;
+    waiting_pid = 0;
+    waiting_chan = -1;
+    forget_waiting_ops();
+    memset(&msg, 0, sizeof msg);
+    iov.iov_base = (void *)buf;
+    iov.iov_len = len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)req_n);
+    c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)req_n);
+    memcpy(CMSG_DATA(c), req_from, sizeof(int) * (size_t)req_n);
+    while ((n = sendmsg(chan, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    close(chan); /* the request is queued; EOF after it */
+    if (n < 0) {
+        report(sock, REPORT_DISCARDED, pid);
+        return 0;
+    }
+    send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)pid, "");
+    mark(AIOGAOL_STEP_HAND_OVER);
+    return 1;
+}
+
+static void handle_request(int sock, const char *buf, size_t len, uint64_t received)
+{
+    parse_request(buf, len);
+    mark_at(AIOGAOL_STEP_ARGS, received);
+    if (plan.cgroup_fd >= 0)
+        /* Where clone3 lacks CLONE_INTO_CGROUP the helper moves itself into the cgroup first: a
+         * one-shot helper may, the spawner may not. */
+        fail(AIOGAOL_STEP_ARGS, EINVAL, "cgroup placement goes through the one-shot helper");
+    if (plan.unshare_net && !plan.no_namespaces) {
+        long want_uid = plan.inside_uid < 0 ? (long)getuid() : plan.inside_uid;
+        long want_gid = plan.inside_gid < 0 ? (long)getgid() : plan.inside_gid;
+        if (!plan_starts_standard()) {
+            watch_init(start_jail()); /* a plan no prebuilt jail fits (not one of aiogaol's own) */
+            return;
+        }
+        size_t blen = 0;
+        char *blob = ops_blob(&blen);
+        int full_fits = same_bytes(blob, blen, waiting_ops, waiting_ops_len);
+        ops_steady = same_bytes(blob, blen, last_ops, last_ops_len);
+        free(last_ops);
+        last_ops = blob;
+        last_ops_len = blob ? blen : 0;
+        if (waiting_pid && (mounts_changed() || want_uid != waiting_uid || want_gid != waiting_gid ||
+                            plan.root_size != waiting_root_size ||
+                            (waiting_ops && (!full_fits || !waiting_ready() || !binds_current()))))
+            drop_waiting(sock);
+        /* The next waiting init is made for the ids and root size the last jail used. */
+        waiting_uid = want_uid;
+        waiting_gid = want_gid;
+        waiting_root_size = plan.root_size;
+        if (waiting_pid) {
+            pid_t pid = waiting_pid;
+            if (hand_over(sock, buf, len)) {
+                watch_init(pid);
+                return;
+            }
+        }
+    }
+    watch_init(start_jail());
+}
+
+static void raise_soft_limit(int resource)
+{
+    struct rlimit rl;
+    if (getrlimit(resource, &rl) == 0 && rl.rlim_cur != rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(resource, &rl); /* best effort: the limit stays as it was */
+    }
+}
+
+int aiogaol_serve(int sock)
+{
+    char *buf = NULL;
+    size_t cap = 0, len;
+    int i, truncated;
+
+    /* A server that gave up on a spawn closes its end of the error pipe: a write there must fail,
+     * not kill the spawner. */
+    signal(SIGPIPE, SIG_IGN);
+    /* The spawner lives as long as its server, so its own limits must not be the server's of the moment
+     * it started (a first spawn made during a brief shortage): soft fds and processes at the hard limit.
+     * Every jail gets the server's rlimits of its own spawn, sent with the request (see _jail.py). */
+    raise_soft_limit(RLIMIT_NOFILE);
+    raise_soft_limit(RLIMIT_NPROC);
+    /* Whatever the server had open without O_CLOEXEC is not the spawner's to keep open. */
+    if (close_all_except(&sock, 1) < 0 || chdir("/") < 0)
+        return 1;
+    mounts_fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (mounts_fd < 0)
+        waiting_off = 1; /* no way to tell a stale mount view: no init made ahead of time */
+    for (;;) {
+        jmp_buf escape;
+        uint64_t received;
+        if (!waiting_pid && !waiting_off && waiting_uid >= 0) {
+            /* Made once the last jail's init has exited (or has run for a while), and only while no
+             * request is pending: a clone into fresh namespaces made at once would run beside the jail
+             * just started, on the same CPUs and the same kernel locks (mounts, network namespaces),
+             * and slow it by about as much as it saves the next one. */
+            struct pollfd p[2];
+            int n = 1, r;
+            p[0].fd = sock;
+            p[0].events = POLLIN;
+            p[0].revents = 0;
+            if (last_init >= 0) {
+                p[1].fd = last_init;
+                p[1].events = POLLIN;
+                p[1].revents = 0;
+                n = 2;
+            }
+            r = poll(p, (nfds_t)n, n == 2 ? WAITING_AFTER_MS : WAITING_IDLE_MS);
+            if (r == 0 || (r > 0 && !(p[0].revents & (POLLIN | POLLHUP)))) {
+                forget_last_init();
+                make_waiting(sock);
+            }
+        }
+        if (waiting_pid) {
+            /* While a waiting init holds its copy of the host's mount tree, a change on the host drops
+             * it at once: an unmounted filesystem must not stay busy in an idle copy. */
+            struct pollfd p[2];
+            p[0].fd = sock;
+            p[0].events = POLLIN;
+            p[0].revents = 0;
+            p[1].fd = mounts_fd;
+            p[1].events = POLLPRI;
+            p[1].revents = 0;
+            if (poll(p, 2, -1) > 0 && (p[1].revents & (POLLPRI | POLLERR))) {
+                /* Dropped even with a request pending: this poll took the change, so a check at the
+                 * hand-over would not see it again. */
+                drop_waiting(sock);
+                continue;
+            }
+        }
+        if (!recv_request(sock, &buf, &cap, &len, &truncated))
+            break; /* EOF: the server closed its end, or is gone */
+        received = now_ns();
+        err_fd = req_n > 0 ? req_from[0] : -1;
+        if (setjmp(escape) == 0) {
+            fail_escape = &escape;
+            if (truncated)
+                fail(AIOGAOL_STEP_ARGS, E2BIG, "request");
+            handle_request(sock, buf, len, received);
+        }
+        /* Done or failed, the spawner keeps nothing of the request: init holds its own copies. */
+        fail_escape = NULL;
+        for (i = 0; i < 2; i++) {
+            if (sync_fds[i] >= 0)
+                close(sync_fds[i]);
+            sync_fds[i] = -1;
+        }
+        for (i = 0; i < req_n; i++)
+            close(req_from[i]);
+        req_n = 0;
+        err_fd = -1;
+    }
+    /* The waiting init exits at EOF on its socket, which closes with the spawner; the server, which
+     * was told of it, reaps it. */
+    free(buf);
+    return 0;
+}
+
