@@ -149,7 +149,8 @@ class PoolHead:
         generation = next(self._generations)
         name = f"aiogaol-{self._uid}-{node_id[:12]}-{generation}"
         options: dict[str, Any] = {"num_cpus": 0, **self._actor_options}
-        handle = ray.remote(NodeRunner).options(
+        runner: Any = ray.remote(NodeRunner)  # Ray's stubs type remote methods as plain functions
+        handle = runner.options(
             name=name, max_restarts=0, max_concurrency=self._spec.per_node + _NODE_CALLS,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False), **options,
         ).remote(self._spec)

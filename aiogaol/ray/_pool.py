@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any, Union
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .._errors import ProfileError, ProfileTypeError
@@ -87,7 +87,8 @@ class RayPool:
             # The head lives beside the caller (its loss is the pool's end; see docs/scale-out.md).
             here = ray.get_runtime_context().get_node_id()
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(here, soft=True)
-        head = ray.remote(PoolHead).options(**options).remote(spec, retries, float(watch_interval),
+        head_class: Any = ray.remote(PoolHead)  # Ray's stubs type remote methods as plain functions
+        head = head_class.options(**options).remote(spec, retries, float(watch_interval),
                                                              float(start_timeout), dict(actor_options or {}))
         return cls(head, name=name), head.start.remote()
 
@@ -350,6 +351,8 @@ async def _awaited(ref: Any) -> Any:
         return await ref
     except RayTaskError as e:
         raise _unwrapped(e) from None
+    except RayActorError as e:
+        raise _head_gone(e) from e
 
 
 def _got(ref: Any) -> Any:
@@ -357,6 +360,13 @@ def _got(ref: Any) -> Any:
         return ray.get(ref)
     except RayTaskError as e:
         raise _unwrapped(e) from None
+    except RayActorError as e:
+        raise _head_gone(e) from e
+
+
+def _head_gone(e: RayActorError) -> RayPoolError:
+    return RayPoolError("the RayPool's head actor is gone: the pool was closed, or the head's node died "
+                        f"({type(e).__name__})")
 
 
 def _unwrapped(e: RayTaskError) -> BaseException:
