@@ -4,6 +4,11 @@ Install with ``pip install 'aiogaol[ray]'``.  The core of aiogaol never imports 
 See docs/scale-out.md.
 """
 
+try:
+    import ray as _ray  # noqa: F401  (absolute: the real Ray, not this package)
+except ImportError as e:  # pragma: no cover - only where the extra is not installed
+    raise ImportError(f"aiogaol.ray needs Ray: pip install 'aiogaol[ray]' ({e})") from e
+
 from ._pool import RayPool, RayResults
 from ._records import NodeLost, NodeStats, PythonJob, RayPoolError, RayPoolStats
 
