@@ -390,6 +390,12 @@ async def test_a_node_that_joins_gets_an_actor_and_one_removed_gives_its_jobs_to
 
 
 @pytest.mark.asyncio
+async def test_a_pool_whose_actors_cannot_start_says_why(cluster: Cluster, profile: aiogaol.Profile) -> None:
+    with pytest.raises(RayPoolError, match=r"no node actor could be started: node \w+: \w+Error"):
+        await RayPool.open(profile, actor_options={"resources": {"absent-resource": 1}}, start_timeout=2)
+
+
+@pytest.mark.asyncio
 async def test_a_closed_pool_refuses_jobs_and_leaves_no_actor(cluster: Cluster, profile: aiogaol.Profile,
                                                               python: str) -> None:
     p = await RayPool.open(profile, per_node=1)

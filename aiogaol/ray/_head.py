@@ -86,6 +86,7 @@ class PoolHead:
         self._lost = 0
         self._replaced = 0
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._start_error = ""
 
     # -- life of the pool ---------------------------------------------------------------------------
 
@@ -96,9 +97,9 @@ class PoolHead:
         if self._starting:
             await asyncio.gather(*self._starting.values(), return_exceptions=True)
         if not self._places.live:
-            raise RayPoolError("no node actor could be started (is the cluster up? the actors' logs say why)")
+            raise RayPoolError(f"no node actor could be started: {self._start_error or 'the cluster has no alive node'}")
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        return self.stats()
+        return await self.stats()
 
     async def close(self) -> None:
         """Refuse new jobs, let the running ones finish, then close and kill every node actor."""
@@ -155,9 +156,12 @@ class PoolHead:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False), **options,
         ).remote(self._spec)
         try:
-            await asyncio.wait_for(handle.open.remote(), self._start_timeout)
+            where, _ = await asyncio.wait_for(handle.open.remote(), self._start_timeout)
+            if where != node_id:
+                raise RayPoolError(f"the actor pinned to node {node_id[:12]} runs on {where[:12]}")
         except Exception as e:  # the node died meanwhile, or the actor could not start: next round
-            _log.warning("aiogaol.ray: the actor on node %s did not start: %s", node_id[:12], e)
+            self._start_error = f"node {node_id[:12]}: {_reason(_cause(e) if isinstance(e, RayTaskError) else e)}"
+            _log.warning("aiogaol.ray: the actor did not start on %s", self._start_error)
             ray.kill(handle)
             return
         finally:
@@ -255,7 +259,7 @@ class PoolHead:
 
     # -- observing ----------------------------------------------------------------------------------
 
-    def stats(self) -> RayPoolStats:
+    async def stats(self) -> RayPoolStats:
         nodes = tuple(NodeStats(a.member.node_id, a.name, a.member.generation, a.member.running, a.member.free,
                                 a.member.done, a.member.failed)
                       for a in sorted(self._actors.values(), key=lambda a: a.member.node_id) if not a.member.lost)

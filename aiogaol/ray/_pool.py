@@ -14,6 +14,7 @@ have no loop, and block on ``ray.get``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -112,14 +113,22 @@ class RayPool:
                                     env=env, preload=preload, python=python, isolation=isolation, name=name,
                                     watch_interval=watch_interval, start_timeout=start_timeout,
                                     actor_options=actor_options)
-        await _awaited(started)
+        try:
+            await _awaited(started)
+        except BaseException:
+            ray.kill(pool._head)  # a pool that did not open leaves no head behind
+            raise
         return pool
 
     @classmethod
     def open_sync(cls, profile: Profile, **options: Any) -> "RayPool":
         """``open`` for code without an event loop (a driver script, a Ray task): blocks until ready."""
         pool, started = cls._create(profile, **options)
-        _got(started)
+        try:
+            _got(started)
+        except BaseException:
+            ray.kill(pool._head)
+            raise
         return pool
 
     @classmethod
@@ -308,7 +317,7 @@ def _job_task(job: Job | PythonJob | Argv, index: int) -> Task:
         task = _argv_task(job.argv, job.input, job.timeout, job.limits, job.env, job.cwd, job.id)
     else:
         task = _argv_task(job, None, None, None, None, None, None)
-    return task if task.id is not None else Task(**{**task.__dict__, "id": index})
+    return task if task.id is not None else dataclasses.replace(task, id=index)
 
 
 def _check_input(data: bytes | None) -> bytes | None:
