@@ -144,13 +144,20 @@ async def test_run_returns_an_aiogaol_result(pool: RayPool, python: str) -> None
 
 
 @pytest.mark.asyncio
-async def test_run_python_goes_through_the_nodes_python_pool(pool: RayPool) -> None:
+async def test_run_python_goes_through_the_nodes_python_pool(pool: RayPool, python: str) -> None:
     r = await pool.run_python("print(sum(range(10)))")
     assert isinstance(r, aiogaol.Result) and r.ok and r.stdout == b"45\n"
     r = await pool.run_python("import sys; print(sys.argv[1:])", args=["a", "b"])
     assert r.stdout == b"['a', 'b']\n"
     r = await pool.run_python("raise SystemExit(3)")
     assert r.status == aiogaol.Status.NONZERO_EXIT and r.returncode == 3
+    # In map, beside bare argvs; ids default to the index.
+    out = {r.id: r.stdout async for r in pool.map([PythonJob("print('p')"), [python, "-c", "print('a')"]])}
+    assert out == {0: b"p\n", 1: b"a\n"}
+
+
+def test_run_python_sync(pool: RayPool) -> None:
+    assert pool.run_python_sync("print(2 + 2)").stdout == b"4\n"
 
 
 @pytest.mark.asyncio
@@ -244,9 +251,6 @@ async def test_map_yields_results_as_they_finish(pool: RayPool, gate_dir: Path, 
         if len(seen) == 6:
             gate.open()  # every quick job came back while the slow one still waited at its gate
     assert seen[-1] == "slow" and sorted(seen[:-1]) == list(range(6))
-    # Python jobs and bare argvs, ids defaulting to the index.
-    out = {r.id: r.stdout async for r in pool.map([PythonJob("print('p')"), [python, "-c", "print('a')"]])}
-    assert out == {0: b"p\n", 1: b"a\n"}
 
 
 @pytest.mark.asyncio
@@ -275,8 +279,7 @@ def test_sync_api_from_driver_code(cluster: Cluster, profile: aiogaol.Profile, p
     try:
         r = p.run_sync([python, "-c", "print('sync')"], timeout=60)
         assert r.ok and r.stdout == b"sync\n"
-        assert p.run_python_sync("print(2 + 2)").stdout == b"4\n"
-        assert p.stats_sync().done == 2
+        assert p.stats_sync().done == 1
     finally:
         p.close_sync()
     with pytest.raises(RayPoolError, match="gone"):
@@ -295,8 +298,8 @@ def _run_by_name(name: str, python: str) -> bytes:
 
 @ray.remote(num_cpus=0)
 class _Caller:
-    async def call(self, pool: RayPool) -> bytes:
-        r = await pool.run_python("print('actor')")
+    async def call(self, pool: RayPool, python: str) -> bytes:
+        r = await pool.run([python, "-c", "print('actor')"])
         return bytes(r.stdout)
 
 
@@ -307,7 +310,7 @@ async def test_the_handle_works_from_tasks_and_actors(pool: RayPool, python: str
     assert await _run_by_name.remote("aiogaol-test-pool", python) == b"named\n"
     caller = _Caller.remote()  # type: ignore[attr-defined]
     try:
-        assert await caller.call.remote(pool) == b"actor\n"
+        assert await caller.call.remote(pool, python) == b"actor\n"
     finally:
         ray.kill(caller)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import ray
 
 from .._pool import Pool
-from .._python_pool import PythonPool
 from .._run import Result
 from ._records import Spec, Task
 
@@ -27,7 +27,7 @@ class NodeRunner:
     def __init__(self, spec: Spec) -> None:
         self._spec = spec
         self._pool: Pool | None = None
-        self._python: PythonPool | None = None
+        self._python: Any = None  # an aiogaol.PythonPool, from the first Python job on
         self._python_lock = asyncio.Lock()
         self._stop = asyncio.Event()
 
@@ -46,11 +46,15 @@ class NodeRunner:
 
     async def run_python(self, task: Task) -> Result:
         python = await self._python_pool()
-        return await python.run(task.code, args=task.args, input=task.input, timeout=task.timeout,
-                                env=task.env if task.env is not None else self._spec.env)
+        result: Result = await python.run(task.code, args=task.args, input=task.input, timeout=task.timeout,
+                                          env=task.env if task.env is not None else self._spec.env)
+        return result
 
-    async def _python_pool(self) -> PythonPool:
+    async def _python_pool(self) -> Any:
         # Warmed on first use: a node that never runs Python code never pays for the interpreter.
+        # (The ignore lets this module type-check before and after PythonPool, issue 15, is in the tree.)
+        from .._python_pool import PythonPool  # type: ignore[import-not-found, unused-ignore]
+
         async with self._python_lock:
             if self._python is None:
                 spec = self._spec
