@@ -272,6 +272,19 @@ async def test_map_left_early_cancels_its_jobs_and_their_jails(pool: RayPool, ga
     await stats_until(pool, "the pool idle again", lambda s: s.running == 0)
 
 
+@pytest.mark.asyncio
+async def test_a_cancelled_call_ends_its_jail(pool: RayPool, gate_dir: Path, python: str) -> None:
+    gate = Gate(gate_dir, python)
+    job = asyncio.ensure_future(pool.run(gate.argv))
+    await until("the job's jail", gate.pids)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    await until("the cancelled job's jail to go", lambda: not gate.pids())
+    await stats_until(pool, "the pool idle again", lambda s: s.running == 0)
+    gate.open()
+
+
 # -- from other places -------------------------------------------------------------------------------
 
 def test_sync_api_from_driver_code(cluster: Cluster, profile: aiogaol.Profile, python: str) -> None:
