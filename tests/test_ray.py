@@ -405,6 +405,58 @@ async def test_a_node_that_joins_gets_an_actor_and_one_removed_gives_its_jobs_to
         await p.aclose()
 
 
+_ABANDONING_DRIVER = """
+import asyncio, json, os, sys
+import ray, aiogaol
+from aiogaol.ray import RayPool
+
+async def main():
+    ray.init(address=sys.argv[1], namespace=sys.argv[4], log_to_driver=False)
+    pool = await RayPool.open(aiogaol.python_profile([aiogaol.FileReadAll(aiogaol.Subpath(sys.argv[2]))]),
+                              per_node=1)
+    asyncio.ensure_future(pool.run(json.loads(sys.argv[3])))
+    while (await pool.stats()).running == 0:
+        await asyncio.sleep(0.1)
+    print(json.dumps([n.actor_name for n in (await pool.stats()).nodes]), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    os._exit(0)  # no aclose, no ray.shutdown: the driver just goes
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_driver_that_exits_without_closing_leaves_no_actor_and_no_jail(
+        cluster: Cluster, gate_dir: Path, python: str) -> None:
+    import json
+
+    gate = Gate(gate_dir, python)
+    namespace = f"aiogaol-abandoned-{os.getpid()}"
+    driver = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _ABANDONING_DRIVER, cluster.address, str(gate_dir), json.dumps(gate.argv), namespace,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert driver.stdin is not None and driver.stdout is not None
+    line = await asyncio.wait_for(driver.stdout.readline(), _DEADLINE)
+    assert line, "the driver ended before its pool ran the job"
+    names = json.loads(line)
+
+    def alive(name: str) -> bool:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return False
+        return True
+
+    assert len(names) == 2 and all(alive(n) for n in names)
+    await until("the job's jail", gate.pids)
+    driver.stdin.write(b"go\n")
+    await driver.stdin.drain()
+    assert await driver.wait() == 0
+    await until("the abandoned pool's actors to go", lambda: not any(alive(n) for n in names))
+    await until("the abandoned job's jail to go", lambda: not gate.pids())
+    gate.open()
+
+
 @pytest.mark.asyncio
 async def test_a_pool_whose_actors_cannot_start_says_why(cluster: Cluster, profile: aiogaol.Profile) -> None:
     with pytest.raises(RayPoolError, match=r"no node actor could be started: node \w+: \w+Error"):
