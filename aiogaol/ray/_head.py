@@ -137,9 +137,11 @@ class PoolHead:
     async def _sync_nodes(self) -> None:
         nodes = await asyncio.to_thread(ray.nodes)
         alive = {n["NodeID"] for n in nodes if n.get("Alive")}
-        for node_id, actor in list(self._actors.items()):
-            if node_id not in alive:
-                self._lose(actor, "its node is no longer alive")
+        gone = [a for node_id, a in self._actors.items() if node_id not in alive and not a.member.lost]
+        for actor in gone:
+            self._lose(actor, "its node is no longer alive")
+        if gone:
+            await self._notify()  # a retry that avoided the other nodes may now take a place on any
         for node_id in alive:
             current = self._actors.get(node_id)
             if (current is None or current.member.lost) and node_id not in self._starting and not self._closed:
