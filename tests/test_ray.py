@@ -293,6 +293,8 @@ def test_sync_api_from_driver_code(cluster: Cluster, profile: aiogaol.Profile, p
         r = p.run_sync([python, "-c", "print('sync')"], timeout=60)
         assert r.ok and r.stdout == b"sync\n"
         assert p.stats_sync().done == 1
+        results = list(p.map_sync([[python, "-c", f"print({i})"] for i in range(4)], window=2))
+        assert sorted((r.id, r.stdout) for r in results) == [(i, f"{i}\n".encode()) for i in range(4)]
     finally:
         p.close_sync()
     with pytest.raises(RayPoolError, match="gone"):

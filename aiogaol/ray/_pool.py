@@ -36,6 +36,7 @@ from ._records import NodeLost, PythonJob, RayPoolError, RayPoolStats, Spec, Tas
 
 Argv = Sequence[Union[str, bytes, "os.PathLike[str]"]]
 _MAX_PER_NODE = 1 << 12
+_END = object()
 
 
 class RayPool:
@@ -196,6 +197,39 @@ class RayPool:
             raise ProfileError(f"window must be a positive int or None, not {window!r}")
         return RayResults(self, jobs, window)
 
+    def map_sync(self, jobs: Iterable[Job | PythonJob | Argv], *, window: int | None = None) -> Iterator[Result]:
+        """``map`` for code without an event loop: the results as they finish (``ray.wait``), at most
+        ``window`` jobs out at once, ``jobs`` pulled lazily.  Closing the generator early (``break``)
+        cancels the jobs still out."""
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ProfileError(f"window must be a positive int or None, not {window!r}")
+        return self._map_sync(iter(jobs), window)
+
+    def _map_sync(self, jobs: Iterator[Job | PythonJob | Argv], window: int | None) -> Iterator[Result]:
+        size = window if window is not None else max(1, self.stats_sync().capacity)
+        out: dict[Any, Task] = {}
+        index = 0
+        try:
+            while True:
+                while len(out) < size:
+                    job = next(jobs, _END)
+                    if job is _END:
+                        break
+                    task = _job_task(job, index)  # type: ignore[arg-type]
+                    index += 1
+                    out[self._head.run.remote(task)] = task
+                if not out:
+                    return
+                (ready,), _ = ray.wait(list(out), num_returns=1)
+                task = out.pop(ready)
+                try:
+                    yield _got(ready)
+                except NodeLost as e:
+                    yield _lost(task, e)
+        finally:
+            for ref in out:
+                ray.cancel(ref)
+
     # -- observing ----------------------------------------------------------------------------------
 
     async def stats(self) -> RayPoolStats:
@@ -268,8 +302,7 @@ class RayResults:
         try:
             return await self._pool._call(task)
         except NodeLost as e:
-            return not_run(task.argv or ("python3", "-c", task.code), Status.ERROR, "the job's node was lost",
-                           task.limits or resolve_limits(None), error=str(e), exception=e, id=task.id)
+            return _lost(task, e)
 
     async def aclose(self) -> None:
         for pending in self._pending:
@@ -283,6 +316,12 @@ class RayResults:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _lost(task: Task, e: NodeLost) -> Result:
+    """A job of ``map`` whose node was lost with no retry left: a result, so its neighbours go on."""
+    return not_run(task.argv or ("python3", "-c", task.code), Status.ERROR, "the job's node was lost",
+                   task.limits or resolve_limits(None), error=str(e), exception=e, id=task.id)
 
 
 # -- checking and packing jobs ----------------------------------------------------------------------
