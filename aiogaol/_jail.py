@@ -14,7 +14,6 @@ import signal
 import socket
 import struct
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 from dataclasses import dataclass
@@ -192,46 +191,6 @@ class RunningJail:
             self._lifeline = None
 
 
-class JailFacts:
-    """What both process faces report from their RunningJail, defined once for the two."""
-
-    _jail: RunningJail
-
-    @property
-    def pid(self) -> int:
-        """The host PID of the jail's init (the server's own child)."""
-        return self._jail.pid
-
-    @property
-    def isolation(self) -> str:
-        """"namespaces" (the full jail) or "landlock" (the fallback, with weaker guarantees)."""
-        return self._jail.isolation
-
-    @property
-    def usage(self) -> Usage | None:
-        """CPU, memory and wall time of the whole jail, once it has exited."""
-        return self._jail.usage
-
-    def _reap_abandoned(self, never: str) -> None:
-        """For the faces' finalisers: a jail nobody waited for is killed and reaped, with a warning
-        (``never`` says what the caller failed to do)."""
-        jail = getattr(self, "_jail", None)  # absent if __init__ never ran
-        if jail is not None and jail.returncode is None:
-            warnings.warn(f"{self!r} was never {never}; killing and reaping it", ResourceWarning,
-                          stacklevel=3, source=self)
-            jail.reap_blocking()
-
-    @property
-    def step_timings(self) -> dict[str, float] | None:
-        """A diagnostic, with ``AIOGAOL_STEP_TIMINGS=1``: seconds from the request being sent to each step
-        of the set-up reached (named as in error messages), then "answered" (the exec was seen) and
-        "reaped", in order; None otherwise."""
-        t = self._jail.timings
-        if t is None:
-            return None
-        return {name: (ns - t["sent"]) / 1e9 for name, ns in sorted(t.items(), key=lambda kv: kv[1])}
-
-
 def _lifeline_gone(sock: socket.socket) -> bool:
     """True if the jail's end of the lifeline is closed with nothing sent on it (init sends the program's
     EXIT record, and its TIME records, before it closes it)."""
@@ -252,8 +211,8 @@ def _low_fd_safe(fd: int, target: int) -> int:
 
 async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readable: WaitReadable,
                  ticket: _pacing.Ticket) -> RunningJail:
-    """Have the spawner (or, for what it does not take, a one-shot helper) start a jail for a validated
-    spawn, read the handshake, return the running jail (or raise what failed).
+    """Have the spawner start a jail for a validated spawn, read the handshake, return the running jail
+    (or raise what failed).  Every jail takes this one way, one placed in a cgroup too.
 
     Cancellation at any await kills and reaps whatever was started before re-raising, without blocking
     the loop (see ``_cancelled``).  The profile's seccomp filter (BPF bytes) travels in a pipe made for
@@ -272,7 +231,7 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
     life_server: socket.socket | None = None
     life_jail: socket.socket | None = None
     copies: list[int] = []
-    helper_pid = init_pid = 0
+    init_pid = 0
     spawner: _spawner._Spawner | None = None  # the spawner that owns the request: it answers on err_r
     cgroup: _cgroup.JailCgroup | None = None
     started = time.monotonic()
@@ -296,6 +255,8 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         fd_map += [(fd, fd) for fd in pass_fds]
         if seccomp_r >= 0:
             fd_map.append((seccomp_r, seccomp_r))
+        if cgroup is not None:
+            fd_map.append((cgroup.fd, cgroup.fd))  # init is cloned into it (clone3 CLONE_INTO_CGROUP)
         stdio_map: list[tuple[int, int]] = []
         for target, fd in enumerate(stdio):
             if fd is None:
@@ -312,16 +273,10 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         if STEP_TIMINGS:
             argv.insert(1, b"--timings")
             timings = {"sent": time.monotonic_ns()}
-        if cgroup is None:
-            # A stdio slot left to inheritance is sent too: a posix_spawned helper would inherit it.
-            inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _stdio.is_open(t)]
-            spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, identity,
-                                            _spawner.jail_niceness(spawn.limits.nice), rlimits)
-        if spawner is None:
-            # posix_spawn applies the pairs in order: stdio first, as its dup2s must not clobber the rest.
-            if cgroup is not None:
-                fd_map.append((cgroup.fd, cgroup.fd))
-            helper_pid = _ffi.spawn_helper(argv, envp, stdio_map + fd_map)
+        # A stdio slot left to inheritance is sent too, as a plain child would inherit it.
+        inherited = [(t, t) for t, fd in enumerate(stdio) if fd is None and _stdio.is_open(t)]
+        owner = spawner = await _spawner.submit(argv, envp, fd_map + stdio_map + inherited, identity,
+                                                _spawner.jail_niceness(spawn.limits.nice), rlimits)
         sent = time.monotonic()
         _pacing.charge(ticket)
         os.close(err_w)
@@ -330,15 +285,15 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         os.set_blocking(err_r, False)
         wait_at_most = ticket.pacer.slots.wait_at_most
         while True:
-            if spawner is not None and not _spawner.pid_in(data):
+            if not _spawner.pid_in(data):
                 # A spawner answers with the PID at once when it runs at all: one that has not for
                 # STALL_TIMEOUT is stopped or starved, and is replaced rather than waited for.
                 left = sent + _spawner.STALL_TIMEOUT - time.monotonic()
                 if left <= 0 or not await wait_at_most(lambda: wait_readable(err_r), left):
-                    _spawner.stalled(spawner)
+                    _spawner.stalled(owner)
                     raise SandboxSetupError(
                         "start helper", errno.ETIMEDOUT,
-                        f"the spawner (PID {spawner.pid}) did not answer within {_spawner.STALL_TIMEOUT:g} s "
+                        f"the spawner (PID {owner.pid}) did not answer within {_spawner.STALL_TIMEOUT:g} s "
                         "(stopped, or starved of CPU?): it was killed, and the next spawn starts another")
             else:
                 await wait_readable(err_r)
@@ -356,19 +311,6 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         ticket = await _pacing.admit()  # the answer's half of the synchronous work (see _pacing)
         records = _parse_records(data)
         ended = "the spawner ended before it answered (was it killed?)"
-        if helper_pid:
-            # The helper writes the PID and exits at once, but on a busy machine it may not have been
-            # scheduled to finish yet: wait on its pidfd rather than block the loop in waitpid.
-            reaped, helper_status = os.waitpid(helper_pid, os.WNOHANG)
-            if not reaped:
-                helper_fd = os.pidfd_open(helper_pid)
-                try:
-                    await wait_readable(helper_fd)
-                finally:
-                    os.close(helper_fd)
-                _, helper_status = os.waitpid(helper_pid, 0)
-            helper_pid = 0
-            ended = f"helper ended without a handshake (wait status {helper_status})"
         for rec in records:
             if rec.kind == RECORD_PID:
                 init_pid = rec.value
@@ -412,11 +354,11 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
         if err_w >= 0:
             os.close(err_w)
             err_w = -1
-        if init_pid or helper_pid or spawner is not None:
+        if init_pid or spawner is not None:
             # Failed, or cancelled (or given up) at any await: init may exist already, or soon (a request
             # still queued), and is our child; with every record in (eof), its PID is in them even when
             # the cancellation came before they were parsed.
-            keep = await _cancelled(err_r, data, spawner, init_pid, helper_pid, wait_readable,
+            keep = await _cancelled(err_r, data, spawner, init_pid, wait_readable,
                                     ticket.pacer.slots.wait_at_most)
             if keep:
                 err_r = -1  # the spawner module's now (see _spawner.abandon)
@@ -444,11 +386,11 @@ async def launch(spawn: "SpawnArgs", *, stdio: Sequence[int | None], wait_readab
 CANCEL_GRACE = 0.5
 
 
-async def _cancelled(err_r: int, data: bytes, spawner: _spawner._Spawner | None, init_pid: int, helper_pid: int,
+async def _cancelled(err_r: int, data: bytes, spawner: _spawner._Spawner | None, init_pid: int,
                      wait_readable: WaitReadable,
                      wait_at_most: Callable[[Callable[[], Awaitable[object]], float], Awaitable[bool]]) -> bool:
     """Clean up after a launch that failed or was cancelled: learn init's PID if need be (the spawner
-    writes it right after the clone), kill it and the one-shot helper, and reap both, waiting on the
+    writes it right after the clone), kill it and reap it, waiting on the
     loop, shielded from a second cancellation and at most CANCEL_GRACE seconds.  Never a blocking read
     or waitpid: a stopped spawner must not freeze the loop.  True if the error pipe was handed to
     ``_spawner.abandon`` (its init still unknown after the grace; a later spawn finishes the job)."""
@@ -480,13 +422,9 @@ async def _cancelled(err_r: int, data: bytes, spawner: _spawner._Spawner | None,
         init_pid = _owned(pid, spawner)
         if not pid and not eof:
             _spawner.abandon(err_r, data, spawner)
-            if helper_pid:
-                await _kill_and_wait(helper_pid, grace)
             return True
     if init_pid:
         await _kill_and_wait(init_pid, grace)
-    if helper_pid:
-        await _kill_and_wait(helper_pid, grace)
     return False
 
 

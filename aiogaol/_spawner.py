@@ -1,13 +1,14 @@
 """The spawner: the jail helper kept running, one per server process (and niceness), starting jails on
 request.
 
-A one-shot helper costs every spawn a posix_spawn, an exec of the helper, its start-up and its exit, about
-half of a jail's latency, and posix_spawn is the one step that blocks the event loop.  The spawner pays
-them once.  The server sends it one message per jail on a SOCK_SEQPACKET socket: the same arguments the
-one-shot helper takes, plus the jail's fds as SCM_RIGHTS.  The spawner clones init with CLONE_PARENT, so
-init is still the server's own child; the PID record, failures and EOF-on-exec still come back on the
-spawn's own error pipe, so ``_jail.launch`` reads both paths the same way.  Sending is a non-blocking
-``sendmsg``: nothing on the loop's thread waits for another process.
+A helper started per jail would cost every spawn a posix_spawn, an exec of the helper, its start-up and its
+exit, about half of a jail's latency, and posix_spawn is the one step that blocks the event loop.  The
+spawner pays them once.  The server sends it one message per jail on a SOCK_SEQPACKET socket: the helper's
+arguments and the program's environment, plus the jail's fds as SCM_RIGHTS (a request too large for one
+message goes in a memfd).  The spawner clones init with CLONE_PARENT (into the jail's cgroup, when it has
+one), so init is the server's own child; the PID record, failures and EOF-on-exec come back on the spawn's
+own error pipe.  Sending is a non-blocking ``sendmsg``: nothing on the loop's thread waits for another
+process.
 
 After each request the spawner also makes the next default jail's init ahead of time (a *waiting init*,
 see aiogaol/_native/spawner.c), which takes the clone into seven namespaces off the next spawn's path.  A waiting init is the
@@ -33,9 +34,10 @@ clones and id maps are part of building a jail, and should yield the CPU to the 
 does.  An init cannot be less nice than its creator, so a jail that asks for another niceness gets a
 spawner of its own niceness, started at its first such spawn.
 
-Two kinds of spawn still go through the one-shot helper: jails placed in a cgroup (where clone3 lacks
-CLONE_INTO_CGROUP the helper moves itself into the cgroup first, which the spawner must never do), and
-requests too large for one message (more than ``MAX_MESSAGE`` bytes of arguments, or ``MAX_FDS`` fds).
+Every jail is one request to a spawner: a jail placed in a cgroup too (the request carries the cgroup's
+directory fd; init is cloned into it), and a request larger than ``MAX_MESSAGE`` bytes (its bytes go in a
+memfd sent with it).  What one message cannot carry is more than ``MAX_FDS`` fds: a spawn that would pass
+more is refused with ``ProfileError``.
 """
 
 from __future__ import annotations
@@ -55,11 +57,25 @@ import anyio
 from collections.abc import Sequence
 
 from . import _ffi
-from ._errors import SandboxSetupError, is_fd_shortage, out_of_fds
+from ._errors import ProfileError, SandboxSetupError, is_fd_shortage, out_of_fds
 from ._limits import DEFAULT_LIMITS
 
-MAX_MESSAGE = 64 * 1024  # bytes of header, arguments and environment in one request
-MAX_FDS = 253  # SCM_MAX_FD: the most fds one message can carry
+# The spawner's shortcuts, for measuring what each is worth (benchmarks/spawn.py): "full" (the default)
+# makes an init ahead of time and, for a steady profile, builds its whole jail ahead; "waiting" makes the
+# init and its standard part (/proc, /dev) only; "none" makes nothing ahead.  Read when a spawner starts.
+AHEAD_MODES = ("full", "waiting", "none", "eager")
+AHEAD_ENV = "AIOGAOL_SPAWNER_AHEAD"
+
+
+def ahead_mode() -> str:
+    mode = os.environ.get(AHEAD_ENV, "full")
+    if mode not in AHEAD_MODES:
+        raise ProfileError(f"{AHEAD_ENV}={mode!r}: expected one of {', '.join(AHEAD_MODES)}")
+    return mode
+
+
+MAX_MESSAGE = 64 * 1024  # bytes of header, arguments and environment in one message; more go in a memfd
+MAX_FDS = 253  # SCM_MAX_FD: the most fds one message can carry (the memfd of a large request included)
 RETIRE_TIMEOUT = 5.0  # seconds a retired spawner gets to finish what is queued and exit
 # Seconds a request may go without the spawner's PID record before the spawner counts as stalled (stopped,
 # or starved of CPU for that long): it is then killed and replaced.  It answers in well under a millisecond
@@ -126,23 +142,6 @@ def server_state() -> tuple[Identity, int | None]:
     return (os.getpid(), *fields), umask
 
 
-
-
-def kill_and_reap(pid: int) -> None:
-    """For our own unreaped children only (a helper, an init before a pidfd exists, an init made ahead of
-    time that no launch owns): an unreaped child's PID cannot have been reused."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    while True:
-        try:
-            os.waitpid(pid, 0)
-            return
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return
 
 
 def pid_in(data: bytes) -> int:
@@ -270,11 +269,12 @@ def stalled(spawner: _Spawner) -> None:
 class _Spawner:
     def __init__(self, identity: Identity, nice: int) -> None:
         self.identity = identity
+        mode = ahead_mode().encode()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         null = -1
         try:
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            self.pid = _ffi.spawn_helper([b"aiogaol-jail", b"--serve", b"%d" % theirs.fileno(), b"%d" % nice], [],
+            self.pid = _ffi.spawn_helper([b"aiogaol-jail", b"--serve", b"%d" % theirs.fileno(), b"%d" % nice, mode], [],
                                          [(null, 0), (null, 1), (null, 2), (theirs.fileno(), theirs.fileno())])
         except BaseException:
             ours.close()
@@ -301,26 +301,31 @@ class _Spawner:
         return {s.fileno() for s in (self.sock, self.retiring) if s is not None}
 
     def drain(self) -> None:
-        """Take in what the spawner reported, without blocking."""
+        """Take in what the spawner reported, without blocking; reap the dropped inits that have died."""
         while self.sock is not None:
             try:
                 data = self.sock.recv(64, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
-                return
+                break
             if len(data) < REPORT.size:
-                return  # EOF
+                break  # EOF
             self._take(data)
+        if _doomed:
+            with _lock:
+                _reap_doomed()
 
     def _take(self, data: bytes) -> None:
         kind, pid = REPORT.unpack_from(data)
         if kind == REPORT_WAITING:
             self.waiting.add(pid)
         elif kind == REPORT_DISCARDED and pid in self.waiting:
-            # Dropped before any request reached it (it exits at EOF on its socket): ours to reap.
+            # Dropped before any request reached it (it exits at EOF on its socket): ours to reap, without
+            # waiting on the loop for its namespaces to be torn down (about a millisecond): SIGKILLed
+            # now, reaped by the launch that is sending (its settle) or by a later one.
             self.waiting.discard(pid)
-            kill_and_reap(pid)
+            doom(pid)
 
     def claim(self, pid: int) -> bool:
         """A PID record from this spawner's request: True if the launch owns the init now; False if it
@@ -493,9 +498,8 @@ def _message(argv: Sequence[bytes], envp: Sequence[bytes], targets: Sequence[int
 
 
 async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[tuple[int, int]],
-                 identity: Identity, nice: int, rlimits: Sequence[tuple[int, int, int]] = ()) -> _Spawner | None:
-    """Hand one jail to the spawner, and return it (to ``claim`` the PID it answers with); None when the
-    request must take the one-shot helper instead.
+                 identity: Identity, nice: int, rlimits: Sequence[tuple[int, int, int]] = ()) -> _Spawner:
+    """Hand one jail to the spawner, and return it (to ``claim`` the PID it answers with).
 
     ``identity`` is the caller's, from ``server_state()``; ``nice`` the niceness the jail runs at, which
     picks the spawner (see ``jail_niceness``); ``rlimits`` the server's own now, (resource, soft, hard),
@@ -503,12 +507,31 @@ async def submit(argv: Sequence[bytes], envp: Sequence[bytes], fd_map: Sequence[
     the error pipe first.  Once this returns a spawner the request is the spawner's: its answer comes on
     the error pipe, and an error pipe that reaches EOF without a PID record means the spawner died first.
     """
-    if len(fd_map) > MAX_FDS:
-        return None
+    if len(fd_map) + 1 > MAX_FDS:
+        raise ProfileError(f"a jail can be given at most {MAX_FDS - 1} fds, pass_fds, stdio and its own counted "
+                           f"({len(fd_map)} here, one message's worth): pass fewer pass_fds")
     data = _message(argv, envp, [to for _, to in fd_map])
-    if len(data) > MAX_MESSAGE:
-        return None
     fds = array.array("i", [fd for fd, _ in fd_map])
+    memfd = -1
+    try:
+        if len(data) > MAX_MESSAGE:
+            # Too large for one message: the request's bytes in a memfd, sent last, behind a short message
+            # saying so (argc 0, envc 0, the fd count; see recv_request in aiogaol/_native/wire.c).
+            memfd = os.memfd_create("aiogaol-request", os.MFD_CLOEXEC)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(memfd, view):]
+            data = struct.pack("iii", 0, 0, len(fd_map))
+            fds.append(memfd)
+        return await _send(data, fds, identity, nice, rlimits)
+    finally:
+        if memfd >= 0:
+            os.close(memfd)  # the spawner has its own copy once sent
+
+
+async def _send(data: bytes, fds: array.array[int], identity: Identity, nice: int,
+                rlimits: Sequence[tuple[int, int, int]]) -> _Spawner:
+    """Send one request to the spawner for this identity and niceness, starting one if need be."""
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
     restarted = False
     while True:

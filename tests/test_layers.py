@@ -28,8 +28,9 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     # CPU time from /proc, pacing of the event loop, and check() which probes all of it.
     ("mechanism", frozenset({"_spawnargs", "_spawner", "_jail", "_cgroup", "_stdio", "_cputime", "_pacing",
                              "_check"})),
-    # What callers hold: the asyncio mirror, the anyio process, run(), the pool and its host task.
-    ("faces", frozenset({"_asyncio_process", "_anyio_process", "_run", "_pool", "_background"})),
+    # What callers hold: the asyncio mirror and the anyio process (with what they share, _face), run(),
+    # the pool and its host task.
+    ("faces", frozenset({"_face", "_asyncio_process", "_anyio_process", "_run", "_pool", "_background"})),
     # Integrations in extras, built on the faces; the core below never imports them.
     ("integrations", frozenset({"_serve", "ray", "_ray"})),
     # The command line and the public re-exports.

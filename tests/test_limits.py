@@ -238,7 +238,7 @@ async def test_bare_run_reports_why_there_is_no_cgroup_or_which_one(scratch_prof
 # that mount).  What the kernel lends that hierarchy (here: no memory, pids or cpu controller, which are
 # bound to v1) decides which parts can be checked; the rest is skipped with the reason.
 _CGROUP_SCRIPT = r'''
-import json, os, sys
+import ctypes, errno, json, os, struct, sys
 import anyio, aiogaol
 from aiogaol import Limits
 
@@ -263,6 +263,26 @@ async def main():
         bomb = "import os, time\nwhile True:\n  try: os.fork()\n  except OSError: time.sleep(0.01); os._exit(3)"
         out["bomb"] = (await aiogaol.run(profile, [py, "-c", bomb],
                                          limits=Limits(cgroup=mnt, processes=16, wall_time=30))).meta()
+    # The jail's cgroup namespace is rooted in its own cgroup, from clone3 CLONE_INTO_CGROUP.
+    cat = [py, "-c", "print(open('/proc/self/cgroup').read().strip())"]
+    r = await aiogaol.run(profile, cat, limits=Limits(cgroup=mnt))
+    out["ns"] = [r.stdout.decode(), r.enforced_by["cgroup"], r.cgroup is not None]
+    # Where clone3 is refused (ENOSYS, as old kernels and some seccomp policies answer), the spawner
+    # moves init into the cgroup before letting it go, and init makes its cgroup namespace after: the
+    # same view.  The filter (no_new_privs first) makes the next spawn start a new spawner, which
+    # inherits it.
+    libc = ctypes.CDLL(None, use_errno=True)
+    insns = [(0x20, 0, 0, 0), (0x15, 0, 1, 435), (0x06, 0, 0, 0x00050000 | errno.ENOSYS), (0x06, 0, 0, 0x7FFF0000)]
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    prog = Prog(len(insns), ctypes.addressof(code))
+    assert libc.prctl(38, 1, 0, 0, 0) == 0 and libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0
+    spin2 = "import os\nfor i in range(2):\n  if os.fork() == 0:\n    while True: pass\nos.wait()"
+    r = await aiogaol.run(profile, [py, "-c", spin2], limits=Limits(cgroup=mnt, cpu_time=0.5, wall_time=30))
+    out["no_clone3_spin"] = r.meta()
+    r = await aiogaol.run(profile, cat, limits=Limits(cgroup=mnt))
+    out["no_clone3_ns"] = [r.stdout.decode(), r.enforced_by["cgroup"], r.cgroup is not None]
     out["left"] = sorted(d for d in os.listdir(mnt) if d.startswith("aiogaol-"))
     print(json.dumps(out))
 
@@ -331,6 +351,13 @@ async def test_cgroup2_holds_the_whole_jail_and_bounds_its_cpu(cgroup2_runs: dic
     assert spin["cpu_time"] == spin["cgroup"]["cpu_time"]
     assert spin["enforced_by"]["cgroup"].startswith("cgroup v2 ")
     assert report["left"] == []  # each jail's cgroup is removed after the reap
+    # The jail sees its own cgroup as its root, placed by clone3 or, without it, moved in by the spawner.
+    for key in ("ns", "no_clone3_ns"):
+        view, enforced, placed = report[key]
+        assert (view.splitlines()[-1], placed) == ("0::/", True) and enforced.startswith("cgroup v2 "), (key, report[key])
+    spin2 = report["no_clone3_spin"]
+    assert "cgroup cpu.stat" in spin2["evidence"] and 0.4 <= spin2["cgroup"]["cpu_time"] <= 1.5, spin2
+    assert spin2["cpu_time"] == spin2["cgroup"]["cpu_time"]
 
 
 async def test_cgroup2_memory_max_reports_the_oom_kill(cgroup2_runs: dict[str, object], anyio_backend: str) -> None:

@@ -191,7 +191,7 @@ async def test_a_malformed_request_fails_alone_and_the_spawner_serves_on() -> No
 
 
 @pytest.mark.asyncio
-async def test_a_request_too_large_for_one_message_takes_the_one_shot_helper(
+async def test_a_request_too_large_for_one_message_goes_to_the_spawner_in_a_memfd(
         py_profile: aiogaol.Profile, python: str, monkeypatch: pytest.MonkeyPatch) -> None:
     answers: list[object] = []
     real = _spawner.submit
@@ -201,13 +201,41 @@ async def test_a_request_too_large_for_one_message_takes_the_one_shot_helper(
         return answers[-1]
 
     monkeypatch.setattr(_spawner, "submit", spy)
-    big = "x" * (_spawner.MAX_MESSAGE + 1000)
-    proc = await aiogaol.create_sandboxed_subprocess(py_profile, python, "-c", "import sys; print(len(sys.argv[1]))",
-                                                     big, stdout=aiogaol.PIPE)
+    # 1 MB of arguments: more than any socket buffer takes in one message (128 KiB a string at most).
+    big = ["x" * 100_000] * 10
+    proc = await aiogaol.create_sandboxed_subprocess(py_profile, python, "-c",
+                                                     "import sys; print(sum(map(len, sys.argv[1:])))", *big,
+                                                     stdout=aiogaol.PIPE)
     out, _ = await proc.communicate()
-    assert (proc.returncode, out) == (0, f"{len(big)}\n".encode())
-    assert answers == [None]  # no spawner took it
+    assert (proc.returncode, out) == (0, b"1000000\n")
+    assert len(answers) == 1 and answers[0] is not None and answers[0].pid == _spawner.spawner_pid()
     assert zombie_children() == []
+    # The memfd is closed once sent: the server keeps nothing of the request.
+    def target(fd: str) -> str:
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            return ""  # the fd listdir itself used
+    assert not [fd for fd in os.listdir("/proc/self/fd") if target(fd).startswith("/memfd:aiogaol-request")]
+
+
+@pytest.mark.asyncio
+async def test_more_fds_than_one_message_carries_is_refused_by_name(py_profile: aiogaol.Profile, python: str) -> None:
+    r, w = os.pipe()
+    fds = [os.dup(r) for _ in range(_spawner.MAX_FDS)]
+    try:
+        with pytest.raises(aiogaol.ProfileError, match="pass fewer pass_fds"):
+            await aiogaol.create_sandboxed_subprocess(py_profile, python, "-c", "pass", pass_fds=fds)
+        assert zombie_children() == []
+        # One fewer than the limit leaves room for the jail's own fds: it runs.
+        proc = await aiogaol.create_sandboxed_subprocess(
+            py_profile, python, "-c", "import os; print(len(os.listdir('/proc/self/fd')))",
+            pass_fds=fds[:_spawner.MAX_FDS - 10], stdout=aiogaol.PIPE)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0 and int(out) >= _spawner.MAX_FDS - 10
+    finally:
+        for fd in (r, w, *fds):
+            os.close(fd)
 
 
 def _run_server(code: str) -> subprocess.CompletedProcess[str]:

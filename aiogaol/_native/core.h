@@ -170,6 +170,7 @@ extern jmp_buf *fail_escape;              /* the spawner's request loop: fail() 
 extern struct sock_filter init_insns[256]; /* init's own filter (--init-filter) */
 extern unsigned short init_len;
 extern int req_from[MAX_REQ_FDS], req_to[MAX_REQ_FDS], req_n; /* a request's fds: as received, wanted */
+extern int req_large;                     /* the request came in a memfd (see recv_request) */
 
 void __attribute__((noreturn)) fail(int step, int err, const char *detail);
 void send_record(int fd, int kind, int step, int err, int value, const char *detail);
@@ -206,6 +207,7 @@ void build_jail(void);
 
 /* ---- init.c: PID 1 ---------------------------------------------------------------------------- */
 extern pid_t init_pid;                    /* init's PID as the program sees it (the fallback's check) */
+extern int join_cgroup_late;              /* cloned without clone3: moved into its cgroup, then unshares */
 extern int sync_fds[2];
 
 void place_fds(void);
@@ -218,6 +220,8 @@ void __attribute__((noreturn)) run_init(void);
 
 /* ---- program.c: PID 2 ------------------------------------------------------------------------- */
 void __attribute__((noreturn)) run_program(void);
+extern int bounds_dropped;                /* limit_capabilities done (in init, before the clone) */
+void limit_capabilities(void);
 void apply_landlock(void);
 void drop_capabilities(void);
 void __attribute__((noreturn)) exec_program(void);

@@ -134,15 +134,8 @@ static void drop_init(pid_t program)
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
     struct sock_fprog prog;
-    int cap;
-    /* Without namespaces an unprivileged init has no CAP_SETPCAP for the bounding set (nor any
-     * capability to lose); no_new_privs, capset and the filter still apply. */
-    for (cap = 0; cap <= 63; cap++)
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL &&
-            !(plan.no_namespaces && errno == EPERM))
-            drop_failed(program, "bounding set");
-    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
-        drop_failed(program, "ambient set");
+    /* The bounding and ambient sets are empty and the securebits locked since before the clone
+     * (limit_capabilities, in run_init): what is left is the capabilities themselves. */
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &hdr, data) < 0)
         drop_failed(program, "capset");
@@ -174,14 +167,15 @@ void run_init(void)
         build_jail();
         mark(AIOGAOL_STEP_HOSTNAME);
     }
+    /* The bounds of every capability the jail will hold, set once for init and the program it clones
+     * (program.c): bounding and ambient sets emptied, securebits locked (NO_SETUID_FIXUP among them). */
+    limit_capabilities();
     /* Before the program exists, init takes its identity (a root server's init built the jail as root,
      * for root-only bind sources, and is nobody from here on, on the host as in the jail), keeping its
-     * capabilities for the program's own drops (NO_SETUID_FIXUP; drop_init clears them). */
+     * capabilities for the program's own drops (NO_SETUID_FIXUP, set just above; drop_init clears them). */
     if (switch_identity) {
         gid_t g = (gid_t)plan.inside_gid;
         uid_t u = (uid_t)plan.inside_uid;
-        if (prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0) < 0)
-            fail(AIOGAOL_STEP_IDENTITY, errno, "init's securebits");
         if (setgroups(0, NULL) < 0)
             fail(AIOGAOL_STEP_IDENTITY, errno, "init's setgroups");
         if (setresgid(g, g, g) < 0)
@@ -389,7 +383,9 @@ void apply_nice(void)
         fail(AIOGAOL_STEP_PRIORITY, errno, "setpriority");
 }
 
-/* Init's first steps, in both modes: its fds in place, the rest closed, then wait for the id maps. */
+int join_cgroup_late;
+
+/* Init's first steps: its fds in place, the rest closed, then wait for the id maps. */
 void init_child(void)
 {
     char go;
@@ -409,6 +405,9 @@ void init_child(void)
         fail(AIOGAOL_STEP_CLONE_INIT, EIO, "the process that created init ended before the id maps");
     }
     close(sync_fds[0]);
+    /* Placed in its cgroup by the spawner only now (no clone3 here): the cgroup namespace, rooted there. */
+    if (join_cgroup_late && unshare(CLONE_NEWCGROUP) < 0)
+        fail(AIOGAOL_STEP_UNSHARE, errno, "cgroup namespace");
     apply_nice();
     /* The network namespace is made here rather than in the clone: creating one is the dearest part of
      * a jail's namespaces, and here it is paid at the jail's niceness rather than by the spawner, whose

@@ -95,10 +95,14 @@ void apply_landlock(void)
     close(rfd);
 }
 
-void drop_capabilities(void)
+int bounds_dropped;
+
+/* What bounds the capabilities of every later exec: the bounding and ambient sets emptied, and the
+ * securebits that keep root in the namespace from regaining capabilities at exec, locked.  None of it
+ * removes an effective capability, and all of it is inherited: init does it once before it clones the
+ * program (run_init), so neither the program's drop nor init's own has the bounding-set loop left. */
+void limit_capabilities(void)
 {
-    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
     int cap;
     for (cap = 0; cap <= 63; cap++) {
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL &&
@@ -117,6 +121,16 @@ void drop_capabilities(void)
          * securebits; it holds no capability either, and no_new_privs (already set) keeps exec from
          * granting any. */
         fail(AIOGAOL_STEP_CAPABILITIES, errno, "securebits");
+    bounds_dropped = 1;
+}
+
+/* The program's own drop: the bounds (unless init set them already), its identity, then capset(0). */
+void drop_capabilities(void)
+{
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    if (!bounds_dropped)
+        limit_capabilities();
     /* The identity switch comes after the bounding set and securebits (it needs CAP_SETUID and
      * CAP_SETGID, and NO_SETUID_FIXUP keeps it from clearing them early), before capset clears all. */
     if (switch_identity) {

@@ -10,14 +10,15 @@
 #include "core.h"
 
 /* ------------------------------------------------------------------------------------------------ */
-/* The intermediate process: the spawner, or the one-shot helper                                     */
+/* Creating init                                                                                     */
 
 /* cgroup v2 placement.  Init is created straight into the jail's cgroup (clone3 CLONE_INTO_CGROUP,
- * Linux 5.7), so every process of the jail is in it from its first instruction, the helper never joins
- * it (pids.max counts only the jail), and a CLONE_NEWCGROUP namespace is rooted there.  Where clone3 is
- * missing (ENOSYS, or a seccomp policy that answers so) the helper moves itself in by cgroup.procs
- * first and init inherits the cgroup; the helper exits at once and is not the jail's to count.  Only the
- * one-shot helper places jails in cgroups: the spawner must never move itself. */
+ * Linux 5.7, from the directory fd the request carries), so every process of the jail is in it from its
+ * first instruction, the spawner never joins it (pids.max counts only the jail), and a CLONE_NEWCGROUP
+ * namespace is rooted there.  Where clone3 is missing (ENOSYS, or a seccomp policy that answers so), init
+ * is cloned without its cgroup namespace, the spawner moves it in (cgroup.procs) before it lets it go,
+ * and init then makes its cgroup namespace, rooted in the jail's cgroup (init_child): init runs nothing
+ * before it is placed, and the spawner itself never moves. */
 #ifndef CLONE_INTO_CGROUP
 #define CLONE_INTO_CGROUP 0x200000000ULL
 #endif
@@ -29,30 +30,47 @@ struct aiogaol_clone_args {
         set_tid_size, cgroup;
 };
 
-static pid_t clone_into_cgroup(unsigned long flags)
+static pid_t clone_into_cgroup(unsigned long flags, int cgroup)
 {
     struct aiogaol_clone_args ca;
     pid_t pid;
-    int procs;
     memset(&ca, 0, sizeof ca);
     ca.flags = (uint64_t)flags | CLONE_INTO_CGROUP;
-    /* clone3 refuses an exit signal with CLONE_PARENT: init inherits the helper's, which is SIGCHLD
+    /* clone3 refuses an exit signal with CLONE_PARENT: init inherits the spawner's, which is SIGCHLD
      * (posix_spawn), as the legacy clone does. */
     ca.exit_signal = (flags & CLONE_PARENT) ? 0 : SIGCHLD;
-    ca.cgroup = (uint64_t)plan.cgroup_fd;
+    ca.cgroup = (uint64_t)cgroup;
     pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
     if (pid >= 0 || (errno != ENOSYS && errno != E2BIG)) {
         if (pid < 0)
             fail(AIOGAOL_STEP_CLONE_INIT, errno, "clone3 into the jail's cgroup");
         return pid;
     }
-    procs = openat(plan.cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    join_cgroup_late = 1; /* seen by init too: it is cloned with this memory */
+    return (pid_t)syscall(SYS_clone, (flags & ~(unsigned long)CLONE_NEWCGROUP) | SIGCHLD, NULL, NULL, NULL, NULL);
+}
+
+/* The fallback's placement: init (waiting for its id maps) written into the jail's cgroup.procs. */
+static void move_into_cgroup(int cgroup, pid_t init)
+{
+    char buf[24], *end = fmt_ulong(buf, (unsigned long)init);
+    int procs = openat(cgroup, "cgroup.procs", O_WRONLY | O_CLOEXEC);
     if (procs < 0)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "open cgroup.procs");
-    if (write(procs, "0\n", 2) != 2)
+    *end++ = '\n';
+    if (write(procs, buf, (size_t)(end - buf)) != end - buf)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "write cgroup.procs");
     close(procs);
-    return (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, NULL);
+}
+
+/* The spawner's copy of the request's fd that init will have as number target; -1 if none. */
+static int received_fd(int target)
+{
+    int i;
+    for (i = 0; i < req_n; i++)
+        if (req_to[i] == target)
+            return req_from[i];
+    return -1;
 }
 
 /* --uid/--gid name the host identity the program runs as, mapped to the same numbers inside.  By default
@@ -128,20 +146,23 @@ static pid_t start_jail(void)
 {
     uid_t uid = getuid();
     gid_t gid = getgid();
-    int flags;
+    int flags, cgroup = -1;
     pid_t init;
 
     resolve_identity(uid, gid);
     flags = JAIL_NAMESPACES; /* init unshares the network namespace itself (see init_child) */
     if (plan.no_namespaces)
         flags = 0; /* the fallback: init is only the server's child and the program's supervisor */
+    if (plan.cgroup_fd >= 0 && (cgroup = received_fd(plan.cgroup_fd)) < 0)
+        fail(AIOGAOL_STEP_ARGS, EBADF, "--cgroup-fd names none of the request's fds");
     if (pipe2(sync_fds, O_CLOEXEC) < 0)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "sync pipe");
     /* Init is created straight into the new namespaces, and as the server's child (CLONE_PARENT).
-     * The helper stays in the parent user namespace and writes init's id maps from there: that is
+     * The spawner stays in the parent user namespace and writes init's id maps from there: that is
      * what lets a privileged caller map an identity other than its own (see --uid above). */
-    if (plan.cgroup_fd >= 0)
-        init = clone_into_cgroup(CLONE_PARENT | flags);
+    join_cgroup_late = 0;
+    if (cgroup >= 0)
+        init = clone_into_cgroup(CLONE_PARENT | flags, cgroup);
     else
         init = (pid_t)syscall(SYS_clone, CLONE_PARENT | flags | SIGCHLD, NULL, NULL, NULL, NULL);
     if (init < 0)
@@ -152,6 +173,8 @@ static pid_t start_jail(void)
     sync_fds[0] = -1;
     send_record(err_fd, AIOGAOL_RECORD_PID, AIOGAOL_STEP_NONE, 0, (int)init, "");
     mark(AIOGAOL_STEP_UNSHARE);
+    if (join_cgroup_late)
+        move_into_cgroup(cgroup, init);
     if (!plan.no_namespaces)
         write_maps(init, uid, gid);
     if (write(sync_fds[1], "g", 1) != 1)
@@ -160,23 +183,6 @@ static pid_t start_jail(void)
     sync_fds[1] = -1;
     mark(AIOGAOL_STEP_UID_MAP);
     return init;
-}
-
-int aiogaol_helper_main(int argc, char **argv, char **envp)
-{
-    if ((argc == 3 || argc == 4) && strcmp(argv[1], "--serve") == 0) {
-        /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
-         * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
-        if (argc == 4 && raise_nice((int)parse_num(argv[3], 10)) < 0)
-            return 1;
-        return aiogaol_serve((int)parse_num(argv[2], 10));
-    }
-    parse_args(argc, argv, envp);
-    if (err_fd < 0)
-        _exit(127);
-    mark(AIOGAOL_STEP_ARGS);
-    start_jail();
-    _exit(0);
 }
 
 /* Waiting inits.  Most of a jail's set-up before its mounts is the clone into fresh namespaces (the
@@ -198,7 +204,9 @@ static pid_t waiting_pid;
 static int waiting_chan = -1;
 static long waiting_uid = -1, waiting_gid = -1; /* the ids it was mapped for */
 static unsigned long long waiting_root_size;     /* the size of the jail root it prebuilt */
-static int waiting_off;                         /* creating one failed: the usual path only */
+static int waiting_off;                         /* creating one failed (or "none"): the usual path only */
+static int ahead_full = 1;                      /* a steady profile's whole jail built ahead (not "waiting") */
+static int ahead_eager;                         /* "eager": made at once, not once the last jail has ended */
 static int mounts_fd = -1;
 #define WAITING_IDLE_MS 2    /* quiet time before making one, when no jail is known to be starting */
 #define WAITING_AFTER_MS 10  /* longest wait for the last jail's init to exit first */
@@ -416,7 +424,7 @@ static void make_waiting(int sock)
     plan.inside_gid = waiting_gid;
     resolve_identity(uid, gid);
     forget_waiting_ops();
-    if (ops_steady && last_ops && (waiting_ops = malloc(last_ops_len)) != NULL) {
+    if (ahead_full && ops_steady && last_ops && (waiting_ops = malloc(last_ops_len)) != NULL) {
         memcpy(waiting_ops, last_ops, last_ops_len);
         waiting_ops_len = last_ops_len;
     }
@@ -505,11 +513,9 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
 {
     parse_request(buf, len);
     mark_at(AIOGAOL_STEP_ARGS, received);
-    if (plan.cgroup_fd >= 0)
-        /* Where clone3 lacks CLONE_INTO_CGROUP the helper moves itself into the cgroup first: a
-         * one-shot helper may, the spawner may not. */
-        fail(AIOGAOL_STEP_ARGS, EINVAL, "cgroup placement goes through the one-shot helper");
-    if (plan.unshare_net && !plan.no_namespaces) {
+    /* A jail of its own cgroup is cloned into it (start_jail), so no init made ahead of time serves
+     * it; nor one whose request came in a memfd, too large to hand over in one message. */
+    if (plan.unshare_net && !plan.no_namespaces && plan.cgroup_fd < 0 && !req_large) {
         long want_uid = plan.inside_uid < 0 ? (long)getuid() : plan.inside_uid;
         long want_gid = plan.inside_gid < 0 ? (long)getgid() : plan.inside_gid;
         if (!plan_starts_standard()) {
@@ -590,7 +596,7 @@ int aiogaol_serve(int sock)
                 p[1].revents = 0;
                 n = 2;
             }
-            r = poll(p, (nfds_t)n, n == 2 ? WAITING_AFTER_MS : WAITING_IDLE_MS);
+            r = poll(p, (nfds_t)n, ahead_eager ? 0 : n == 2 ? WAITING_AFTER_MS : WAITING_IDLE_MS);
             if (r == 0 || (r > 0 && !(p[0].revents & (POLLIN | POLLHUP)))) {
                 forget_last_init();
                 make_waiting(sock);
@@ -641,3 +647,31 @@ int aiogaol_serve(int sock)
     return 0;
 }
 
+/* The helper executable's only mode: the spawner, "aiogaol-jail --serve FD [NICE]" (started by
+ * _spawner.py).  Every jail, a cgroup's or an oversized request's too, is one request to it. */
+int aiogaol_helper_main(int argc, char **argv, char **envp)
+{
+    static const char usage[] = "usage: aiogaol-jail --serve FD [NICE [full|waiting|none]] (started by aiogaol)\n";
+    (void)envp;
+    if (argc >= 3 && argc <= 5 && strcmp(argv[1], "--serve") == 0) {
+        /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
+         * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
+        if (argc >= 4 && raise_nice((int)parse_num(argv[3], 10)) < 0)
+            return 1;
+        /* Its shortcuts (_spawner.AHEAD_MODES): "full", the default; "waiting"; "none". */
+        if (argc == 5 && strcmp(argv[4], "full") != 0) {
+            if (strcmp(argv[4], "waiting") == 0)
+                ahead_full = 0;
+            else if (strcmp(argv[4], "eager") == 0)
+                ahead_eager = 1;
+            else if (strcmp(argv[4], "none") == 0)
+                waiting_off = 1;
+            else
+                return 2;
+        }
+        return aiogaol_serve((int)parse_num(argv[2], 10));
+    }
+    if (write(2, usage, sizeof usage - 1) < 0)
+        return 2;
+    return 2;
+}

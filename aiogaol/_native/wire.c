@@ -218,12 +218,8 @@ void parse_args(int argc, char **argv, char **envp)
             break;
         } else if (strcmp(o, "--err") == 0) {
             NEED(1);
+            /* Failures go on to the error pipe as received (req_from[0]) until init has placed its fds. */
             plan.err_fd = (int)parse_num(argv[++i], 10);
-            /* The one-shot helper (its fds are at their numbers): later argument errors are reported.  Not
-             * a waiting init, whose fds came over its socket (req_n) and are not at their numbers until
-             * place_fds: its failures go to the error pipe as received, req_from[0]. */
-            if (!fail_escape && req_n == 0)
-                err_fd = plan.err_fd;
         } else if (strcmp(o, "--lifeline") == 0) {
             NEED(1);
             plan.lifeline_fd = (int)parse_num(argv[++i], 10);
@@ -416,10 +412,11 @@ const char *split_blob(const char *blob, const char *end, int count, char **vec)
     return blob;
 }
 
-/* The fds init is handed.  The one-shot helper gets them from posix_spawn at their final numbers; the
- * spawner receives them over its socket at whatever numbers are free, with the numbers init wants
- * (req_to, numbered as in the helper's arguments), and init moves them there first thing. */
+/* The fds init is handed: the spawner receives them over its socket at whatever numbers are free, with
+ * the numbers init wants (req_to, numbered as in the helper's arguments), and init moves them there
+ * first thing (place_fds). */
 int req_from[MAX_REQ_FDS], req_to[MAX_REQ_FDS], req_n;
+int req_large;
 
 /* ------------------------------------------------------------------------------------------------ */
 /* The spawner: the helper kept running, one jail per request                                       */
@@ -427,11 +424,48 @@ int req_from[MAX_REQ_FDS], req_to[MAX_REQ_FDS], req_n;
 /* A request is one SOCK_SEQPACKET message: int32 argc, envc, nfds; int32 target[nfds]; argc strings
  * (the helper's arguments, argv[0] included) and envc strings (the program's environment), each
  * NUL-terminated; and nfds fds as SCM_RIGHTS, the error pipe first.  The PID record, failures and EOF on
- * exec travel on the request's own error pipe, as for the one-shot helper, so the server reads every
- * spawn the same way.
+ * exec travel on the request's own error pipe.
+ *
+ * A request larger than one message (_spawner.MAX_MESSAGE: long arguments or environment) comes in a
+ * memfd: the message is then int32 0, 0, nfds (argc 0 is never a request of its own) with nfds + 1 fds,
+ * the jail's and last the memfd, which holds the whole request as one message would hold it.
  *
  * The spawner's own messages to the server, on the same socket, say which of the server's children it
  * created ahead of time (see "Waiting inits" below): int32 kind, int32 pid. */
+
+#define MAX_LARGE_REQUEST (64u << 20) /* bytes: beyond any ARG_MAX the server's own exec would take */
+
+/* The request in the memfd (the last fd received) read into *buf, the memfd closed; 0 if it cannot be. */
+static int request_from_memfd(char **buf, size_t *cap, size_t *len)
+{
+    int mfd = req_from[--req_n];
+    struct stat st;
+    size_t got = 0;
+    req_large = 1;
+    if (fstat(mfd, &st) < 0 || st.st_size <= 0 || (uint64_t)st.st_size > MAX_LARGE_REQUEST)
+        goto bad;
+    if ((size_t)st.st_size + 1 > *cap) {
+        char *grown = realloc(*buf, (size_t)st.st_size + 1);
+        if (!grown)
+            goto bad;
+        *buf = grown;
+        *cap = (size_t)st.st_size + 1;
+    }
+    while (got < (size_t)st.st_size) {
+        ssize_t n = pread(mfd, *buf + got, (size_t)st.st_size - got, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto bad;
+        got += (size_t)n;
+    }
+    close(mfd);
+    *len = got;
+    return 1;
+bad:
+    close(mfd);
+    return 0;
+}
 
 /* Read one message and its fds into req_from/req_n; 1, or 0 at EOF (or on an error that ends the
  * reader).  *truncated says the message or its fds did not fit. */
@@ -480,6 +514,13 @@ int recv_request(int sock, char **buf, size_t *cap, size_t *len, int *truncated)
     }
     *len = (size_t)n;
     *truncated = (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) != 0;
+    req_large = 0;
+    if (!*truncated && *len >= 3 * sizeof(int32_t) && req_n > 0) {
+        int32_t head[3];
+        memcpy(head, *buf, sizeof head);
+        if (head[0] == 0 && head[1] == 0 && head[2] == req_n - 1 && !request_from_memfd(buf, cap, len))
+            *truncated = 1; /* reported as a request too large to read (E2BIG), on its error pipe */
+    }
     return 1;
 }
 

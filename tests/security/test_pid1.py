@@ -56,6 +56,26 @@ async def test_init_holds_nothing_while_the_program_runs(py_profile: aiogaol.Pro
         assert status["Uid"].split()[0] != "0", status["Uid"]
 
 
+SECUREBITS = r"""
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+status = dict(line.rstrip("\n").split(":\t", 1) for line in open("/proc/self/status") if ":\t" in line)
+print(json.dumps({"securebits": libc.prctl(27, 0, 0, 0, 0), "CapBnd": status["CapBnd"], "CapAmb": status["CapAmb"]}))
+"""
+# PR_GET_SECUREBITS: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS (clear), NO_CAP_AMBIENT_RAISE, each with its lock.
+LOCKED_SECUREBITS = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
+
+
+@pytest.mark.asyncio
+async def test_the_program_starts_with_its_capabilities_bounded_and_the_securebits_locked(
+        py_profile: aiogaol.Profile, python: str) -> None:
+    """Init sets the bounds once, before it clones the program, which inherits them (program.c's drop no
+    longer repeats them): an empty bounding and ambient set, and root that can never regain a
+    capability at exec."""
+    got = await python_json(py_profile, python, SECUREBITS)
+    assert got == {"securebits": LOCKED_SECUREBITS, "CapBnd": "0" * 16, "CapAmb": "0" * 16}
+
+
 @pytest.mark.asyncio
 async def test_a_root_servers_init_is_not_host_root(py_profile: aiogaol.Profile, python: str) -> None:
     """Read init's host status from the server's side while the program runs: for a root server, neither
