@@ -42,6 +42,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/spawn.py
+	$(PY) benchmarks/service.py
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict --site-dir site

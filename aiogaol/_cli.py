@@ -1,4 +1,5 @@
-"""The ``aiogaol`` command: ``run`` one program in a jail, ``check`` this kernel, ``batch`` many jobs.
+"""The ``aiogaol`` command: ``run`` one program in a jail, ``check`` this kernel, ``batch`` many jobs,
+``serve`` a SandboxFusion-compatible code-execution service (the extra ``aiogaol[serve]``).
 
 ``run`` behaves like the program it runs, so it can stand in a shell pipeline or a Makefile: stdin,
 stdout and stderr are the program's own, and the exit status is passed through (128+N when signal N
@@ -735,6 +736,41 @@ def cmd_batch(ns: argparse.Namespace, stdin: Any, stdout: TextIO, stderr: TextIO
 
 
 # --------------------------------------------------------------------------------------------------
+# aiogaol serve
+
+
+SERVE_EXTRA = ("starlette", "uvicorn", "prometheus_client")
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    """The service lives in the extra: its imports are made here, not at the top, so that the core and
+    the other subcommands never need Starlette or uvicorn."""
+    import importlib
+    for module in SERVE_EXTRA:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UsageError(f"aiogaol serve needs its extra: pip install 'aiogaol[serve]' "
+                             f"(missing: {module})") from None
+    if ns.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    if ns.queue < 0:
+        raise UsageError("--queue must be 0 or more")
+    if not 0 <= ns.port <= 65535:
+        raise UsageError(f"--port must be 0 to 65535, not {ns.port}")
+    ok, lines = verdict(check())
+    if not ok:  # fail closed: a service that cannot jail must not start and answer every request badly
+        raise AiogaolError(f"aiogaol serve cannot start: {lines[0].removeprefix('verdict: ')}")
+    from ._serve import LanguageTableError, load_table, serve
+    try:
+        load_table(ns.languages)  # a bad table is a one-line error now, not at the first request
+    except LanguageTableError as e:
+        raise UsageError(str(e)) from None
+    serve(ns.host, ns.port, concurrency=ns.concurrency, queue=ns.queue, languages=ns.languages)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -764,6 +800,17 @@ def make_parser() -> argparse.ArgumentParser:
     batch.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 4, metavar="N",
                        help="jails at once (default: the number of CPUs)")
     _add_profile_options(batch)
+    srv = sub.add_parser("serve", help="a SandboxFusion-compatible code-execution service (aiogaol[serve])",
+                         description="Serve POST /run_code and /run_jupyter (SandboxFusion's API) on HTTP, "
+                                     "every request in jails of its own; GET /languages, /metrics, /health.")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8080, help="port (default 8080, as SandboxFusion's)")
+    srv.add_argument("--concurrency", type=int, default=os.cpu_count() or 4, metavar="N",
+                     help="requests in jails at once (default: the number of CPUs)")
+    srv.add_argument("--queue", type=int, default=64, metavar="N",
+                     help="requests waiting for a slot before the next gets 503 (default 64)")
+    srv.add_argument("--languages", metavar="FILE",
+                     help="a TOML language table added to the shipped one (see docs/service.md)")
     return parser
 
 
@@ -779,6 +826,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: Any = None, stdout: TextIO
             return cmd_run(ns, stdin, stdout, stderr)
         if ns.command_name == "check":
             return cmd_check(ns, stdout)
+        if ns.command_name == "serve":
+            return cmd_serve(ns)
         return cmd_batch(ns, stdin, stdout, stderr)
     except UsageError as e:
         print(f"aiogaol: {_one_line(str(e))}", file=stderr)
