@@ -35,6 +35,10 @@ class UnsupportedOperation(ProfileError):
         self.reason = reason
         super().__init__(f"{operation!r} cannot be enforced here: {reason}")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled from its fields, not from ``args`` (the message): errors cross Ray's object store.
+        return (type(self), (self.operation, self.reason))
+
 
 class SandboxSetupError(AiogaolError, OSError):
     """A step of building the jail failed; ``step`` names it, ``errno`` and ``filename`` say why and where."""
@@ -48,6 +52,11 @@ class SandboxSetupError(AiogaolError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # OSError pickles as (errno, message, filename), which is not this __init__'s signature; rebuild
+        # from the step, errno and detail so the error crosses Ray's object store as itself.
+        return (type(self), (self.step, self.errno, self.filename or ""))
 
 
 class ProgramNotFoundError(SandboxSetupError, FileNotFoundError):

@@ -71,6 +71,9 @@ class RunError(Exception):
         super().__init__(f"{result.args[0] if result.args else 'program'}: {result.status.value} "
                          f"(returncode {result.returncode}; {result.error or result.evidence})")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.result,))  # from the result, not the message: it crosses Ray's object store
+
 
 @dataclass(frozen=True)
 class Result:

@@ -137,3 +137,16 @@ def test_code_interpreter_session(backend: str) -> None:
     assert "[stubborn] timed-out (state lost: the kernel was restarted)" in out
     assert "[fresh kernel] ok value=False" in out
     assert "report.txt" in out.split("files:")[1] and "closed: True" in out
+
+def test_ray_pool_example_runs_a_batch_over_two_nodes() -> None:
+    pytest.importorskip("ray", reason="Ray is not installed here (pip install 'aiogaol[ray]')")
+    done = run_example(str(EXAMPLES / "ray_pool.py"), "--copies", "2", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    status = {line.split()[0]: line.split()[1] for line in lines[:-1]}
+    assert status["squares-10"] == "ok" and "'285'" in done.stdout
+    assert status["squares-10000"] == "ok" and "'333283335000'" in done.stdout
+    assert status["loops"] in ("timed-out", "cpu-limit") and status["fork-bomb"] in ("timed-out", "cpu-limit",
+                                                                                       "process-limit")
+    assert status["reads-host"] == "nonzero-exit"
+    assert lines[-1].startswith("14 jobs on 2 nodes"), lines[-1]
