@@ -36,6 +36,19 @@ def _nr_open() -> int:
         return 1 << 20  # the kernel's default
 
 
+def check_seconds(value: object, what: str, *, zero: bool = False, optional: bool = False) -> float:
+    """A number of seconds, finite and at most MAX_SECONDS, more than 0 (or from 0 with ``zero``): every
+    duration the library takes (a wall or CPU time, a pool's deadline, a grace period) is checked here, so
+    each refuses the same values with the same words (``optional``: the message says None is allowed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProfileTypeError(f"{what} must be a number of seconds (int or float){' or None' if optional else ''}, "
+                               f"not {type(value).__name__}")
+    if not (math.isfinite(value) and (0 <= value if zero else 0 < value) and value <= MAX_SECONDS):
+        span = f"from 0 to {MAX_SECONDS:g}" if zero else f"more than 0 and at most {MAX_SECONDS:g}"
+        raise ProfileError(f"{what} must be a finite number of seconds, {span}, not {value!r}")
+    return float(value)
+
+
 def check_limit(name: str, value: object) -> None:
     """One field of ``Limits``: its type, then its range; ProfileError (or ProfileTypeError) naming both."""
     if name == "cgroup":
@@ -58,12 +71,7 @@ def check_limit(name: str, value: object) -> None:
             raise ProfileError(f"Limits.nice must be between 0 and 19, not {value}")
         return
     if name in _SECONDS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProfileTypeError(f"Limits.{name} must be a number of seconds (int or float) or None, "
-                                   f"not {type(value).__name__}")
-        if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
-            raise ProfileError(f"Limits.{name} must be a finite number of seconds, more than 0 and at most "
-                               f"{MAX_SECONDS:g}, not {value!r}")
+        check_seconds(value, f"Limits.{name}", optional=True)
         return
     top = _INTEGERS[name]
     if isinstance(value, bool) or not isinstance(value, int):

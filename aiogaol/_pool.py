@@ -34,7 +34,7 @@ import anyio.abc
 from ._background import Background
 from ._errors import PoolClosedError, ProfileError, ProfileTypeError
 from ._fallback import check_isolation
-from ._limits import MAX_SECONDS, Limits, resolve_limits
+from ._limits import Limits, check_seconds, resolve_limits
 from ._profile import Profile
 from ._run import Result, Status, Steering, not_run, steered_run
 from ._spawnargs import check_grace
@@ -92,15 +92,8 @@ def _text_argv(argv: Argv) -> tuple[str, ...]:
 
 
 def _check_timeout(timeout: object, what: str) -> float | None:
-    """A deadline: None, or a finite number of seconds in (0, MAX_SECONDS], the range of Limits.wall_time."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ProfileTypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
-    if not (math.isfinite(timeout) and 0 < timeout <= MAX_SECONDS):
-        raise ProfileError(f"{what} must be a finite number of seconds, more than 0 and at most "
-                           f"{MAX_SECONDS:g}, not {timeout!r}")
-    return float(timeout)
+    """A deadline: None, or seconds in the range of Limits.wall_time (it becomes the job's wall time)."""
+    return None if timeout is None else check_seconds(timeout, what, optional=True)
 
 
 class Pool:

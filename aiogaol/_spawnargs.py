@@ -6,14 +6,13 @@ bundle that only needs the handshake fds to become the helper's argv.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _fallback, _plan, _stdio
 from ._errors import ProfileError, ProfileTypeError
-from ._limits import MAX_SECONDS, Limits, resolve_limits
+from ._limits import Limits, check_seconds, resolve_limits
 from ._profile import Profile
 
 if TYPE_CHECKING:
@@ -71,12 +70,7 @@ def check_argv(argv: object) -> Sequence[object]:
 
 def check_grace(grace_period: object) -> float:
     """Seconds between SIGTERM and SIGKILL: a finite number from 0 to MAX_SECONDS."""
-    if isinstance(grace_period, bool) or not isinstance(grace_period, (int, float)):
-        raise ProfileTypeError(f"grace_period must be a number of seconds, not {type(grace_period).__name__}")
-    if not (math.isfinite(grace_period) and 0 <= grace_period <= MAX_SECONDS):
-        raise ProfileError(f"grace_period must be a finite number of seconds from 0 to {MAX_SECONDS:g}, "
-                           f"not {grace_period!r}")
-    return float(grace_period)
+    return check_seconds(grace_period, "grace_period", zero=True)
 
 
 def check_pass_fds(pass_fds: Sequence[int]) -> tuple[int, ...]:
