@@ -7,16 +7,18 @@ here start programs under it.  See the README and docs/ for the model and its li
 from ._anyio_process import JailedProcess, spawn
 from ._asyncio_process import SandboxedProcess, create_sandboxed_subprocess
 from ._cgroup import CgroupReport
-from ._errors import (AiogaolError, ProfileError, ProfileTypeError, ProgramNotFoundError, ProgramPermissionError,
+from ._errors import (AiogaolError, PoolClosedError, ProfileError, ProfileTypeError, ProgramNotFoundError,
+                      ProgramPermissionError,
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
 from ._jail import Usage
-from ._kernel import KernelReport, check
-from ._kernel import support as support
+from ._check import check
+from ._kernel import KernelReport
 from ._limits import DEFAULT_LIMITS, UNLIMITED, Limits
 from ._plan import compile_profile as _compile_profile
 from ._pool import Job, JobResult, JobResults, Pool, PoolStats
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
-                       NetworkOutbound, OperationSupportLevel, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
+                       NetworkOutbound, OperationSupportLevel, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs,
+                       support)
 from ._ready import python_executable, python_profile, system_profile
 from ._run import Result, RunError, Status, run
 from ._spawner import shutdown as shutdown_spawner
@@ -40,4 +42,5 @@ __all__ = [
     "UserNamespacesUnavailable", "check", "create_sandboxed_subprocess", "explain", "python_executable",
     "python_profile", "Result", "RunError", "Status", "run", "shutdown_spawner", "spawn", "support", "system_profile",
     "__version__",
+    "PoolClosedError",
 ]

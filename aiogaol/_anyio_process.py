@@ -17,7 +17,6 @@ it, shielded from cancellation, so no jail outlives the block that started it.  
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,7 +25,8 @@ import anyio.abc
 import anyio.lowlevel
 
 from . import _pacing, _stdio
-from ._jail import JailFacts, RunningJail, launch
+from ._face import JailFace
+from ._jail import RunningJail, launch
 from ._limits import Limits
 from ._profile import Profile
 from ._spawnargs import SpawnArgs, check_argv, check_grace
@@ -115,28 +115,19 @@ class PipeSendStream(_PipeEnd, anyio.abc.ByteSendStream):
             await anyio.lowlevel.cancel_shielded_checkpoint()
 
 
-class JailedProcess(JailFacts, anyio.abc.Process):
+class JailedProcess(JailFace, anyio.abc.Process):
     """A program running in a jail, as an ``anyio.abc.Process``, plus ``usage`` and ``isolation``."""
+
+    _never = "closed"
 
     def __init__(self, jail: RunningJail, args: SpawnArgs, stdin: PipeSendStream | None,
                  stdout: PipeReceiveStream | None, stderr: PipeReceiveStream | None, grace_period: float) -> None:
-        self._jail = jail
+        JailFace.__init__(self, jail, args)
         self._stdin = stdin
         self._stdout = stdout
         self._stderr = stderr
         self._grace_period = grace_period
         self._wait_lock = anyio.Lock()
-        self.args = args.argv
-        self.limits: Limits = args.limits
-
-    def __repr__(self) -> str:
-        return f"<JailedProcess {self.pid} returncode={self._jail.returncode}>"
-
-    @property
-    def returncode(self) -> int | None:
-        """Fresh on every read (as in trio): the exit status if the program has exited, else None."""
-        self._poll()
-        return self._jail.returncode
 
     @property
     def stdin(self) -> PipeSendStream | None:
@@ -205,13 +196,6 @@ class JailedProcess(JailFacts, anyio.abc.Process):
         except ProcessLookupError:
             pass
 
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL the jail's init; the kernel then kills every process in the jail's PID namespace."""
-        self.send_signal(signal.SIGKILL)
-
     async def aclose(self) -> None:
         """End the process's life, whatever state it is in; never raises for an exited program.
 
@@ -232,8 +216,7 @@ class JailedProcess(JailFacts, anyio.abc.Process):
                 if stream is not None:
                     await stream.aclose()
 
-    def __del__(self) -> None:
-        self._reap_abandoned("closed")
+    def _close_ends(self) -> None:
         for name in ("_stdin", "_stdout", "_stderr"):
             stream = getattr(self, name, None)
             if stream is not None and stream._fd >= 0:

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _pacing, _stdio
-from ._jail import JailFacts, RunningJail, launch
+from ._face import JailFace
+from ._jail import RunningJail, launch
 from ._profile import Profile
 from ._spawnargs import SpawnArgs, check_popen_kwargs
 
@@ -36,11 +37,13 @@ async def _wait_readable(fd: int) -> None:
         loop.remove_reader(fd)
 
 
-class SandboxedProcess(JailFacts):
+class SandboxedProcess(JailFace):
     """A jailed program, with ``asyncio.subprocess.Process``'s members plus ``usage`` and ``async with``."""
 
+    _never = "waited for"
+
     def __init__(self, jail: RunningJail, loop: asyncio.AbstractEventLoop, args: SpawnArgs) -> None:
-        self._jail = jail
+        JailFace.__init__(self, jail, args)
         self._loop = loop
         # Resolved when init's pidfd turns readable (while it is pending, a reader watches the pidfd).
         self._exit: asyncio.Future[None] | None = None
@@ -49,16 +52,14 @@ class SandboxedProcess(JailFacts):
         self.stdin: asyncio.StreamWriter | None = None
         self.stdout: asyncio.StreamReader | None = None
         self.stderr: asyncio.StreamReader | None = None
-        self.args = args.argv
 
-    def __repr__(self) -> str:
-        return f"<SandboxedProcess {self.pid}>"
-
-    @property
-    def returncode(self) -> int | None:
-        if self._jail.returncode is None and self._jail.try_reap():
+    def _poll(self) -> bool:
+        if self._jail.returncode is not None:
+            return True
+        if self._jail.try_reap():
             self._stop_watching()
-        return self._jail.returncode
+            return True
+        return False
 
     async def wait(self) -> int:
         """Wait for the program to exit and return its returncode (``-N`` if killed by signal N)."""
@@ -66,8 +67,7 @@ class SandboxedProcess(JailFacts):
             # Reaping is paced like spawning: sixty-four jails that exit together are reaped over a few
             # loop iterations, not in one (see _pacing).
             async with _pacing.paced():
-                if self._jail.try_reap():
-                    self._stop_watching()
+                if self._poll():
                     break
             if self._exit is None or self._exit.done():
                 self._exit = self._loop.create_future()
@@ -95,17 +95,8 @@ class SandboxedProcess(JailFacts):
             self._exit.set_result(None)
 
     def send_signal(self, sig: int) -> None:
+        """As asyncio's: ``ProcessLookupError`` once the program has been reaped."""
         self._jail.send_signal(sig)
-
-    def terminate(self) -> None:
-        import signal
-
-        self._jail.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        import signal
-
-        self._jail.send_signal(signal.SIGKILL)
 
     async def _feed_stdin(self, input: bytes | None) -> None:
         assert self.stdin is not None
@@ -145,18 +136,13 @@ class SandboxedProcess(JailFacts):
             await self.wait()
         self._close_transports()
 
-    async def __aenter__(self) -> "SandboxedProcess":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
+    def _unwatch(self) -> None:
         # A wait() still watching the pidfd loses its reader first: the reap closes that fd.
         watched = getattr(self, "_watched", None)
         if watched is not None and not self._loop.is_closed():
             self._loop.remove_reader(watched)
-        self._reap_abandoned("waited for")
+
+    def _close_ends(self) -> None:
         for t in getattr(self, "_transports", []):
             if not self._loop.is_closed():
                 t.close()

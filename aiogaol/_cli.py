@@ -32,13 +32,14 @@ from . import _cputime, _ready
 from ._anyio_process import spawn
 from ._errors import (AiogaolError, ProfileError, ProgramNotFoundError, ProgramPermissionError,
                       SandboxSetupError, UnsupportedOperation, UserNamespacesUnavailable)
-from ._kernel import KernelReport, check
+from ._check import check
+from ._kernel import KernelReport
 from ._limits import DEFAULT_LIMITS, MAX_SECONDS, Limits, check_limit
 from ._plan import compile_profile
-from ._pool import ERROR, OK, STATUSES, Job, JobResult, Pool
+from ._pool import Job, Pool
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
                        NetworkOutbound, Operation, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
-from ._run import _Outcome, _watch_cpu
+from ._run import Result, Status, _Outcome, _watch_cpu, not_run
 
 EXIT_TIMED_OUT, EXIT_SETUP_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 124, 125, 126, 127
 EXIT_USAGE = 2
@@ -452,7 +453,7 @@ def _setup_failure(e: OSError, stderr: TextIO) -> int:
     return EXIT_SETUP_FAILED
 
 
-def _report(result: JobResult, isolation: str | None) -> dict[str, Any]:
+def _report(result: Result, isolation: str | None) -> dict[str, Any]:
     report = result.to_dict()
     del report["id"], report["latency"]
     report["isolation"] = isolation
@@ -621,7 +622,12 @@ def _job(item: object, number: int) -> Job:
     return Job(argv, encoded, float(timeout) if timeout is not None else None, env, cwd, job_id)
 
 
-def read_jobs(lines: Iterable[bytes | str], bad: list[JobResult]) -> Iterator[Job]:
+def _refused(number: int, error: str, limits: Limits) -> Result:
+    return not_run((), Status.ERROR, "the line was refused", limits, error=error, id=number)
+
+
+def read_jobs(lines: Iterable[bytes | str], bad: list[Result],
+              limits: Limits = DEFAULT_LIMITS) -> Iterator[Job]:
     """One JSON object a line: ``{"argv": [...], "id": ..., "input": "...", "timeout": S, "env": {...},
     "cwd": "..."}``, or a bare JSON list (the argv).  Lines are bytes (or str) decoded one by one, so a
     bad line (not UTF-8, not JSON, nested too deeply, a wrong type) becomes an "error" result for that
@@ -630,18 +636,16 @@ def read_jobs(lines: Iterable[bytes | str], bad: list[JobResult]) -> Iterator[Jo
         try:
             line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError as e:
-            bad.append(JobResult(number, (), ERROR, error=f"line {number}: not UTF-8 (byte {e.start})",
-                                 evidence="the line was refused"))
+            bad.append(_refused(number, f"line {number}: not UTF-8 (byte {e.start})", limits))
             continue
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             yield _job(json.loads(line), number)
         except RecursionError:
-            bad.append(JobResult(number, (), ERROR, error=f"line {number}: nested too deeply",
-                                 evidence="the line was refused"))
+            bad.append(_refused(number, f"line {number}: nested too deeply", limits))
         except ValueError as e:  # json.JSONDecodeError included
-            bad.append(JobResult(number, (), ERROR, error=f"line {number}: {e}", evidence="the line was refused"))
+            bad.append(_refused(number, f"line {number}: {e}", limits))
 
 
 class Progress:
@@ -681,12 +685,12 @@ def _fmt_seconds(value: float | None) -> str:
 
 async def _batch(profile: Profile, limits: Limits, source: Iterable[bytes | str], total: int | None, jobs_n: int,
                  stdout: TextIO, stderr: TextIO) -> int:
-    bad: list[JobResult] = []
-    counts = dict.fromkeys(STATUSES, 0)
+    bad: list[Result] = []
+    counts = dict.fromkeys(Status, 0)
     progress = Progress(stderr, total)
     started = time.monotonic()
     async with Pool(profile, size=jobs_n, limits=limits) as pool:
-        async for result in pool.map(read_jobs(source, bad)):
+        async for result in pool.map(read_jobs(source, bad, limits)):
             while bad:
                 early = bad.pop(0)
                 counts[early.status] += 1
@@ -704,7 +708,7 @@ async def _batch(profile: Profile, limits: Limits, source: Iterable[bytes | str]
     print(f"aiogaol batch: {done} jobs in {time.monotonic() - started:.2f}s with {jobs_n} at a time: "
           f"{parts or 'nothing to do'}; latency p50 {_fmt_seconds(stats.p50)} p90 {_fmt_seconds(stats.p90)} "
           f"p99 {_fmt_seconds(stats.p99)}", file=stderr)
-    return 0 if counts[OK] == done else 1
+    return 0 if counts[Status.OK] == done else 1
 
 
 def cmd_batch(ns: argparse.Namespace, stdin: Any, stdout: TextIO, stderr: TextIO) -> int:

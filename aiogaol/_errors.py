@@ -58,6 +58,11 @@ class ProgramPermissionError(SandboxSetupError, PermissionError):
     """The program exists in the jail but may not be executed there."""
 
 
+class PoolClosedError(AiogaolError, RuntimeError):
+    """A job was given to a pool that is not open: closed already, or never opened (``await pool.open()``
+    or ``async with Pool(...)`` first).  A ``RuntimeError``, as using any closed resource is."""
+
+
 class UserNamespacesUnavailable(AiogaolError, OSError):
     """This host forbids unprivileged user namespaces; the message names the setting that does."""
 

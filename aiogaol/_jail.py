@@ -14,7 +14,6 @@ import signal
 import socket
 import struct
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 from dataclasses import dataclass
@@ -190,46 +189,6 @@ class RunningJail:
         if self._lifeline is not None:
             self._lifeline.close()
             self._lifeline = None
-
-
-class JailFacts:
-    """What both process faces report from their RunningJail, defined once for the two."""
-
-    _jail: RunningJail
-
-    @property
-    def pid(self) -> int:
-        """The host PID of the jail's init (the server's own child)."""
-        return self._jail.pid
-
-    @property
-    def isolation(self) -> str:
-        """"namespaces" (the full jail) or "landlock" (the fallback, with weaker guarantees)."""
-        return self._jail.isolation
-
-    @property
-    def usage(self) -> Usage | None:
-        """CPU, memory and wall time of the whole jail, once it has exited."""
-        return self._jail.usage
-
-    def _reap_abandoned(self, never: str) -> None:
-        """For the faces' finalisers: a jail nobody waited for is killed and reaped, with a warning
-        (``never`` says what the caller failed to do)."""
-        jail = getattr(self, "_jail", None)  # absent if __init__ never ran
-        if jail is not None and jail.returncode is None:
-            warnings.warn(f"{self!r} was never {never}; killing and reaping it", ResourceWarning,
-                          stacklevel=3, source=self)
-            jail.reap_blocking()
-
-    @property
-    def step_timings(self) -> dict[str, float] | None:
-        """A diagnostic, with ``AIOGAOL_STEP_TIMINGS=1``: seconds from the request being sent to each step
-        of the set-up reached (named as in error messages), then "answered" (the exec was seen) and
-        "reaped", in order; None otherwise."""
-        t = self._jail.timings
-        if t is None:
-            return None
-        return {name: (ns - t["sent"]) / 1e9 for name, ns in sorted(t.items(), key=lambda kv: kv[1])}
 
 
 def _lifeline_gone(sock: socket.socket) -> bool:

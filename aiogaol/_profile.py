@@ -2,8 +2,9 @@
 
 Pure policy.  Nothing here makes a syscall except looking at the host's paths to resolve symlinks, which
 the issue demands happen once, when the profile is made, so that a rule cannot be redirected later.
-Whether the running kernel can enforce an operation is asked of ``_kernel`` (a platform fact), exactly as
-gaol asks its platform module for ``OperationSupport``.
+Whether the running kernel can enforce an operation is judged here (``support``) from ``_kernel``'s facts,
+exactly as gaol asks its platform module for ``OperationSupport``; ``_kernel`` knows nothing of profiles,
+so the two do not import each other.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Union
 
+from . import _kernel
 from ._errors import ProfileError, ProfileTypeError, UnsupportedOperation
 
 
@@ -189,6 +191,35 @@ class OperationSupportLevel(enum.Enum):
     ALWAYS_ALLOWED = "always allowed"
 
 
+def support(op: Operation) -> tuple[OperationSupportLevel, str]:
+    """gaol's OperationSupport for this kernel: the level, and the reason when it is not CAN_BE_ALLOWED.
+
+    A judgement of policy on a fact of the platform: the operation is ours, the Landlock ABI is
+    ``_kernel``'s (read through the module, so that a test can stand in for another kernel).
+    """
+    if isinstance(op, FileReadMetadata):
+        # The path is bound so that stat sees it, and Landlock (any ABI) grants it no right: open,
+        # listing and exec fail.  Without Landlock only the mounts remain, which cannot say "stat only".
+        if _kernel.landlock_abi() < 1:
+            return (OperationSupportLevel.CANNOT_BE_ALLOWED_PRECISELY,
+                    "metadata-only access needs Landlock, which this kernel lacks (or has disabled); "
+                    "use FileReadAll to grant reading")
+        return OperationSupportLevel.CAN_BE_ALLOWED, ""
+    if isinstance(op, NetworkOutbound) and isinstance(op.address, Tcp):
+        # Connect to that port only: Landlock's TCP rules (ABI 4) for the port and against bind, and its
+        # abstract-socket scope (ABI 6), since the jail then shares the host's network namespace and so
+        # its abstract Unix sockets; the seccomp filter refuses every other kind of socket.
+        abi = _kernel.landlock_abi()
+        if abi < 6:
+            return (OperationSupportLevel.CANNOT_BE_ALLOWED_PRECISELY,
+                    f"per-port TCP needs Landlock ABI 6 (TCP port rules and abstract-socket scoping, Linux "
+                    f"6.12); this kernel has ABI {abi}; use NetworkOutbound(AllAddresses())")
+        return OperationSupportLevel.CAN_BE_ALLOWED, ""
+    if isinstance(op, NetworkOutbound) and isinstance(op.address, LocalSocket):
+        return OperationSupportLevel.CAN_BE_ALLOWED, ""
+    return OperationSupportLevel.CAN_BE_ALLOWED, ""
+
+
 # --------------------------------------------------------------------------------------------------
 # Host path resolution
 
@@ -312,10 +343,8 @@ class Profile:
                 raise ProfileTypeError(f"not a profile operation: {op!r}")
             if op not in ops:
                 ops.append(op)
-        from . import _kernel  # a platform fact, asked once per operation
-
         for op in ops:
-            level, reason = _kernel.support(op)
+            level, reason = support(op)  # a platform fact, asked once per operation
             if level is not OperationSupportLevel.CAN_BE_ALLOWED:
                 raise UnsupportedOperation(op, reason)
         resolved: dict[str, ResolvedPath] = {}

@@ -18,7 +18,8 @@ import math
 import os
 import signal as _signal
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import anyio
@@ -68,7 +69,7 @@ class RunError(Exception):
     def __init__(self, result: "Result") -> None:
         self.result = result
         super().__init__(f"{result.args[0] if result.args else 'program'}: {result.status.value} "
-                         f"(returncode {result.returncode}; {result.evidence})")
+                         f"(returncode {result.returncode}; {result.error or result.evidence})")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class Result:
     """
 
     args: tuple[str, ...]
-    returncode: int
+    returncode: int | None
     signal: int | None
     stdout: bytes
     stderr: bytes
@@ -99,10 +100,23 @@ class Result:
     stderr_truncated: bool = False
     isolation: str = "namespaces"
     cgroup: CgroupReport | None = None
+    # A pool's job: the ``id`` it was given, the ``latency`` from the call (including any wait for a free
+    # slot) to the result, and for status "error" why (``error``) and the exception behind it
+    # (``ProgramNotFoundError``, ``SandboxSetupError``...; not part of ``meta`` or ``to_dict``).
+    id: Any = None
+    latency: float | None = None
+    error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
+
+    @property
+    def ran(self) -> bool:
+        """False for a pool's job that never started ("error", or "cancelled"/"timed-out" before its
+        jail was built): ``returncode`` is then None and the usage figures are zero."""
+        return self.returncode is not None
 
     @property
     def memory_peak(self) -> int | None:
@@ -117,9 +131,9 @@ class Result:
 
     def meta(self) -> dict[str, Any]:
         """The report as plain data (JSON-ready), without the output itself."""
-        data = asdict(self)
-        for key in ("stdout", "stderr"):
-            data.pop(key)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("stdout", "stderr", "exception")}
+        data["limits"] = asdict(self.limits)
+        data["cgroup"] = asdict(self.cgroup) if self.cgroup is not None else None
         data["status"] = self.status.value
         data["stdout_bytes"] = len(self.stdout)
         data["stderr_bytes"] = len(self.stderr)
@@ -127,6 +141,28 @@ class Result:
         if data["cgroup"] is not None:
             data["cgroup"]["controllers"] = sorted(data["cgroup"]["controllers"])
         return data
+
+    def to_dict(self) -> dict[str, Any]:
+        """One line of ``aiogaol batch`` (JSON-ready; output decoded as UTF-8 with replacement): the
+        job's id, argv, status and output, and its usage (None where it never ran)."""
+        ran = self.ran
+        return {
+            "id": self.id, "argv": list(self.args), "status": self.status, "returncode": self.returncode,
+            "signal": self.signal, "stdout": self.stdout.decode(errors="replace"),
+            "stderr": self.stderr.decode(errors="replace"), "wall_time": self.wall_time if ran else None,
+            "cpu_time": self.cpu_time if ran else None, "max_rss": self.max_rss if ran else None,
+            "latency": self.latency, "error": self.error, "evidence": self.evidence,
+        }
+
+
+def not_run(args: tuple[str, ...], status: Status, evidence: str, limits: Limits, *, isolation: str = "namespaces",
+            error: str | None = None, exception: BaseException | None = None, id: Any = None) -> Result:
+    """The result of a job that never started: refused, cancelled or out of time before its jail existed,
+    or whose jail could not be built.  A result, not an exception, because in a pool or a batch it is a
+    fact about that job, and its neighbours go on."""
+    return Result(args=args, returncode=None, signal=None, stdout=b"", stderr=b"", status=status, evidence=evidence,
+                  wall_time=0.0, cpu_time=0.0, max_rss=0, limits=limits, isolation=isolation, id=id, error=error,
+                  exception=exception)
 
 
 def enforcement(limits: Limits, jail: RunningJail | None = None) -> dict[str, str]:
@@ -194,12 +230,16 @@ def _signame(sig: int) -> str:
 
 def _classify(limits: Limits, returncode: int, stderr: bytes, cpu_time: float, timed_out: bool,
               output_capped: bool, *, max_rss: int = 0, cgroup: CgroupReport | None = None,
-              jail_cpu_capped: bool = False, cpu_source: str = "cgroup cpu.stat") -> tuple[Status, str]:
+              jail_cpu_capped: bool = False, cpu_source: str = "cgroup cpu.stat",
+              stopped: bool = False) -> tuple[Status, str]:
     """The status and the evidence for it: certain causes first (our own kills, the kernel's counters,
     the rlimit signals), then inferences from the program's stderr and its last resident size."""
     sig = -returncode if returncode < 0 else None
+    if stopped:
+        return Status.CANCELLED, "the pool was cancelled; the jail was killed"
     if timed_out:
-        return Status.TIMED_OUT, f"wall time {limits.wall_time} s ran out; the event loop ended the jail"
+        return Status.TIMED_OUT, (f"the deadline (wall time {limits.wall_time} s) ran out; the event loop ended "
+                                  "the jail")
     if output_capped:
         return Status.OUTPUT_LIMIT, f"more than {limits.output} bytes on one stream; the jail was killed"
     if jail_cpu_capped:
@@ -244,6 +284,7 @@ class _Outcome:
     """What the event loop did to the jail, for the report."""
 
     timed_out: bool = False
+    stopped: bool = False
     jail_cpu_capped: bool = False
     cpu_source: str = "cgroup cpu.stat"
     capped: dict[str, bool] = field(default_factory=lambda: {"stdout": False, "stderr": False})
@@ -271,12 +312,12 @@ def _signal_quietly(jail: RunningJail, sig: int) -> None:
         pass
 
 
-async def _supervise(jail: RunningJail, limits: Limits, grace: float, outcome: _Outcome) -> None:
-    """Wait for the exit within the wall time; past it: SIGTERM, grace, SIGKILL of the program through
-    init (usage stays whole), grace, SIGKILL of init (the namespace goes with it).  Whatever ends this
-    early (cancellation, an error) kills and reaps the jail before it propagates."""
+async def _supervise(jail: RunningJail, expires: float, grace: float, outcome: _Outcome) -> None:
+    """Wait for the exit until ``expires`` (the event loop's clock); past it: SIGTERM, grace, SIGKILL of
+    the program through init (usage stays whole), grace, SIGKILL of init (the namespace goes with it).
+    Whatever ends this early (cancellation, an error) kills and reaps the jail before it propagates."""
     try:
-        with anyio.move_on_after(limits.wall_time if limits.wall_time is not None else math.inf):
+        with anyio.CancelScope(deadline=expires):
             await _wait_exit(jail)
         if jail.try_reap():
             return
@@ -363,6 +404,32 @@ def _close(fds: list[int]) -> None:
     fds.clear()
 
 
+class Steering:
+    """How a pool steers one run through ``run``'s own path: a ``deadline`` on the event loop's clock
+    that bounds the whole job, the building of its jail included (past it: "timed-out", by the same
+    SIGTERM, grace, SIGKILL as a wall time), and ``stop()``, which ends the job as "cancelled" with its
+    jail killed and reaped and what it had written so far kept.  ``stop`` may come from any task and at
+    any moment: before the job starts, while its jail is built, or while it runs."""
+
+    def __init__(self, deadline: float = math.inf) -> None:
+        self.deadline = deadline
+        self.stopped = False
+        self._scope: anyio.CancelScope | None = None
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def scope(self, deadline: float = math.inf) -> anyio.CancelScope:
+        """The cancel scope of the next phase (building, then running): ``stop`` cancels it."""
+        scope = anyio.CancelScope(deadline=deadline)
+        if self.stopped:
+            scope.cancel()
+        self._scope = scope
+        return scope
+
+
 async def run(
     profile: Profile,
     argv: Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]],
@@ -382,42 +449,79 @@ async def run(
     anything starts, for bad arguments, and ``OSError`` subclasses naming the step when the jail cannot
     be built.  Cancelling ``run`` kills and reaps the jail before the cancellation propagates.
     """
+    return await steered_run(profile, argv, input=input, limits=limits, env=env, cwd=cwd, pass_fds=pass_fds,
+                             isolation=isolation, grace_period=grace_period)
+
+
+async def steered_run(
+    profile: Profile,
+    argv: Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]],
+    *,
+    input: bytes | None = None,
+    limits: Limits | None = None,
+    env: Mapping[Any, Any] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    pass_fds: Sequence[int] = (),
+    isolation: str = "namespaces",
+    grace_period: float = DEFAULT_GRACE,
+    steering: Steering | None = None,
+) -> Result:
+    """``run`` itself, and the pool's way in: with ``steering`` the wall time runs to
+    ``steering.deadline`` instead of ``limits.wall_time`` from the start of the program, and a job
+    stopped or out of time before its jail exists is a result ("cancelled", "timed-out") without one."""
     check_argv(argv)
     if input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
         raise ProfileTypeError(f"input must be bytes or None, not {type(input).__name__}")
     grace = check_grace(grace_period)
     limits = resolve_limits(limits)
+    args = tuple(os.fsdecode(a) for a in argv)
     ours: list[int] = []  # our ends: stdin (write) or -1, stdout, stderr
     theirs: list[int] = []  # the jail's ends, closed as soon as the helper has them
-    async with _pacing.starting() as ticket:
-        spawn = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds, limits=limits,
-                                isolation=isolation)
-        try:
-            if input is not None:
-                r, w = os.pipe2(os.O_CLOEXEC)
-                theirs.append(r)
-                ours.append(w)
-            else:
-                theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-                ours.append(-1)
-            for _ in range(2):
-                r, w = os.pipe2(os.O_CLOEXEC)
-                ours.append(r)
-                theirs.append(w)
-            for fd in ours:
-                if fd >= 0:
-                    os.set_blocking(fd, False)
-            jail = await launch(spawn, stdio=list(theirs), wait_readable=anyio.wait_readable, ticket=ticket)
-        except BaseException:
-            _close(ours)
-            _close(theirs)
-            raise
+    building = steering.scope(steering.deadline) if steering is not None else nullcontext()
+    jail: RunningJail | None = None
+    with building:
+        async with _pacing.starting() as ticket:
+            spawn = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds,
+                                    limits=limits, isolation=isolation)
+            try:
+                if input is not None:
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    theirs.append(r)
+                    ours.append(w)
+                else:
+                    theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                    ours.append(-1)
+                for _ in range(2):
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    ours.append(r)
+                    theirs.append(w)
+                for fd in ours:
+                    if fd >= 0:
+                        os.set_blocking(fd, False)
+                jail = await launch(spawn, stdio=list(theirs), wait_readable=anyio.wait_readable, ticket=ticket)
+            except BaseException:
+                _close(ours)
+                _close(theirs)
+                raise
+    if jail is None:  # only a steered run gets here: stopped, or out of time, before its jail existed
+        _close(ours)
+        _close(theirs)
+        assert steering is not None
+        if steering.stopped:
+            return not_run(args, Status.CANCELLED, "cancelled while the jail was being built", limits,
+                           isolation=isolation)
+        return not_run(args, Status.TIMED_OUT, f"the deadline of {limits.wall_time} s passed while the jail "
+                       "was being built", limits, isolation=isolation)
     _close(theirs)
 
     outcome = _Outcome()
     outputs = {"stdout": bytearray(), "stderr": bytearray()}
     pump_scopes = [anyio.CancelScope(), anyio.CancelScope()]
     helper_scopes = [anyio.CancelScope(), anyio.CancelScope()]  # the feed and the CPU watch
+    if steering is not None:
+        expires = steering.deadline
+    else:
+        expires = anyio.current_time() + limits.wall_time if limits.wall_time is not None else math.inf
     try:
         async with anyio.create_task_group() as tg:
             for fd, name, scope in zip(ours[1:], ("stdout", "stderr"), pump_scopes):
@@ -426,7 +530,10 @@ async def run(
                 tg.start_soon(_feed, ours, bytes(input), helper_scopes[0])
             if limits.cpu_time is not None and (jail.cgroup is not None or _cputime.available()):
                 tg.start_soon(_watch_cpu, jail, limits.cpu_time, outcome, helper_scopes[1])
-            await _supervise(jail, limits, grace, outcome)
+            running = steering.scope() if steering is not None else nullcontext()
+            with running:
+                await _supervise(jail, expires, grace, outcome)
+            outcome.stopped = isinstance(running, anyio.CancelScope) and running.cancelled_caught
             # The jail is gone and init took its orphans with it: the pumps reach EOF once drained.
             for scope in helper_scopes:
                 scope.cancel()
@@ -449,9 +556,9 @@ async def run(
     status, evidence = _classify(limits, returncode, stderr, cpu_time, outcome.timed_out,
                                  outcome.capped["stdout"] or outcome.capped["stderr"], max_rss=usage.max_rss,
                                  cgroup=report, jail_cpu_capped=outcome.jail_cpu_capped,
-                                 cpu_source=outcome.cpu_source)
+                                 cpu_source=outcome.cpu_source, stopped=outcome.stopped)
     return Result(
-        args=tuple(os.fsdecode(a) for a in argv),
+        args=args,
         returncode=returncode,
         signal=-returncode if returncode < 0 else None,
         stdout=bytes(outputs["stdout"]),

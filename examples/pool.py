@@ -48,7 +48,7 @@ for i in range(12):
 LIMITS = aiogaol.Limits(wall_time=1.5, cpu_time=1.0, memory=256 << 20, processes=16, output=64 << 10)
 
 
-def verdict(result: aiogaol.JobResult, expected: str) -> str:
+def verdict(result: aiogaol.Result, expected: str) -> str:
     """The usual judge verdicts, from the pool's status and what the program printed."""
     if result.status == "timed-out":
         return "TLE"

@@ -415,7 +415,7 @@ def is_job_line(line: bytes) -> bool:
 @given(st.lists(LINE, max_size=8))
 def test_batch_lines_become_jobs_or_error_results(lines: list[bytes]) -> None:
     COUNTS["batch line (parsed)"] += len(lines)
-    bad: list[aiogaol.JobResult] = []
+    bad: list[aiogaol.Result] = []
     jobs = list(read_jobs([line + b"\n" for line in lines], bad))
     assert len(jobs) + len(bad) == sum(map(is_job_line, lines))
     for result in bad:

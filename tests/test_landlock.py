@@ -11,7 +11,7 @@ import pytest
 
 import aiogaol
 from aiogaol import FileReadMetadata, Literal, NetworkOutbound, OperationSupportLevel, Subpath, Tcp
-from aiogaol import _kernel
+from aiogaol import _kernel, _profile
 
 from .jailtools import python_json
 
@@ -56,7 +56,7 @@ PROBE = textwrap.dedent("""
 
 @needs_landlock
 def test_metadata_only_can_be_allowed_on_this_kernel() -> None:
-    level, reason = _kernel.support(FileReadMetadata(Subpath("/etc")))
+    level, reason = _profile.support(FileReadMetadata(Subpath("/etc")))
     assert level is OperationSupportLevel.CAN_BE_ALLOWED, reason
 
 

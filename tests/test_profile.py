@@ -9,7 +9,7 @@ import pytest
 import aiogaol
 from aiogaol import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
                      NetworkOutbound, OperationSupportLevel, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
-from aiogaol._kernel import support
+from aiogaol._profile import support
 
 
 def test_profile_is_immutable_and_hashable() -> None:
