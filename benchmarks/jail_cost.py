@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""What a /bin/true jail costs in CPU, and what each spawner shortcut is worth, on a machine that may be busy.
+
+benchmarks/spawn.py measures the clock; on a host shared with other work its figures move with the load.
+These two measurements hold up better there:
+
+    python benchmarks/jail_cost.py cpu [--n 300]
+        N sequential /bin/true jails (spawn.py's aiogaol profile): the median latency, and CPU per jail of
+        the server process, the spawner (/proc/PID/stat) and the jails' own processes (RUSAGE_CHILDREN:
+        each init, with the program, is the server's child).
+
+    python benchmarks/jail_cost.py modes [--modes full,waiting,none,eager] [--rounds 8] [--n 60]
+        The spawner's shortcuts (AIOGAOL_SPAWNER_AHEAD) alternating round by round in one process, a new
+        spawner per round: the median of each round's median latency, per mode.
+
+--server-nice runs the jails at the server's niceness (Limits(nice=None)) instead of 19, so that on a
+busy host a nice -15 server keeps other work off the path being measured.  Run it from the tree to
+measure (the aiogaol it imports is that tree's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import spawn  # noqa: E402  (the same tool, profile and stdio as spawn.py's aiogaol)
+
+import aiogaol  # noqa: E402
+from aiogaol import _spawner  # noqa: E402
+
+
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _one(profile: aiogaol.Profile, kw: dict[str, Any]) -> float:
+    t0 = time.perf_counter()
+    proc = await aiogaol.create_sandboxed_subprocess(profile, "/bin/true", stdin=spawn.DEVNULL,
+                                                     stdout=spawn.DEVNULL, stderr=spawn.DEVNULL, **kw)
+    if await proc.wait() != 0:
+        raise SystemExit("/bin/true failed in the jail")
+    return time.perf_counter() - t0
+
+
+async def cpu(n: int, kw: dict[str, Any]) -> dict[str, Any]:
+    profile = spawn.Aiogaol(aiogaol).profiles[False]
+    for _ in range(30):
+        await _one(profile, kw)  # warm: the spawner started, its waiting init made
+    (spawner,) = [s.pid for s in _spawner._spawners.values()]
+    c0, s0, p0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), _proc_cpu(spawner)
+    lat = [await _one(profile, kw) for _ in range(n)]
+    c1, s1, p1 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), _proc_cpu(spawner)
+    jail = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
+    return {"n": n, "median_ms": round(statistics.median(lat) * 1e3, 3),
+            "cpu_ms_per_jail": {"server": round((s1 - s0) / n * 1e3, 3), "spawner": round((p1 - p0) / n * 1e3, 3),
+                                "jail": round(jail / n * 1e3, 3)},
+            "load": round(os.getloadavg()[0], 1)}
+
+
+async def modes(names: list[str], rounds: int, n: int, kw: dict[str, Any]) -> dict[str, Any]:
+    profile = spawn.Aiogaol(aiogaol).profiles[False]
+    medians: dict[str, list[float]] = {m: [] for m in names}
+    for _ in range(rounds):
+        for mode in names:
+            os.environ[_spawner.AHEAD_ENV] = mode
+            aiogaol.shutdown_spawner()  # the next spawn starts a spawner with this mode
+            for _ in range(10):
+                await _one(profile, kw)
+            medians[mode].append(statistics.median([await _one(profile, kw) for _ in range(n)]) * 1e3)
+    return {"rounds": rounds, "n": n, "load": round(os.getloadavg()[0], 1),
+            "median_of_medians_ms": {m: round(statistics.median(v), 2) for m, v in medians.items()},
+            "per_round_ms": {m: [round(x, 2) for x in v] for m, v in medians.items()}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("cpu", "modes"))
+    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--modes", default=",".join(_spawner.AHEAD_MODES))
+    p.add_argument("--server-nice", action="store_true", help="jails at the server's niceness, not 19")
+    args = p.parse_args()
+    kw: dict[str, Any] = {"limits": aiogaol.Limits(nice=None)} if args.server_nice else {}
+    if args.what == "cpu":
+        out = asyncio.run(cpu(args.n or 300, kw))
+    else:
+        out = asyncio.run(modes(args.modes.split(","), args.rounds, args.n or 60, kw))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
