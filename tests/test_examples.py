@@ -122,6 +122,8 @@ def test_python_pool_example(backend: str) -> None:
     assert "'45'" in done.stdout and "'False False'" in done.stdout and "ValueError: bad input" in done.stdout
     assert "40 jobs, 1 warm interpreter(s) started" in done.stdout
 
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_code_interpreter_session(backend: str) -> None:
     done = run_example(str(EXAMPLES / "code_interpreter.py"), backend)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -137,6 +139,7 @@ def test_code_interpreter_session(backend: str) -> None:
     assert "[stubborn] timed-out (state lost: the kernel was restarted)" in out
     assert "[fresh kernel] ok value=False" in out
     assert "report.txt" in out.split("files:")[1] and "closed: True" in out
+
 
 def test_ray_pool_example_runs_a_batch_over_two_nodes() -> None:
     pytest.importorskip("ray", reason="Ray is not installed here (pip install 'aiogaol[ray]')")
