@@ -388,7 +388,11 @@ def warm_interpreters() -> set[int]:
     """This process's children that are PythonPool warm interpreters."""
     found = set()
     for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
+        try:  # a thread (a worker of another test's server) may end meanwhile, a child too
+            pids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
             try:
                 if b"_aiogaol_zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.add(int(pid))
