@@ -16,9 +16,9 @@ otherwise weigh on every row differently, inside and outside the jail, and say n
 
 Then, without HTTP and at the server's concurrency, what the warm path saves: ``PythonPool.run`` (as
 the service runs it) beside ``aiogaol.run`` of ``python -S -c`` and of ``python -c`` with site (the
-shipped table's python, which the ``.pth`` hooks weigh on).  And one compiled request (a C hello: compile, run) two ways, at the server's
-concurrency: as the service runs it (``Runner.run_code``: a host working directory under the spool,
-two ``aiogaol.run`` jails and the size watch) and in a sandbox (``open_sandbox``, ``write_file``, two
+shipped table's python, which the ``.pth`` hooks weigh on).  And one compiled request (a C hello:
+compile, run) two ways, at the server's concurrency: as the service runs it (``Runner.run_code``: a
+host working directory under the spool, two ``aiogaol.run`` jails and the size watch) and in a sandbox (``open_sandbox``, ``write_file``, two
 ``exec``, ``aclose``): the cost of moving compiled languages onto a sandbox's capped tmpfs.
 
     python benchmarks/service.py                    # concurrency 8 and 64, 400 requests each
@@ -202,7 +202,8 @@ async def compiled(n: int, concurrency: int) -> dict[str, dict[str, float]]:
             assert reply["run_result"]["stdout"] == "hi\n", reply
 
         async def sandbox_path() -> None:
-            async with await aiogaol.open_sandbox(profile, limits=limits, workspace_size=runner.settings.workdir_size) as sb:
+            async with await aiogaol.open_sandbox(profile, limits=limits,
+                                                  workspace_size=runner.settings.workdir_size) as sb:
                 await sb.write_file("main.c", C_HELLO)
                 built = await sb.exec([gcc, *c.compile[1:]] if c.compile else [gcc], timeout=10, env=env)
                 assert built.returncode == 0, built
@@ -253,14 +254,16 @@ def main() -> None:
         print(f"python print(1), no HTTP, concurrency {ns.server_concurrency}, {ns.compiled_requests} requests each:")
         base = py_figures["PythonPool.run"]["rps"]
         for name, f in py_figures.items():
-            print(f"{'':>11} {name:<16} {f['rps']:>8.1f} req/s  p50 {f['p50_ms']:>7.1f} ms  p99 {f['p99_ms']:>7.1f} ms  "
+            print(f"{'':>11} {name:<16} {f['rps']:>8.1f} req/s  p50 {f['p50_ms']:>7.1f} ms  "
+                  f"p99 {f['p99_ms']:>7.1f} ms  "
                   f"{base / f['rps']:>5.2f} x the warm pool's time")
     if c_figures:
         print(f"C hello (compile + run), no HTTP, concurrency {ns.server_concurrency}, "
               f"{ns.compiled_requests} requests each:")
         base = c_figures["spool + 2 runs"]["rps"]
         for name, f in c_figures.items():
-            print(f"{'':>11} {name:<16} {f['rps']:>8.1f} req/s  p50 {f['p50_ms']:>7.1f} ms  p99 {f['p99_ms']:>7.1f} ms  "
+            print(f"{'':>11} {name:<16} {f['rps']:>8.1f} req/s  p50 {f['p50_ms']:>7.1f} ms  "
+                  f"p99 {f['p99_ms']:>7.1f} ms  "
                   f"{base / f['rps']:>5.2f} x the service's way")
     if ns.json:
         Path(ns.json).write_text(json.dumps({"requests": ns.requests, "server_concurrency": ns.server_concurrency,

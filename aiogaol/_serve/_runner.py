@@ -25,8 +25,8 @@ from .._profile import Profile
 from .._run import Result, Status, run
 from . import _session
 from ._languages import Language, LanguageUnavailable
-from ._schema import (ERROR, BadRequest, FAILED, FINISHED, SANDBOX_ERROR, SUCCESS, TIME_LIMIT, RunCode, RunJupyter,
-                      encode_files, overall_status)
+from ._schema import (ERROR, FINISHED, SANDBOX_ERROR, TIME_LIMIT, BadRequest, RunCode, RunJupyter, encode_files,
+                      overall_status)
 from ._warm import WarmPython
 from ._workspace import Workspace, tree_size_over
 
