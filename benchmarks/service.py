@@ -18,8 +18,9 @@ Then, without HTTP and at the server's concurrency, what the warm path saves: ``
 the service runs it) beside ``aiogaol.run`` of ``python -S -c`` and of ``python -c`` with site (the
 shipped table's python, which the ``.pth`` hooks weigh on).  And one compiled request (a C hello:
 compile, run) two ways, at the server's concurrency: as the service runs it (``Runner.run_code``: a
-host working directory under the spool, two ``aiogaol.run`` jails and the size watch) and in a sandbox (``open_sandbox``, ``write_file``, two
-``exec``, ``aclose``): the cost of moving compiled languages onto a sandbox's capped tmpfs.
+host working directory under the spool, two ``aiogaol.run`` jails and the size watch) and in a sandbox
+(``open_sandbox``, ``write_file``, two ``exec``, ``aclose``): the cost of moving compiled languages onto
+a sandbox's capped tmpfs.
 
     python benchmarks/service.py                    # concurrency 8 and 64, 400 requests each
     python benchmarks/service.py --requests 100 --concurrency 8
