@@ -376,6 +376,15 @@ def test_jupyter_hung_cell_loses_the_state_and_the_session_goes_on(service: str)
     assert cells[4]["display"] == [{"text/plain": "2"}]
 
 
+def test_jupyter_cell_that_kills_the_sandbox_ends_only_its_session(service: str) -> None:
+    cells = ["x = 1", "import os, signal; os.kill(2, signal.SIGKILL)", "x"]  # PID 2: the sandbox's agent
+    reply = post(service, "/run_jupyter", {"cells": cells})
+    assert reply["status"] == "Failed" and reply["driver"]["aiogaol_status"] == "sandbox-ended", reply
+    assert reply["driver"]["return_code"] == -9 and "agent" in reply["message"]
+    assert reply["cells"][0]["error"] == [] and len(reply["cells"]) < 3
+    assert post(service, "/run_jupyter", {"cells": ["6 * 7"]})["cells"][0]["display"] == [{"text/plain": "42"}]
+
+
 def test_jupyter_memory_limit_is_an_error_cell(service: str) -> None:
     reply = post(service, "/run_jupyter", {"cells": ["x = bytearray(600 << 20)", "len('still here')"],
                                            "memory_limit_MB": 300})

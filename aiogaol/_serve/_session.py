@@ -61,12 +61,14 @@ def cell_result(result: CodeResult, cell_timeout: float) -> dict[str, Any]:
             "stderr_truncated": result.stderr_truncated}
 
 
-def _driver(ended_by_time: bool, wall: float, evidence: str) -> dict[str, Any]:
+def _driver(ended_by_time: bool, ended: bool, wall: float, evidence: str) -> dict[str, Any]:
     """The ``driver`` of SandboxFusion's answer: the session as one command (its kernel's stdout is the
-    cells', so empty here)."""
+    cells', so empty here).  ``ended``: the sandbox ended under it before its time (a cell killed its
+    agent), as a driver killed by a signal."""
     return {"status": TIME_LIMIT if ended_by_time else FINISHED, "execution_time": round(wall, 6),
-            "return_code": None if ended_by_time else 0, "stdout": "", "stderr": "",
-            "aiogaol_status": "timed-out" if ended_by_time else "ok", "aiogaol_evidence": evidence}
+            "return_code": None if ended_by_time else -9 if ended else 0, "stdout": "", "stderr": "",
+            "aiogaol_status": "timed-out" if ended_by_time else "sandbox-ended" if ended else "ok",
+            "aiogaol_evidence": evidence}
 
 
 def _answer(status: str, message: str, driver: dict[str, Any] | None, cells: list[dict[str, Any]],
@@ -127,7 +129,7 @@ async def run_jupyter(req: RunJupyter, profile: Profile, limits: Limits, *, work
     cells: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     files: dict[str, bytes] = {}
-    ended_by_time = False
+    ended_by_time = ended = False
     evidence = ""
     try:
         try:
@@ -147,18 +149,20 @@ async def run_jupyter(req: RunJupyter, profile: Profile, limits: Limits, *, work
                     ended_by_time = True
                     break
                 cells.append(cell_result(result, req.cell_timeout))
-            evidence = (f"total_timeout = {req.total_timeout:g} s ended the session after {len(cells)} cells"
-                        if ended_by_time else f"{len(cells)} cells ran")
+            evidence = (f"total_timeout = {req.total_timeout:g} s ended the session; cells answered: {len(cells)}"
+                        if ended_by_time else f"cells run: {len(cells)}")
             files = await _fetch(sb, req.fetch_files, skipped)
-        except SandboxClosed as e:  # its lifetime (total_timeout and a grace) ended it in a call
-            ended_by_time = True
+        except SandboxClosed as e:
+            # Its lifetime (total_timeout and a grace) ended it in a call, or a cell killed its agent.
+            ended_by_time = anyio.current_time() >= deadline
+            ended = not ended_by_time
             evidence = str(e)
         except SandboxError as e:  # its agent died or misbehaved: the sandbox was ended
             log.warning("run_jupyter: %s", e)
             return _answer(SANDBOX_ERROR, f"the sandbox failed: {e}", None, cells, {}, {})
     finally:
         await sb.aclose()
-    driver = _driver(ended_by_time, anyio.current_time() - started, evidence)
-    if ended_by_time:
+    driver = _driver(ended_by_time, ended, anyio.current_time() - started, evidence)
+    if ended_by_time or ended:
         return _answer(FAILED, f"the session ended early: {evidence}", driver, cells, files, skipped)
     return _answer(SUCCESS, "", driver, cells, files, skipped)
