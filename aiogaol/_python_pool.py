@@ -412,11 +412,12 @@ class PythonPool:
     paid once, at ``open()``, not per job.  ``size`` bounds the jobs running at once (default: the CPUs
     this process may use); ``limits`` apply to each job (``run``'s ``timeout`` overrides their
     ``wall_time``); ``python`` is the interpreter to warm (default ``sys.executable``; it must be able to
-    import cffi).  Use ``async with``, or ``await pool.open()`` and ``await pool.aclose()`` from any tasks.
+    import cffi); ``cwd`` is every job's working directory in its jail (default ``/``).  Use ``async with``, or ``await pool.open()`` and ``await pool.aclose()`` from any tasks.
     """
 
     def __init__(self, profile: Profile, *, preload: Iterable[str] = (), size: int | None = None,
-                 limits: Limits | None = None, python: str | os.PathLike[str] | None = None) -> None:
+                 limits: Limits | None = None, python: str | os.PathLike[str] | None = None,
+                 cwd: str | None = None) -> None:
         if not isinstance(profile, Profile):
             raise ProfileTypeError(f"profile must be an aiogaol.Profile, not {type(profile).__name__}")
         if isinstance(preload, (str, bytes)):
@@ -436,6 +437,7 @@ class PythonPool:
         exe = os.fspath(python) if python is not None else sys.executable
         if not isinstance(exe, str) or not os.path.isabs(exe) or not os.access(exe, os.X_OK):
             raise ProfileError(f"python must be the absolute path of an executable interpreter, not {python!r}")
+        self._cwd = _plan.jail_cwd(cwd)  # every job's working directory in its jail (default /)
         self._profile = profile
         self._jail_profile: Profile | None = None
         self._preload = names
@@ -615,7 +617,8 @@ class PythonPool:
         if spawn is None:
             if len(self._spawns) > 64:
                 self._spawns.clear()
-            spawn = SpawnArgs.build(self._jail_profile, "python3", [], env=None, cwd=None, pass_fds=(), limits=limits)
+            spawn = SpawnArgs.build(self._jail_profile, "python3", [], env=None, cwd=self._cwd, pass_fds=(),
+                                    limits=limits)
             self._spawns[key] = spawn
         return spawn
 

@@ -7,9 +7,20 @@ number of requests, and reports requests/s and the latency percentiles the clien
 request to its whole answer, queueing included).  Beside it, in the same run and at the same
 concurrency, the floor without HTTP: ``asyncio.create_subprocess_exec(python, "-c", "print(1)")`` (no
 jail) and ``aiogaol.run`` of the same (a jail, no HTTP), so the ratios say what the jail and what the
-service add.  All three run ``python -S`` (the server through a ``--languages`` table that adds the
-flag): a site-packages ``.pth`` hook of the host (one imports certifi, 80 ms) would otherwise weigh on
-every row differently, inside and outside the jail, and say nothing about either.
+service add.  The ``serve`` row is the warm path (a python request without files is a job of the
+service's PythonPool); ``serve+file`` sends one file with it, which takes the cold path (``python -S``
+in a jail holding the request's working directory), and ``jupyter`` is ``/run_jupyter`` with the same
+cell (a sandbox per request).  The cold rows run ``python -S`` (the server through a ``--languages``
+table that adds the flag): a site-packages ``.pth`` hook of the host (one imports certifi, 80 ms) would
+otherwise weigh on every row differently, inside and outside the jail, and say nothing about either.
+
+Then, without HTTP and at the server's concurrency, what the warm path saves: ``PythonPool.run`` (as
+the service runs it) beside ``aiogaol.run`` of ``python -S -c`` and of ``python -c`` with site (the
+shipped table's python, which the ``.pth`` hooks weigh on).  And one compiled request (a C hello:
+compile, run) two ways, at the server's concurrency: as the service runs it (``Runner.run_code``: a
+host working directory under the spool, two ``aiogaol.run`` jails and the size watch) and in a sandbox
+(``open_sandbox``, ``write_file``, two ``exec``, ``aclose``): the cost of moving compiled languages onto
+a sandbox's capped tmpfs.
 
     python benchmarks/service.py                    # concurrency 8 and 64, 400 requests each
     python benchmarks/service.py --requests 100 --concurrency 8
@@ -106,8 +117,10 @@ async def measure(url: str, n: int, concurrencies: list[int]) -> dict[str, dict[
     python = aiogaol.python_executable()
     profile = aiogaol.python_profile([aiogaol.Tmpfs("/tmp", 64 << 20)])
     limits = aiogaol.Limits(wall_time=10, memory=1 << 30, processes=64, output=8 << 20)
-    out: dict[str, dict[int, dict[str, float]]] = {"plain": {}, "aiogaol.run": {}, "serve": {}}
+    out: dict[str, dict[int, dict[str, float]]] = {name: {} for name in ROWS}
     body = {"code": "print(1)", "language": "python"}
+    with_file = {**body, "files": {"data.txt": "eA=="}}
+    notebook = {"cells": ["print(1)"]}
     for c in concurrencies:
         async def plain() -> None:
             proc = await asyncio.create_subprocess_exec(python, "-S", "-c", "print(1)", stdout=asyncio.subprocess.PIPE,
@@ -125,10 +138,84 @@ async def measure(url: str, n: int, concurrencies: list[int]) -> dict[str, dict[
                 r = await client.post("/run_code", json=body)
                 assert r.status_code == 200 and r.json()["run_result"]["stdout"] == "1\n", r.text
 
-            for name, one in (("plain", plain), ("aiogaol.run", jailed), ("serve", served)):
+            async def served_cold() -> None:
+                r = await client.post("/run_code", json=with_file)
+                assert r.status_code == 200 and r.json()["run_result"]["stdout"] == "1\n", r.text
+
+            async def jupyter() -> None:
+                r = await client.post("/run_jupyter", json=notebook)
+                assert r.status_code == 200 and r.json()["cells"][0]["stdout"] == "1\n", r.text
+
+            for name, one in (("plain", plain), ("aiogaol.run", jailed), ("serve", served),
+                              ("serve+file", served_cold), ("jupyter", jupyter)):
                 await drive(min(n, 2 * c), c, one)  # warm-up: connections, the spawner, page cache
                 out[name][c] = await drive(n, c, one)
     return out
+
+
+ROWS = ("plain", "aiogaol.run", "serve", "serve+file", "jupyter")
+C_HELLO = '#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n'
+
+
+async def python_direct(n: int, concurrency: int) -> dict[str, dict[str, float]]:
+    """print(1) on a warm PythonPool, and cold with and without site, no HTTP."""
+    python = aiogaol.python_executable()
+    profile = aiogaol.python_profile([aiogaol.Tmpfs("/tmp", 64 << 20)])
+    limits = aiogaol.Limits(wall_time=10, memory=1 << 30, processes=64, output=8 << 20)
+    async with aiogaol.PythonPool(profile, size=concurrency, limits=limits, cwd="/tmp") as pool:
+        async def warm() -> None:
+            result = await pool.run("print(1)", timeout=10)
+            assert result.stdout == b"1\n", result
+
+        def cold(*flags: str) -> Callable[[], Awaitable[None]]:
+            async def one() -> None:
+                result = await aiogaol.run(profile, [python, *flags, "-c", "print(1)"], limits=limits, cwd="/tmp")
+                assert result.stdout == b"1\n", result
+            return one
+
+        out = {}
+        for name, one in (("PythonPool.run", warm), ("run python -S", cold("-S")), ("run python", cold())):
+            await drive(min(n, 2 * concurrency), concurrency, one)
+            out[name] = await drive(n, concurrency, one)
+        return out
+
+
+async def compiled(n: int, concurrency: int) -> dict[str, dict[str, float]]:
+    """One C request, compile and run, as the service runs it and on a sandbox (no HTTP either way)."""
+    import shutil
+
+    from aiogaol._serve import load_table
+    from aiogaol._serve._runner import Runner
+    from aiogaol._serve._schema import RunCode
+    c = load_table()["c"]
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return {}
+    with tempfile.TemporaryDirectory() as spool:
+        runner = Runner({"c": c}, spool)
+        profile = c.profile_for(None)
+        limits = runner.limits(c, 10, -1)
+        env = c.environment("/work")
+        request = RunCode(code=C_HELLO, language="c")
+
+        async def spool_path() -> None:
+            reply = await runner.run_code(request, c)
+            assert reply["run_result"]["stdout"] == "hi\n", reply
+
+        async def sandbox_path() -> None:
+            async with await aiogaol.open_sandbox(profile, limits=limits,
+                                                  workspace_size=runner.settings.workdir_size) as sb:
+                await sb.write_file("main.c", C_HELLO)
+                built = await sb.exec([gcc, *c.compile[1:]] if c.compile else [gcc], timeout=10, env=env)
+                assert built.returncode == 0, built
+                ran = await sb.exec(["./main"], timeout=10, env=env)
+                assert ran.stdout == b"hi\n", ran
+
+        out = {}
+        for name, one in (("spool + 2 runs", spool_path), ("sandbox", sandbox_path)):
+            await drive(min(n, 2 * concurrency), concurrency, one)
+            out[name] = await drive(n, concurrency, one)
+        return out
 
 
 def main() -> None:
@@ -137,6 +224,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="8,64", help="client concurrencies (default 8,64)")
     parser.add_argument("--server-concurrency", type=int, default=os.cpu_count() or 2,
                         help="aiogaol serve --concurrency (default: the number of CPUs, its own default)")
+    parser.add_argument("--compiled-requests", type=int, default=60,
+                        help="requests per way in the comparisons without HTTP (default 60; 0 skips them)")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     ns = parser.parse_args()
     concurrencies = [int(c) for c in ns.concurrency.split(",")]
@@ -150,17 +239,37 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
+        py_figures = (asyncio.run(python_direct(ns.compiled_requests, ns.server_concurrency))
+                      if ns.compiled_requests > 0 else {})
+        c_figures = (asyncio.run(compiled(ns.compiled_requests, ns.server_concurrency))
+                     if ns.compiled_requests > 0 else {})
     print(f"{'concurrency':>11} {'tool':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  vs plain  vs aiogaol.run")
     for c in concurrencies:
-        for name in ("plain", "aiogaol.run", "serve"):
+        for name in ROWS:
             f = figures[name][c]
             ratio = figures["plain"][c]["rps"] / f["rps"]
             ratio_run = figures["aiogaol.run"][c]["rps"] / f["rps"]
             print(f"{c:>11} {name:<12} {f['rps']:>8.1f} {f['p50_ms']:>8.1f} {f['p99_ms']:>8.1f}  "
                   f"{ratio:>6.2f} x  {ratio_run:>8.2f} x")
+    if py_figures:
+        print(f"python print(1), no HTTP, concurrency {ns.server_concurrency}, {ns.compiled_requests} requests each:")
+        base = py_figures["PythonPool.run"]["rps"]
+        for name, f in py_figures.items():
+            print(f"{'':>11} {name:<16} {f['rps']:>8.1f} req/s  p50 {f['p50_ms']:>7.1f} ms  "
+                  f"p99 {f['p99_ms']:>7.1f} ms  "
+                  f"{base / f['rps']:>5.2f} x the warm pool's time")
+    if c_figures:
+        print(f"C hello (compile + run), no HTTP, concurrency {ns.server_concurrency}, "
+              f"{ns.compiled_requests} requests each:")
+        base = c_figures["spool + 2 runs"]["rps"]
+        for name, f in c_figures.items():
+            print(f"{'':>11} {name:<16} {f['rps']:>8.1f} req/s  p50 {f['p50_ms']:>7.1f} ms  "
+                  f"p99 {f['p99_ms']:>7.1f} ms  "
+                  f"{base / f['rps']:>5.2f} x the service's way")
     if ns.json:
         Path(ns.json).write_text(json.dumps({"requests": ns.requests, "server_concurrency": ns.server_concurrency,
-                                             "figures": figures}, indent=2))
+                                             "figures": figures, "python": py_figures,
+                                             "compiled": c_figures}, indent=2))
 
 
 if __name__ == "__main__":

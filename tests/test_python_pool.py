@@ -333,6 +333,17 @@ async def test_bad_arguments_are_named_errors(py_profile: aiogaol.Profile) -> No
         assert (await pool.run("print('still fine')")).stdout == b"still fine\n"
 
 
+async def test_cwd_is_every_jobs_working_directory(scratch_profile: aiogaol.Profile) -> None:
+    with pytest.raises(aiogaol.ProfileError, match="cwd"):
+        aiogaol.PythonPool(scratch_profile, cwd="tmp")
+    async with aiogaol.PythonPool(scratch_profile, size=1, cwd="/tmp") as pool:
+        code = "import os\nopen('here.txt', 'w').write('x')\nprint(os.getcwd(), os.listdir('.'))"
+        result = await pool.run(code)
+    assert result.stdout == b"/tmp ['here.txt']\n", result
+    async with aiogaol.PythonPool(scratch_profile, size=1) as pool:
+        assert (await pool.run("import os; print(os.getcwd())")).stdout == b"/\n"
+
+
 async def test_no_byte_of_an_earlier_job_is_in_the_next_ones_memory(py_profile: aiogaol.Profile) -> None:
     secret = uuid.uuid4().hex
     # The secret comes spelt backwards and is searched for with one character class per letter, so that

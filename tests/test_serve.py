@@ -312,6 +312,130 @@ def test_jupyter_cell_timeout_and_total_timeout(service: str) -> None:
     assert len(reply["cells"]) == 1  # the cell that finished before the deadline is reported
 
 
+def warm_python(url: str) -> dict[str, int]:
+    """The warm python's figures, as /metrics shows them."""
+    figures = {}
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("aiogaol_serve_warm_python_"):
+            name, value = line.split()
+            figures[name.removeprefix("aiogaol_serve_warm_python_")] = int(float(value))
+    assert set(figures) == {"jobs", "pools", "zygote_starts"}, figures
+    return figures
+
+
+def test_python_without_files_runs_on_the_warm_pool(service: str) -> None:
+    before = warm_python(service)
+    assert before["pools"] >= 1 and before["zygote_starts"] >= 1  # opened with the service
+    assert httpx.get(service + "/health", timeout=30).json()["warm_python"]["pools"] == before["pools"]
+    code = "import os, sys\nopen('scratch', 'w').write('x')\nprint(os.getcwd(), input(), sys.flags.isolated)"
+    warm = post(service, "/run_code", {"code": code, "language": "python", "stdin": "21\n"})
+    assert warm["status"] == "Success", warm
+    # The pool's jobs start isolated (-I) and in the jail's private /tmp, as the cold path's python -c does.
+    assert warm["run_result"]["stdout"] == "/tmp 21 1\n"
+    after = warm_python(service)
+    assert after["jobs"] == before["jobs"] + 1 and after["zygote_starts"] == before["zygote_starts"]
+    # A request with files runs cold (a jail holding its working directory), field for field the same.
+    cold = post(service, "/run_code", {"code": "import sys; print(sys.flags.isolated)", "language": "python",
+                                       "files": {"in.txt": b64(b"")}})
+    assert cold["run_result"]["stdout"] == "0\n"
+    assert warm_python(service)["jobs"] == after["jobs"]
+    assert set(cold) == set(warm) and set(cold["run_result"]) == set(warm["run_result"])
+    assert isinstance(warm["run_result"]["execution_time"], float) and warm["run_result"]["return_code"] == 0
+    # Its verdicts are aiogaol's, as on the cold path: a timeout, a non-zero exit, a memory limit.
+    slow = post(service, "/run_code", {"code": "while True: pass", "language": "python", "run_timeout": 1})
+    assert slow["run_result"]["status"] == "TimeLimitExceeded" and slow["run_result"]["return_code"] is None
+    failed = post(service, "/run_code", {"code": "raise SystemExit(3)", "language": "python"})
+    assert failed["status"] == "Failed" and failed["run_result"]["return_code"] == 3
+    # Another memory limit is another pool (its rlimits are the jail plan's), made at its first request.
+    hog = post(service, "/run_code", {"code": "x = bytearray(400 << 20)", "language": "python",
+                                      "memory_limit_MB": 200})
+    assert hog["status"] == "Failed" and "MemoryError" in hog["run_result"]["stderr"], hog
+    final = warm_python(service)
+    assert final["pools"] == before["pools"] + 1 and final["jobs"] == after["jobs"] + 3
+
+
+def test_jupyter_files_in_subdirectories_and_fetch_beneath_the_workspace(service: str) -> None:
+    cells = ["import os; print(os.getcwd(), open('d/e/in.txt').read())",
+             "os.symlink('/etc/passwd', 'link'); os.makedirs('out'); open('out/r.txt', 'w').write('made')"]
+    reply = post(service, "/run_jupyter", {"cells": cells, "files": {"d/e/in.txt": b64(b"given")},
+                                           "fetch_files": ["out/r.txt", "link", "missing.txt"]})
+    assert reply["status"] == "Success", reply
+    assert reply["cells"][0]["stdout"] == "/work given\n" and reply["cells"][1]["error"] == []
+    assert {k: base64.b64decode(v) for k, v in reply["files"].items()} == {"out/r.txt": b"made"}
+    assert set(reply["files_skipped"]) == {"link", "missing.txt"}, reply["files_skipped"]
+
+
+def test_jupyter_hung_cell_loses_the_state_and_the_session_goes_on(service: str) -> None:
+    hung = "import time\nwhile True:\n    try:\n        time.sleep(60)\n    except KeyboardInterrupt:\n        pass"
+    reply = post(service, "/run_jupyter", {"cells": ["x = 5", "x", hung, "x", "y = 1\ny + 1"], "cell_timeout": 2})
+    assert reply["status"] == "Success", reply
+    cells = reply["cells"]
+    assert len(cells) == 5 and cells[1]["display"] == [{"text/plain": "5"}]
+    assert cells[2]["error"][0]["ename"] == "TimeoutError" and "state is lost" in cells[2]["error"][0]["evalue"]
+    assert cells[3]["error"][0]["ename"] == "NameError"  # a fresh kernel: x is gone
+    assert cells[4]["display"] == [{"text/plain": "2"}]
+
+
+def test_jupyter_cell_that_kills_the_sandbox_ends_only_its_session(service: str) -> None:
+    cells = ["x = 1", "import os, signal; os.kill(2, signal.SIGKILL)", "x"]  # PID 2: the sandbox's agent
+    reply = post(service, "/run_jupyter", {"cells": cells})
+    assert reply["status"] == "Failed" and reply["driver"]["aiogaol_status"] == "sandbox-ended", reply
+    assert reply["driver"]["return_code"] == -9 and "agent" in reply["message"]
+    assert reply["cells"][0]["error"] == [] and len(reply["cells"]) < 3
+    assert post(service, "/run_jupyter", {"cells": ["6 * 7"]})["cells"][0]["display"] == [{"text/plain": "42"}]
+
+
+def test_jupyter_memory_limit_is_an_error_cell(service: str) -> None:
+    reply = post(service, "/run_jupyter", {"cells": ["x = bytearray(600 << 20)", "len('still here')"],
+                                           "memory_limit_MB": 300})
+    assert reply["status"] == "Success", reply
+    assert reply["cells"][0]["error"][0]["ename"] == "MemoryError"
+    assert reply["cells"][1]["display"] == [{"text/plain": "10"}]
+
+
+def warm_interpreters() -> set[int]:
+    """This process's children that are PythonPool warm interpreters."""
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:  # a thread (a worker of another test's server) may end meanwhile, a child too
+            pids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                if b"_aiogaol_zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.add(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_jupyter_workspace_is_a_capped_tmpfs_and_shutdown_closes_the_warm_pool() -> None:
+    """An app with python only and an 8 MiB working directory, in a thread: the sandbox's workspace is
+    a tmpfs of that size (a write past it is ENOSPC in the cell), and the app's shutdown stops its warm
+    interpreter."""
+    table = {k: v for k, v in load_table().items() if k == "python"}
+    app = make_app(table, concurrency=1, queue=1, settings=Settings(workdir_size=8 << 20))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    before = warm_interpreters()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url)
+        assert warm_python(url)["pools"] == 1 and warm_interpreters() - before  # the app's own
+        cells = ["try:\n    open('big', 'wb').write(b'x' * (16 << 20))\nexcept OSError as e:\n    print(e.errno)",
+                 "import os; os.path.getsize('big') <= 8 << 20"]
+        reply = post(url, "/run_jupyter", {"cells": cells})
+        assert reply["cells"][0]["stdout"] == "28\n" and reply["cells"][1]["display"] == [{"text/plain": "True"}]
+    finally:
+        server.should_exit = True
+        thread.join(60)
+    assert not thread.is_alive()
+    assert warm_interpreters() <= before  # the app's warm interpreter was stopped and reaped with it
+
+
 @pytest.mark.anyio
 async def test_200_concurrent_requests_all_answered(service: str) -> None:
     replies: dict[int, dict[str, Any]] = {}

@@ -2,8 +2,9 @@
 
 The extra ``aiogaol[serve]`` (Starlette, uvicorn, prometheus_client); the core never imports this
 package.  ``_schema`` holds the request and response models, ``_languages`` the language table,
-``_workspace`` a request's working directory, ``_cells`` the run_jupyter driver, ``_runner`` what a
-request does, ``_admission`` the cap and queue, ``_app`` the routes.  See docs/service.md.
+``_workspace`` a request's working directory, ``_warm`` the warm python pools, ``_session`` a
+run_jupyter session on a sandbox, ``_runner`` what a request does, ``_admission`` the cap and queue,
+``_app`` the routes.  See docs/service.md.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ label escaping and histogram buckets right, which a few hand-written lines would
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import sys
@@ -44,7 +45,7 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 
 
 class Metrics:
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, warm: Callable[[], dict[str, int]]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("aiogaol_serve_requests", "HTTP requests answered, by route and HTTP code",
                                 ["route", "code"], registry=self.registry)
@@ -66,6 +67,11 @@ class Metrics:
         Gauge("aiogaol_serve_concurrency", "The cap on requests in jails at once",
               registry=self.registry).set(admission.concurrency)
         Gauge("aiogaol_serve_queue_capacity", "The bound of the queue", registry=self.registry).set(admission.queue)
+        for key, what in (("jobs", "python steps run on a warm PythonPool so far"),
+                          ("pools", "warm PythonPools open now (one per distinct limits)"),
+                          ("zygote_starts", "warm interpreters started so far (restarts included)")):
+            gauge = Gauge(f"aiogaol_serve_warm_python_{key}", what.capitalize(), registry=self.registry)
+            gauge.set_function(functools.partial(_stat, warm, key))
 
     def count(self, route: str, reply: dict[str, Any]) -> None:
         self.statuses.labels(route, str(reply.get("status"))).inc()
@@ -73,6 +79,10 @@ class Metrics:
             res = reply.get(step)
             if isinstance(res, dict) and "aiogaol_status" in res:
                 self.verdicts.labels(step.split("_")[0], str(res["aiogaol_status"])).inc()
+
+
+def _stat(stats: Callable[[], dict[str, int]], key: str) -> float:
+    return float(stats().get(key, 0))
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -105,14 +115,20 @@ def make_app(languages: dict[str, Language], *, concurrency: int = 8, queue: int
              settings: Settings | None = None, max_body: int = MAX_BODY, announce: bool = False) -> Starlette:
     """The service as an ASGI application; its lifespan probes the languages and owns the spool."""
     admission = Admission(concurrency, queue)
-    metrics = Metrics(admission)
     state: dict[str, Runner] = {}
+
+    def warm_stats() -> dict[str, int]:
+        runner = state.get("runner")
+        return runner.warm.stats() if runner is not None and runner.warm is not None else {}
+
+    metrics = Metrics(admission, warm_stats)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         spool = make_spool()
+        runner = Runner(languages, spool, settings, concurrency=concurrency)
         try:
-            runner = Runner(languages, spool, settings)
+            await runner.open()  # the warm python first: python's probe runs on it
             await runner.probe_all()
             state["runner"] = runner
             if announce:
@@ -121,6 +137,7 @@ def make_app(languages: dict[str, Language], *, concurrency: int = 8, queue: int
                       file=sys.stderr, flush=True)
             yield
         finally:
+            await runner.aclose()
             remove_tree(spool)
 
     def counted(route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -199,7 +216,8 @@ def make_app(languages: dict[str, Language], *, concurrency: int = 8, queue: int
         runner = state.get("runner")
         return JSONResponse({"status": "ok" if runner else "starting", "running": admission.running,
                              "queued": admission.waiting, "concurrency": admission.concurrency,
-                             "queue": admission.queue, "languages": len(runner.available) if runner else 0},
+                             "queue": admission.queue, "languages": len(runner.available) if runner else 0,
+                             "warm_python": warm_stats()},
                             status_code=200 if runner else 503)
 
     async def ping(request: Request) -> Response:

@@ -3,14 +3,15 @@ SandboxFusion's terms with aiogaol's verdicts beside them.
 
 No web framework here (``_app`` is the face): a request comes in as ``_schema.RunCode``/``RunJupyter``
 and leaves as the JSON-ready dict of SandboxFusion's ``RunCodeResponse``/``RunJupyterResponse``.
-Every step is one ``aiogaol.run``, so each has its own deadline (compile_timeout, run_timeout,
-total_timeout as the jail's wall time), memory, process and output limits, and the report says which
-limit ended it (``aiogaol_status``, ``memory_limit_exceeded``, the truncation flags).
+Every step of ``/run_code`` is one jail with its own deadline (compile_timeout, run_timeout), memory,
+process and output limits, and the report says which limit ended it (``aiogaol_status``,
+``memory_limit_exceeded``, the truncation flags): a python request without files is a job of a warm
+``PythonPool`` (``_warm``), every other step one ``aiogaol.run``.  ``/run_jupyter`` is a sandbox
+(``_session``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from .._errors import AiogaolError
 from .._limits import Limits
 from .._profile import Profile
 from .._run import Result, Status, run
-from . import _cells
+from . import _session
 from ._languages import Language, LanguageUnavailable
-from ._schema import (ERROR, BadRequest, FAILED, FINISHED, SANDBOX_ERROR, SUCCESS, TIME_LIMIT, RunCode, RunJupyter,
-                      encode_files, overall_status)
+from ._schema import (ERROR, FINISHED, SANDBOX_ERROR, TIME_LIMIT, BadRequest, RunCode, RunJupyter, encode_files,
+                      overall_status)
+from ._warm import WarmPython
 from ._workspace import Workspace, tree_size_over
 
 log = logging.getLogger("aiogaol.serve")
@@ -88,8 +90,12 @@ def error_result(message: str) -> dict[str, Any]:
 class Runner:
     """Runs requests; holds the language table and the spool of working directories."""
 
-    def __init__(self, languages: Mapping[str, Language], spool: str, settings: Settings | None = None) -> None:
+    def __init__(self, languages: Mapping[str, Language], spool: str, settings: Settings | None = None, *,
+                 concurrency: int = 8) -> None:
         self.languages = dict(languages)
+        self.concurrency = concurrency
+        self.warm: WarmPython | None = None  # the python language's warm pools, once ``open`` made them
+        self._warm_language: Language | None = None
         self.spool = spool
         self.settings = settings or Settings()
         self.available: dict[str, Language] = {}
@@ -97,6 +103,24 @@ class Runner:
         # The profile of each language's steps without a working directory, made once: a Profile
         # resolves its paths when made, which is file system work on the event loop's thread.
         self._shared: dict[str, Profile] = {}
+
+    async def open(self) -> None:
+        """Warm the python language's default pool (before the probes, so python's probe runs on it)."""
+        python = self.languages.get("python")
+        if python is None or python.inline is None:
+            return
+        try:
+            profile = self._profile(python, None)
+        except (AiogaolError, OSError, ValueError) as e:
+            log.warning("no warm python: its profile could not be made: %s", e)
+            return
+        self.warm = WarmPython(profile, self.concurrency)
+        self._warm_language = python
+        await self.warm.open(self.limits(python, 1.0, -1))
+
+    async def aclose(self) -> None:
+        if self.warm is not None:
+            await self.warm.aclose()
 
     def _profile(self, language: Language, workdir: str | None) -> Profile:
         if workdir is not None:
@@ -119,10 +143,16 @@ class Runner:
         cwd = workdir or "/tmp"
         try:
             argv = language.argv(template, workdir=cwd, code=code)
-            result = await self._watched(workdir, run(self._profile(language, workdir), argv,
-                                                      input=stdin.encode() if stdin else None,
-                                                      limits=self.limits(language, timeout, memory_mb),
-                                                      env=language.environment(cwd), cwd=cwd))
+            limits = self.limits(language, timeout, memory_mb)
+            result: Result | None = None
+            if self.warm is not None and workdir is None and language is self._warm_language:
+                # The code alone, no files: a job of the warm pool (None: none serves these limits).
+                result = await self.warm.run(limits, code, input=stdin.encode() if stdin else None,
+                                             env=language.environment(cwd))
+            if result is None:
+                result = await self._watched(workdir, run(self._profile(language, workdir), argv,
+                                                          input=stdin.encode() if stdin else None,
+                                                          limits=limits, env=language.environment(cwd), cwd=cwd))
         except LanguageUnavailable as e:
             return error_result(f"{language.name}: {e}")
         except (AiogaolError, OSError, ValueError) as e:
@@ -202,40 +232,19 @@ class Runner:
         return reply
 
     async def run_jupyter(self, req: RunJupyter) -> dict[str, Any]:
+        """The cells in one sandbox of the python language's profile (``_session``)."""
         python = self.available.get("python") or self.languages.get("python")
         if python is None:
             return {"status": SANDBOX_ERROR, "message": "no python language in the table", "driver": None,
                     "cells": [], "executor_pod_name": None, "files": {}}
-        ws = Workspace(self.spool)
-        await ws.open()
         try:
-            await ws.write(req.files)
-            stdin = json.dumps({"cells": list(req.cells), "cell_timeout": req.cell_timeout})
-            try:
-                argv = python.argv(("{python}", "-c", "{code}"), workdir=ws.path, code=_cells.source())
-                watched = await self._watched(ws.path, run(
-                    python.profile_for(ws.path), argv, input=stdin.encode("utf-8", "surrogatepass"),
-                    limits=self.limits(python, req.total_timeout, req.memory_limit_MB),
-                    env=python.environment(ws.path), cwd=ws.path))
-            except (AiogaolError, OSError, ValueError, LanguageUnavailable) as e:
-                driver = error_result(f"the jupyter driver could not start: {e}")
-                return {"status": SANDBOX_ERROR, "message": driver["stderr"], "driver": driver, "cells": [],
-                        "executor_pod_name": None, "files": {}}
-            if watched is None:
-                driver = self.disk_limit_result()
-                return {"status": FAILED, "message": driver["stderr"], "driver": driver, "cells": [],
-                        "executor_pod_name": None, "files": {}}
-            result = watched
-            files = await ws.fetch(req.fetch_files)
-        finally:
-            await ws.close()
-        cells = list(_cells.parse_lines(result.stdout, len(req.cells)))
-        driver = command_result(result)
-        driver["stdout"] = ""  # the driver's stdout is its result lines, shown as cells
-        finished = driver["status"] == FINISHED and result.returncode == 0 and len(cells) == len(req.cells)
-        return {"status": SUCCESS if finished else FAILED, "message": "" if finished else
-                f"the session ended early: {result.status.value} ({result.evidence})",
-                "driver": driver, "cells": cells, "executor_pod_name": None, "files": encode_files(files)}
+            profile = self._profile(python, None)
+        except (AiogaolError, OSError, ValueError) as e:
+            self._shared.pop(python.name, None)
+            return {"status": SANDBOX_ERROR, "message": f"the sandbox's profile could not be made: {e}",
+                    "driver": None, "cells": [], "executor_pod_name": None, "files": {}}
+        return await _session.run_jupyter(req, profile, self.limits(python, req.total_timeout, req.memory_limit_MB),
+                                          workspace_size=self.settings.workdir_size, output=self.settings.output)
 
     # ------------------------------------------------------------------------------------------
     # Which languages work here
