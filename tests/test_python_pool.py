@@ -337,9 +337,10 @@ async def test_cwd_is_every_jobs_working_directory(scratch_profile: aiogaol.Prof
     with pytest.raises(aiogaol.ProfileError, match="cwd"):
         aiogaol.PythonPool(scratch_profile, cwd="tmp")
     async with aiogaol.PythonPool(scratch_profile, size=1, cwd="/tmp") as pool:
-        code = "import os\nopen('here.txt', 'w').write('x')\nprint(os.getcwd(), os.listdir('.'))"
+        # /tmp may also hold the mount points of the profile's binds beneath it (a tree cloned into /tmp).
+        code = "import os\nopen('here.txt', 'w').write('x')\nprint(os.getcwd(), os.path.isfile('/tmp/here.txt'))"
         result = await pool.run(code)
-    assert result.stdout == b"/tmp ['here.txt']\n", result
+    assert result.stdout == b"/tmp True\n", result
     async with aiogaol.PythonPool(scratch_profile, size=1) as pool:
         assert (await pool.run("import os; print(os.getcwd())")).stdout == b"/\n"
 

@@ -85,7 +85,15 @@ def _pids(found: list[tuple[int, str, str]]) -> list[int]:
     return [pid for pid, _, _ in found]
 
 
-async def _settled(spawn_true: Callable[[], Awaitable[None]], start_fds: set[int],
+def _our_fds() -> tuple[set[int], int]:
+    """The server's open fds but the spawners' sockets, and how many of those there are: a spawner
+    replaced after a stall has a new socket, under whatever number is free then (the stalled one's
+    number may go to another fd meanwhile), but never more sockets than before."""
+    owned = _spawner.owned_fds()
+    return open_fds() - owned, len(owned)
+
+
+async def _settled(spawn_true: Callable[[], Awaitable[None]], start_fds: tuple[set[int], int],
                    start_strays: list[tuple[int, str, str]]) -> None:
     """Let later spawns finish what cancelled ones left (that is when it is done, never by blocking), until
     nothing is left over, for 20 s at most.  ``start_strays``: what earlier tests of the session left
@@ -95,13 +103,13 @@ async def _settled(spawn_true: Callable[[], Awaitable[None]], start_fds: set[int
             await spawn_true()
         _spawner.settle()  # what a spawn does first; polled here without spawning (a spawn starts the
         # making of the next waiting init, which is not reported for a moment)
-        if zombie_children() == [] and open_fds() == start_fds and set(_pids(_strays())) <= set(_pids(start_strays)):
+        if zombie_children() == [] and _our_fds() == start_fds and set(_pids(_strays())) <= set(_pids(start_strays)):
             return
         await anyio.sleep(0.1)
     state = (_spawner._abandoned, _spawner._doomed, [(r.pid, r.retiring, r.reaped) for r in _spawner._retired])
     assert zombie_children() == [], (_strays(), state)
     assert set(_pids(_strays())) <= set(_pids(start_strays)), (_strays(), start_strays, state)
-    assert open_fds() == start_fds, state
+    assert _our_fds() == start_fds, state
 
 
 def _stop_spawner() -> int:
@@ -139,7 +147,7 @@ async def test_cancelling_spawns_while_the_spawner_is_stopped_never_blocks_the_l
     monkeypatch.setattr(_spawner, "STALL_TIMEOUT", 1.0, raising=False)
     spawn_true = _true_anyio if anyio_backend == "trio" else _true
     await spawn_true()
-    start_fds, start_strays = open_fds(), _strays()
+    start_fds, start_strays = _our_fds(), _strays()
     stopped = _stop_spawner()
     # Continued from another thread after 3 s whatever happens, so that old code cannot hang the test.
     timer = threading.Timer(3.0, _cont, (stopped,))
@@ -207,7 +215,7 @@ async def test_a_spawn_whose_spawner_never_answers_fails_by_name_and_the_next_on
     monkeypatch.setattr(_spawner, "STALL_TIMEOUT", 0.5, raising=False)
     spawn_true = _true_anyio if anyio_backend == "trio" else _true
     await spawn_true()
-    start_fds, start_strays = open_fds(), _strays()
+    start_fds, start_strays = _our_fds(), _strays()
     stopped = _stop_spawner()
     timer = threading.Timer(10.0, _cont, (stopped,))
     timer.start()
