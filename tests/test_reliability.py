@@ -85,15 +85,17 @@ def _pids(found: list[tuple[int, str, str]]) -> list[int]:
     return [pid for pid, _, _ in found]
 
 
-def _our_fds() -> tuple[set[int], int]:
-    """The server's open fds but the spawners' sockets, and how many of those there are: a spawner
-    replaced after a stall has a new socket, under whatever number is free then (the stalled one's
-    number may go to another fd meanwhile), but never more sockets than before."""
+def _our_fds() -> tuple[int, int]:
+    """How many fds the server holds besides the spawners' sockets, and how many of those: a spawner
+    replaced after a stall has a new socket under whatever number is free then, and the fds opened
+    meanwhile take the numbers freed, so after a replacement the numbers move while the counts stay.
+    A leak (a pipe, a pidfd or a lifeline of a jail left open) grows the first count; a socket of the
+    stalled spawner kept open grows the second."""
     owned = _spawner.owned_fds()
-    return open_fds() - owned, len(owned)
+    return len(open_fds() - owned), len(owned)
 
 
-async def _settled(spawn_true: Callable[[], Awaitable[None]], start_fds: tuple[set[int], int],
+async def _settled(spawn_true: Callable[[], Awaitable[None]], start_fds: tuple[int, int],
                    start_strays: list[tuple[int, str, str]]) -> None:
     """Let later spawns finish what cancelled ones left (that is when it is done, never by blocking), until
     nothing is left over, for 20 s at most.  ``start_strays``: what earlier tests of the session left
