@@ -369,12 +369,15 @@ def test_a_process_limit_says_so_and_a_spawner_started_under_it_serves_on() -> N
     does not leave the server with a broken spawner."""
     result = _server(_SWEEP + """
     def procs():
+        # RLIMIT_NPROC counts tasks, threads included: a many-threaded process of this user (a Ray
+        # worker of an earlier test, still ending) counts as many.
         uid = os.getuid()
         n = 0
         for name in os.listdir("/proc"):
             if name.isdigit():
                 try:
-                    n += os.stat(f"/proc/{name}").st_uid == uid
+                    if os.stat(f"/proc/{name}").st_uid == uid:
+                        n += len(os.listdir(f"/proc/{name}/task"))
                 except OSError:
                     pass
         return n
