@@ -38,7 +38,7 @@ from ._errors import AiogaolError, ProfileError, ProfileTypeError, SandboxSetupE
 from ._jail import Usage, _failure_error, _parse_records, _Record
 from ._limits import Limits, resolve_limits
 from ._profile import FileReadAll, Profile, Subpath
-from ._run import DEFAULT_GRACE, Result, _classify, _feed, _Outcome, enforcement
+from ._run import DEFAULT_GRACE, Result, _classify, _feed, _Outcome, enforcement, stdio_pipes
 from ._native import _core  # type: ignore[attr-defined]
 from ._spawnargs import SpawnArgs
 
@@ -647,17 +647,7 @@ class PythonPool:
         try:
             # The synchronous part, paced as a spawn is (a burst of jobs must not stall the loop).
             async with _pacing.paced():
-                if input is not None:
-                    r, w = os.pipe2(os.O_CLOEXEC)
-                    theirs.append(r)
-                    ours.append(w)
-                else:
-                    theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-                    ours.append(-1)
-                for _ in range(2):
-                    r, w = os.pipe2(os.O_CLOEXEC)
-                    ours.append(r)
-                    theirs.append(w)
+                stdio_pipes(input is not None, ours, theirs)
                 report_ours, report_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 life_ours, life_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 job = _WarmJob(report_ours, life_ours)
@@ -670,9 +660,6 @@ class PythonPool:
                         view = view[os.write(seccomp_w, view):]
                 finally:
                     os.close(seccomp_w)
-                for fd in ours:
-                    if fd >= 0:
-                        os.set_blocking(fd, False)
                 argv = self._template(spawn)
                 uid, gid = os.getuid(), os.getgid()
                 for i, a in enumerate(argv[:-1]):

@@ -400,6 +400,27 @@ async def _watch_cpu(jail: RunningJail, limit: float, outcome: _Outcome, scope: 
             await anyio.sleep(period)
 
 
+def stdio_pipes(with_input: bool, ours: list[int], theirs: list[int]) -> None:
+    """The captured stdio of one program: stdin a pipe (with input) or /dev/null, stdout and stderr pipes.
+    The program's ends go on ``theirs`` (stdin, stdout, stderr), ours on ``ours`` in the same order (-1
+    for no stdin), non-blocking.  Each fd is appended as soon as it exists, so that a caller that closes
+    both lists on failure closes whatever was made before an OSError (out of fds, say)."""
+    if with_input:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        theirs.append(r)
+        ours.append(w)
+    else:
+        theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        ours.append(-1)
+    for _ in range(2):
+        r, w = os.pipe2(os.O_CLOEXEC)
+        ours.append(r)
+        theirs.append(w)
+    for fd in ours:
+        if fd >= 0:
+            os.set_blocking(fd, False)
+
+
 def _close(fds: list[int]) -> None:
     for fd in fds:
         if fd >= 0:
@@ -487,20 +508,7 @@ async def steered_run(
             spawn = SpawnArgs.build(profile, argv[0], argv[1:], env=env, cwd=cwd, pass_fds=pass_fds,
                                     limits=limits, isolation=isolation)
             try:
-                if input is not None:
-                    r, w = os.pipe2(os.O_CLOEXEC)
-                    theirs.append(r)
-                    ours.append(w)
-                else:
-                    theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-                    ours.append(-1)
-                for _ in range(2):
-                    r, w = os.pipe2(os.O_CLOEXEC)
-                    ours.append(r)
-                    theirs.append(w)
-                for fd in ours:
-                    if fd >= 0:
-                        os.set_blocking(fd, False)
+                stdio_pipes(input is not None, ours, theirs)
                 jail = await launch(spawn, stdio=list(theirs), wait_readable=anyio.wait_readable, ticket=ticket)
             except BaseException:
                 _close(ours)

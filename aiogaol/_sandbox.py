@@ -50,7 +50,7 @@ from ._kernel_cell import SOURCE as _KERNEL_SOURCE
 from ._limits import MAX_SECONDS, Limits, resolve_limits
 from ._profile import Profile, Tmpfs, check_path
 from ._ready import python_executable
-from ._run import Result, _classify, enforcement
+from ._run import Result, _classify, enforcement, stdio_pipes
 from ._sandbox_process import SandboxProcess
 from ._spawnargs import SpawnArgs, check_argv
 from ._stdio import DEVNULL, PIPE, STDOUT
@@ -323,20 +323,7 @@ class Sandbox:
         ours: list[int] = []
         theirs: list[int] = []
         try:
-            if input is not None:
-                r, w = os.pipe2(os.O_CLOEXEC)
-                theirs.append(r)
-                ours.append(w)
-            else:
-                theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-                ours.append(-1)
-            for _ in range(2):
-                r, w = os.pipe2(os.O_CLOEXEC)
-                ours.append(r)
-                theirs.append(w)
-            for fd in ours:
-                if fd >= 0:
-                    os.set_blocking(fd, False)
+            stdio_pipes(input is not None, ours, theirs)
             started = time.monotonic()
             call_id, pid = await self._agent.start(wire.OP_EXEC, body, theirs, self._what(argv, cwd))
             _close_fds(theirs)
