@@ -50,7 +50,7 @@ from ._kernel_cell import SOURCE as _KERNEL_SOURCE
 from ._limits import MAX_SECONDS, Limits, resolve_limits
 from ._profile import Profile, Tmpfs, check_path
 from ._ready import python_executable
-from ._run import Result, _classify, enforcement, stdio_pipes
+from ._run import Result, _classify, _feed, enforcement, stdio_pipes
 from ._sandbox_process import SandboxProcess
 from ._spawnargs import SpawnArgs, check_argv
 from ._stdio import DEVNULL, PIPE, STDOUT
@@ -398,21 +398,6 @@ class Sandbox:
                         continue
                     buf += chunk
 
-        async def feed(data: bytes, scope: anyio.CancelScope) -> None:
-            fd = ours[0]
-            view = memoryview(data)
-            with scope:
-                try:
-                    while view:
-                        try:
-                            view = view[os.write(fd, view[:_READ_SIZE]):]
-                        except BlockingIOError:
-                            await anyio.wait_writable(fd)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-            ours[0] = -1
-            os.close(fd)
-
         pump_scopes = [anyio.CancelScope(), anyio.CancelScope()]
         feed_scope = anyio.CancelScope()
         try:
@@ -420,7 +405,7 @@ class Sandbox:
                 for fd, name, scope in zip(ours[1:], ("stdout", "stderr"), pump_scopes):
                     tg.start_soon(pump, fd, name, scope)
                 if input is not None:
-                    tg.start_soon(feed, bytes(input), feed_scope)
+                    tg.start_soon(_feed, ours, bytes(input), feed_scope)
                 watch_scope = anyio.CancelScope()
                 if limits.cpu_time is not None and _cputime.available():
                     async def watch(cpu_time: float) -> None:
