@@ -306,7 +306,13 @@ static int open_beneath(const char *path, int flags, unsigned mode)
     how.flags = (uint64_t)(flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     how.mode = (flags & O_CREAT) ? (mode & 07777) : 0;
     how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
-    return (int)syscall(SYS_openat2, ws_fd, path, &how, sizeof how);
+    /* EAGAIN: a "..", walked while any rename or mount happened on the host (other jails mount all the
+     * time), could not be proven to stay beneath; openat2(2) asks the caller to retry. */
+    for (int tries = 0;; tries++) {
+        int fd = (int)syscall(SYS_openat2, ws_fd, path, &how, sizeof how);
+        if (fd >= 0 || errno != EAGAIN || tries >= 64)
+            return fd;
+    }
 }
 
 static void __attribute__((noreturn)) file_worker(int op, const char *path, uint64_t max, unsigned mode, int pipe_fd)
