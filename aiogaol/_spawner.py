@@ -60,15 +60,16 @@ from . import _ffi
 from ._errors import ProfileError, SandboxSetupError, is_fd_shortage, out_of_fds
 from ._limits import DEFAULT_LIMITS
 
-# The spawner's shortcuts, for measuring what each is worth (benchmarks/spawn.py): "full" (the default)
-# makes an init ahead of time and, for a steady profile, builds its whole jail ahead; "waiting" makes the
-# init and its standard part (/proc, /dev) only; "none" makes nothing ahead.  Read when a spawner starts.
-AHEAD_MODES = ("full", "waiting", "none", "eager")
+# The spawner's shortcut, switchable for measuring what it is worth (benchmarks/jail_cost.py modes):
+# "waiting" (the default) makes the next jail's init ahead of time, with the part every jail shares
+# (/proc, /dev) built, once the last jail has ended; "eager" makes it at once after each request; "none"
+# makes nothing ahead.  Read when a spawner starts.
+AHEAD_MODES = ("waiting", "none", "eager")
 AHEAD_ENV = "AIOGAOL_SPAWNER_AHEAD"
 
 
 def ahead_mode() -> str:
-    mode = os.environ.get(AHEAD_ENV, "full")
+    mode = os.environ.get(AHEAD_ENV, "waiting")
     if mode not in AHEAD_MODES:
         raise ProfileError(f"{AHEAD_ENV}={mode!r}: expected one of {', '.join(AHEAD_MODES)}")
     return mode

@@ -9,7 +9,7 @@ These two measurements hold up better there:
         the server process, the spawner (/proc/PID/stat) and the jails' own processes (RUSAGE_CHILDREN:
         each init, with the program, is the server's child).
 
-    python benchmarks/jail_cost.py modes [--modes full,waiting,none,eager] [--rounds 8] [--n 60]
+    python benchmarks/jail_cost.py modes [--modes waiting,none,eager] [--rounds 8] [--n 60]
         The spawner's shortcuts (AIOGAOL_SPAWNER_AHEAD) alternating round by round in one process, a new
         spawner per round: the median of each round's median latency, per mode.
 
@@ -90,6 +90,9 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(_spawner.AHEAD_MODES))
     p.add_argument("--server-nice", action="store_true", help="jails at the server's niceness, not 19")
     args = p.parse_args()
+    unknown = set(args.modes.split(",")) - set(_spawner.AHEAD_MODES)
+    if unknown:
+        p.error(f"--modes: {', '.join(sorted(unknown))}: expected some of {', '.join(_spawner.AHEAD_MODES)}")
     kw: dict[str, Any] = {"limits": aiogaol.Limits(nice=None)} if args.server_nice else {}
     if args.what == "cpu":
         out = asyncio.run(cpu(args.n or 300, kw))

@@ -195,7 +195,6 @@ BREAKDOWN = (
     ("Python: reaped to wait() returning", "reaped", "returned"),
 )
 HANDED_OVER = "hand the request to a waiting init"
-BUILT_AHEAD = "jail built ahead of time"
 
 
 async def breakdown(tool: "Aiogaol", n: int) -> dict[str, Any]:
@@ -206,7 +205,7 @@ async def breakdown(tool: "Aiogaol", n: int) -> dict[str, Any]:
     try:
         segments: dict[str, list[float]] = {label: [] for label, _, _ in BREAKDOWN}
         totals: list[float] = []
-        warm = whole = 0
+        warm = 0
         for i in range(n + 20):
             call = time.monotonic_ns()
             proc = await m.create_sandboxed_subprocess(tool.profiles[False], "/bin/true", stdin=DEVNULL,
@@ -219,7 +218,6 @@ async def breakdown(tool: "Aiogaol", n: int) -> dict[str, Any]:
             marks["call"], marks["returned"] = call, returned
             # A fresh init is ready once its maps are written; a waiting one once it has the request.
             warm += HANDED_OVER in marks
-            whole += BUILT_AHEAD in marks
             marks["init ready"] = marks.get(HANDED_OVER) or marks["write uid_map"]
             for label, a, b in BREAKDOWN:
                 segments[label].append((marks[b] - marks[a]) / 1e9)
@@ -227,8 +225,7 @@ async def breakdown(tool: "Aiogaol", n: int) -> dict[str, Any]:
     finally:
         m._jail.STEP_TIMINGS = False
     return {"n": n, "median_ms": {label: statistics.median(v) * 1e3 for label, v in segments.items()},
-            "total_median_ms": statistics.median(totals) * 1e3, "waiting_init_share": warm / n,
-            "built_ahead_share": whole / n}
+            "total_median_ms": statistics.median(totals) * 1e3, "waiting_init_share": warm / n}
 
 
 async def timed(tool: Tool, wl: Workload) -> float:
@@ -645,8 +642,7 @@ def render(r: dict[str, Any], targets: list[Target]) -> str:
     bd = r.get("breakdown")
     if bd:
         t.lines += ["", f"where an aiogaol /bin/true jail's time goes (per-step timers, n={bd['n']}, medians; "
-                        f"{bd['waiting_init_share']:.0%} started by an init made ahead of time, "
-                        f"{bd.get('built_ahead_share', 0):.0%} in a jail built whole ahead of time)"]
+                        f"{bd['waiting_init_share']:.0%} started by an init made ahead of time)"]
         total = bd["total_median_ms"]
         for label, value in bd["median_ms"].items():
             t.lines.append(f"  {label:<58}{ms(value):>10}{value / total:>8.0%}")

@@ -162,11 +162,6 @@ struct plan {
 /* The spawner's reports to the server on its socket (int32 kind, int32 pid): see spawner.c. */
 enum { REPORT_WAITING = 1, REPORT_DISCARDED = 2 };
 
-/* A host file or directory a bind reached (see bind_op, and the jail built ahead in spawner.c). */
-struct bound_inode {
-    uint64_t dev, ino;
-};
-
 /* ---- wire.c: records, failures, marks, the plan and the requests it is parsed from ---------------- */
 extern struct plan plan;
 extern int switch_identity;               /* the program runs as --uid/--gid, not as the caller */
@@ -189,19 +184,13 @@ unsigned long long parse_num(const char *s, int base);
 int recv_request(int sock, char **buf, size_t *cap, size_t *len, int *truncated);
 void parse_request(const char *buf, size_t len);
 const char *split_blob(const char *blob, const char *end, int count, char **vec);
-char *ops_blob(size_t *len);
-int ops_from_blob(const char *blob, size_t len);
-int same_bytes(const char *a, size_t alen, const char *b, size_t blen);
 size_t str_len(const char *s);
 void copy_str(char *dst, size_t cap, const char *src);
 char *fmt_ulong(char *p, unsigned long v);
 int close_all_except(int *keep, int n);
 
 /* ---- mounts.c: the jail builder --------------------------------------------------------------- */
-#define PREBUILT_ALL (-1)                 /* prebuilt: every op and the pivot into the jail are done */
-extern int prebuilt;                      /* this much of the plan's ops is done already */
-extern struct bound_inode bound[MAX_OPS]; /* what the binds so far reached, in order */
-extern int n_bound;
+extern int prebuilt;                      /* this much of the plan's ops is done already (0 or 2) */
 
 int open_nofollow(int dirfd, const char *path, int flags, uint64_t resolve);
 void __attribute__((noreturn)) fail_open(int step, int changed_step, int err, const char *path);

@@ -46,7 +46,6 @@
     X(BIND, "bind mount")                                  \
     X(BIND_CHANGED, "bind source changed")                 \
     X(TARGET_CHANGED, "mount point changed")               \
-    X(BUILT_AHEAD, "jail built ahead of time")             \
     X(DETACH_OLDROOT, "detach old root")                   \
     X(PIVOT_ROOT, "pivot_root into jail")                  \
     X(ROOT_READONLY, "make jail root read-only")           \

@@ -203,11 +203,6 @@ static void make_dev(const char *dst)
     set_attr(dir, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0, dst);
 }
 
-/* The host files and directories bound so far, in order: a jail built ahead of time tells the spawner
- * which, so that it is handed a request only while the host's paths still name those (see "full"). */
-struct bound_inode bound[MAX_OPS];
-int n_bound;
-
 /* A bind, by handle: the source is opened under the host's tree without following any symlink and must
  * be the object the profile resolved (same st_dev and st_ino), the tree cloned from that fd (open_tree),
  * made read-only (for read rules), nosuid and nodev while still detached (mount_setattr with AT_RECURSIVE
@@ -232,11 +227,6 @@ static void bind_op(const struct op *op, const char *dst)
         fail(AIOGAOL_STEP_BIND, errno, op->a);
     if ((uint64_t)st.st_dev != op->dev || (uint64_t)st.st_ino != op->ino)
         fail(AIOGAOL_STEP_BIND_CHANGED, ESTALE, op->a);
-    if (n_bound < MAX_OPS) {
-        bound[n_bound].dev = (uint64_t)st.st_dev;
-        bound[n_bound].ino = (uint64_t)st.st_ino;
-        n_bound++;
-    }
     tree = (int)syscall(SYS_open_tree, src, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE |
                                                 AT_EMPTY_PATH);
     if (tree < 0)
@@ -373,7 +363,7 @@ static void run_op(const struct op *op)
 /* The part of every jail that no request changes: a private mount tree, the staging tmpfs and the
  * jail's root tmpfs of root_size bytes, pivoted into, then /proc and /dev (every namespaced plan starts
  * with those two steps).  An init made ahead of time does this before its request comes. */
-int prebuilt; /* this much of the plan's ops is done already (0; 2: /proc and /dev; or all) */
+int prebuilt; /* this much of the plan's ops is done already (0; or 2: /proc and /dev) */
 
 static void build_prefix(unsigned long long root_size)
 {
@@ -460,8 +450,7 @@ void build_mounts(void)
 
 void build_jail(void)
 {
-    if (prebuilt != PREBUILT_ALL)
-        build_mounts();
+    build_mounts();
     if (sethostname(plan.hostname, str_len(plan.hostname)) < 0)
         fail(AIOGAOL_STEP_HOSTNAME, errno, plan.hostname);
 }

@@ -3,9 +3,9 @@
  *
  * Per request: parse it (wire.c), create init in the new namespaces as the server's child (start_jail:
  * clone, or clone3 into the jail's cgroup), report its PID, write its id maps, let it go.  Between
- * requests, the shortcuts: the next default jail's init made ahead of time (a "waiting init"), for a
- * steady profile with the whole jail built ahead, handed the next request that fits (hand_over), and
- * dropped when the host's mount table changes (mounts_changed).
+ * requests, the one shortcut: the next default jail's init made ahead of time (a "waiting init"), with
+ * the part every jail shares built, handed the next request that fits (hand_over), and dropped when the
+ * host's mount table changes (mounts_changed).
  */
 #include "core.h"
 
@@ -205,87 +205,13 @@ static int waiting_chan = -1;
 static long waiting_uid = -1, waiting_gid = -1; /* the ids it was mapped for */
 static unsigned long long waiting_root_size;     /* the size of the jail root it prebuilt */
 static int waiting_off;                         /* creating one failed (or "none"): the usual path only */
-static int ahead_full = 1;                      /* a steady profile's whole jail built ahead (not "waiting") */
 static int ahead_eager;                         /* "eager": made at once, not once the last jail has ended */
 static int mounts_fd = -1;
 #define WAITING_IDLE_MS 2    /* quiet time before making one, when no jail is known to be starting */
 #define WAITING_AFTER_MS 10  /* longest wait for the last jail's init to exit first */
 static int last_init = -1;   /* pidfd of the init last started, until it exits */
 
-/* A server that keeps spawning the same profile gets its next jail built in full ahead of time: every
- * mount of the profile and the pivot into the jail, not only the standard part.  The spawner keeps the
- * last request's mounts as bytes (ops_blob); when two requests in a row had the same, the next waiting
- * init builds those, then tells the spawner it is ready (one message on its socket) with the device and
- * inode of each host file or directory it bound.  It is handed only a request whose mounts are byte for
- * byte the same, and only while each of those host paths still names the same file (a stat each, at the
- * hand-over): a bind resolves its path when it is made, and a jail must not show a file the host has
- * since replaced by rename or removed, which changes no mount.  Otherwise, or if it failed to build them
- * (it exits), it is dropped and the request takes the usual path, where any failure is reported. */
-static char *last_ops;          /* the last request's mounts, as ops_blob made them */
-static size_t last_ops_len;
-static int ops_steady;          /* the last two requests (that a waiting init may serve) had the same */
-static char *waiting_ops;       /* the mounts the waiting init builds in full; NULL: the standard part */
-static size_t waiting_ops_len;
-static int waiting_ready_seen;  /* it said it has built them, and what it bound: */
-static struct bound_inode waiting_bound[MAX_OPS];
-static int waiting_n_bound;
-#define FULL_READY_WAIT_MS 2    /* longest wait at a hand-over for one still building */
 
-static void forget_waiting_ops(void)
-{
-    free(waiting_ops);
-    waiting_ops = NULL;
-    waiting_ops_len = 0;
-    waiting_ready_seen = 0;
-}
-
-/* Whether the waiting init building in full has done so; waits FULL_READY_WAIT_MS at most. */
-static int waiting_ready(void)
-{
-    struct pollfd p;
-    ssize_t n;
-    if (waiting_ready_seen)
-        return 1;
-    p.fd = waiting_chan;
-    p.events = POLLIN;
-    p.revents = 0;
-    if (poll(&p, 1, FULL_READY_WAIT_MS) <= 0)
-        return 0;
-    n = recv(waiting_chan, waiting_bound, sizeof waiting_bound, MSG_DONTWAIT);
-    if (n < (ssize_t)sizeof waiting_bound[0] || n % (ssize_t)sizeof waiting_bound[0] != 0)
-        return 0; /* one byte: it failed to build them (or EOF: it is gone) */
-    waiting_n_bound = (int)(n / (ssize_t)sizeof waiting_bound[0]) - 1; /* less the zero entry */
-    waiting_ready_seen = 1;
-    return 1;
-}
-
-/* Whether each host path the request binds still names what the waiting init bound and what the profile
- * resolved, reached as a bind reaches it (no symlink followed): a path swapped for a symlink since the
- * jail was built drops it, and the usual path then reports "bind source changed". */
-static int binds_current(void)
-{
-    struct stat st;
-    int i, k = 0, fd;
-    for (i = 0; i < plan.n_ops; i++) {
-        const struct op *op = &plan.ops[i];
-        if (op->kind != OP_RO && op->kind != OP_RW)
-            continue;
-        if (k >= waiting_n_bound)
-            return 0;
-        fd = open_nofollow(AT_FDCWD, op->a, O_PATH, 0);
-        if (fd < 0)
-            return 0;
-        if (fstat(fd, &st) < 0 || (uint64_t)st.st_dev != waiting_bound[k].dev ||
-            (uint64_t)st.st_ino != waiting_bound[k].ino || (uint64_t)st.st_dev != op->dev ||
-            (uint64_t)st.st_ino != op->ino) {
-            close(fd);
-            return 0;
-        }
-        close(fd);
-        k++;
-    }
-    return k == waiting_n_bound;
-}
 
 static void forget_last_init(void)
 {
@@ -321,7 +247,6 @@ static void drop_waiting(int sock)
     waiting_chan = -1;
     report(sock, REPORT_DISCARDED, waiting_pid);
     waiting_pid = 0;
-    forget_waiting_ops();
 }
 
 /* The waiting init: no fd but its socket until a request comes, then what init_child does. */
@@ -358,36 +283,6 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
      * request, no error pipe): the hand-over then fails and the request takes the usual path, where the
      * same step fails again and is reported. */
     build_standard(root_size);
-    if (waiting_ops) {
-        /* A steady profile's mounts too, and the pivot into the jail (see "full" above).  If that fails
-         * (a host path gone, say), it says so in one byte and waits to be dropped: exiting now would
-         * leave the server a zombie until its next spawn. */
-        static jmp_buf escape;
-        if (setjmp(escape) == 0) {
-            fail_escape = &escape;
-            if (ops_from_blob(waiting_ops, waiting_ops_len) < 0)
-                fail(AIOGAOL_STEP_ARGS, EINVAL, "mounts");
-            n_bound = 0;
-            build_mounts();
-            fail_escape = NULL;
-            prebuilt = PREBUILT_ALL;
-            /* What it bound, then a zero entry, so that the message is never empty (empty means EOF). */
-            memset(&bound[n_bound < MAX_OPS ? n_bound : MAX_OPS - 1], 0, sizeof bound[0]);
-            if (n_bound >= MAX_OPS ||
-                send(chan, bound, sizeof bound[0] * (size_t)(n_bound + 1), MSG_NOSIGNAL) < 0)
-                _exit(0);
-        } else {
-            fail_escape = NULL;
-            if (send(chan, "x", 1, MSG_NOSIGNAL) == 1)
-                for (;;) {
-                    ssize_t r = recv(chan, &go, 1, 0);
-                    if (r > 0 || (r < 0 && errno == EINTR))
-                        continue;
-                    break; /* EOF: dropped */
-                }
-            _exit(0);
-        }
-    }
     if (!recv_request(chan, &buf, &cap, &len, &truncated))
         _exit(0); /* dropped, or the spawner is gone: never used */
     got = now_ns();
@@ -401,8 +296,6 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
     init_fds(-1);
     apply_nice();
     mark_at(AIOGAOL_STEP_MAKE_PRIVATE, got);
-    if (prebuilt == PREBUILT_ALL)
-        mark_at(AIOGAOL_STEP_BUILT_AHEAD, got);
     run_init();
 }
 
@@ -423,11 +316,6 @@ static void make_waiting(int sock)
     plan.inside_uid = waiting_uid;
     plan.inside_gid = waiting_gid;
     resolve_identity(uid, gid);
-    forget_waiting_ops();
-    if (ahead_full && ops_steady && last_ops && (waiting_ops = malloc(last_ops_len)) != NULL) {
-        memcpy(waiting_ops, last_ops, last_ops_len);
-        waiting_ops_len = last_ops_len;
-    }
     pid = (pid_t)syscall(SYS_clone, CLONE_PARENT | JAIL_NAMESPACES | CLONE_NEWNET | SIGCHLD, NULL, NULL, NULL,
                          NULL);
     if (pid == 0) {
@@ -456,8 +344,6 @@ static void make_waiting(int sock)
     }
     fail_escape = NULL;
 out:
-    if (!waiting_pid)
-        forget_waiting_ops();
     if (chan[0] >= 0)
         close(chan[0]);
     if (chan[1] >= 0)
@@ -484,7 +370,6 @@ static int hand_over(int sock, const char *buf, size_t len)
     ssize_t n;
     waiting_pid = 0;
     waiting_chan = -1;
-    forget_waiting_ops();
     memset(&msg, 0, sizeof msg);
     iov.iov_base = (void *)buf;
     iov.iov_len = len;
@@ -522,16 +407,8 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
             watch_init(start_jail()); /* a plan no prebuilt jail fits (not one of aiogaol's own) */
             return;
         }
-        size_t blen = 0;
-        char *blob = ops_blob(&blen);
-        int full_fits = same_bytes(blob, blen, waiting_ops, waiting_ops_len);
-        ops_steady = same_bytes(blob, blen, last_ops, last_ops_len);
-        free(last_ops);
-        last_ops = blob;
-        last_ops_len = blob ? blen : 0;
         if (waiting_pid && (mounts_changed() || want_uid != waiting_uid || want_gid != waiting_gid ||
-                            plan.root_size != waiting_root_size ||
-                            (waiting_ops && (!full_fits || !waiting_ready() || !binds_current()))))
+                            plan.root_size != waiting_root_size))
             drop_waiting(sock);
         /* The next waiting init is made for the ids and root size the last jail used. */
         waiting_uid = want_uid;
@@ -651,18 +528,16 @@ int aiogaol_serve(int sock)
  * _spawner.py).  Every jail, a cgroup's or an oversized request's too, is one request to it. */
 int aiogaol_helper_main(int argc, char **argv, char **envp)
 {
-    static const char usage[] = "usage: aiogaol-jail --serve FD [NICE [full|waiting|none]] (started by aiogaol)\n";
+    static const char usage[] = "usage: aiogaol-jail --serve FD [NICE [waiting|none|eager]] (started by aiogaol)\n";
     (void)envp;
     if (argc >= 3 && argc <= 5 && strcmp(argv[1], "--serve") == 0) {
         /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
          * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
         if (argc >= 4 && raise_nice((int)parse_num(argv[3], 10)) < 0)
             return 1;
-        /* Its shortcuts (_spawner.AHEAD_MODES): "full", the default; "waiting"; "none". */
-        if (argc == 5 && strcmp(argv[4], "full") != 0) {
-            if (strcmp(argv[4], "waiting") == 0)
-                ahead_full = 0;
-            else if (strcmp(argv[4], "eager") == 0)
+        /* Its shortcut (_spawner.AHEAD_MODES): "waiting", the default; "none"; "eager". */
+        if (argc == 5 && strcmp(argv[4], "waiting") != 0) {
+            if (strcmp(argv[4], "eager") == 0)
                 ahead_eager = 1;
             else if (strcmp(argv[4], "none") == 0)
                 waiting_off = 1;

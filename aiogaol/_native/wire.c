@@ -3,9 +3,8 @@
  *
  * The records on the error pipe and the lifeline (jail.h), the one failure path fail(), the timing marks
  * of --timings, the parsing of the helper's arguments into the plan (parse_args), the spawner's requests
- * (recv_request, parse_request: one SOCK_SEQPACKET message each), its reports to the server (report),
- * and a plan's mounts as bytes (ops_blob, ops_from_blob), which the spawner compares and hands on to an
- * init made ahead of time.  Nothing here makes a namespace or a mount.
+ * (recv_request, parse_request: one SOCK_SEQPACKET message each) and its reports to the server
+ * (report).  Nothing here makes a namespace or a mount.
  */
 #include "core.h"
 
@@ -573,112 +572,6 @@ void parse_request(const char *buf, size_t len)
     if (req_n < 1 || plan.err_fd != req_to[0])
         fail(AIOGAOL_STEP_ARGS, EINVAL, "the error pipe must be the request's first fd");
 }
-static int blob_put(char **out, size_t *cap, size_t *n, const void *p, size_t k)
-{
-    if (*n + k > *cap) {
-        size_t want = (*n + k) * 2;
-        char *grown = realloc(*out, want);
-        if (!grown)
-            return -1;
-        *out = grown;
-        *cap = want;
-    }
-    memcpy(*out + *n, p, k);
-    *n += k;
-    return 0;
-}
-
-static int blob_str(char **out, size_t *cap, size_t *n, const char *str)
-{
-    char present = str != NULL;
-    if (blob_put(out, cap, n, &present, 1) < 0)
-        return -1;
-    return str ? blob_put(out, cap, n, str, str_len(str) + 1) : 0;
-}
-
-/* The plan's mounts (its ops and the root's size) as bytes, malloc'd; NULL if out of memory. */
-char *ops_blob(size_t *len)
-{
-    char *out = NULL;
-    size_t cap = 0, n = 0;
-    int32_t count = plan.n_ops, i;
-    if (blob_put(&out, &cap, &n, &plan.root_size, sizeof plan.root_size) < 0 ||
-        blob_put(&out, &cap, &n, &count, sizeof count) < 0)
-        goto oom;
-    for (i = 0; i < count; i++) {
-        const struct op *op = &plan.ops[i];
-        int32_t kind = (int32_t)op->kind;
-        if (blob_put(&out, &cap, &n, &kind, sizeof kind) < 0 ||
-            blob_put(&out, &cap, &n, &op->size, sizeof op->size) < 0 ||
-            blob_put(&out, &cap, &n, &op->mode, sizeof op->mode) < 0 ||
-            blob_put(&out, &cap, &n, &op->dev, sizeof op->dev) < 0 ||
-            blob_put(&out, &cap, &n, &op->ino, sizeof op->ino) < 0 ||
-            blob_str(&out, &cap, &n, op->a) < 0 || blob_str(&out, &cap, &n, op->b) < 0)
-            goto oom;
-    }
-    *len = n;
-    return out;
-oom:
-    free(out);
-    return NULL;
-}
-
-int same_bytes(const char *a, size_t alen, const char *b, size_t blen)
-{
-    return a && b && alen == blen && memcmp(a, b, alen) == 0;
-}
-
-static const char *blob_take_str(const char **p, const char *end)
-{
-    const char *str, *nul;
-    if (*p >= end)
-        return NULL;
-    if (*(*p)++ == 0)
-        return NULL;
-    str = *p;
-    nul = memchr(str, '\0', (size_t)(end - str));
-    if (!nul)
-        return NULL;
-    *p = nul + 1;
-    return str;
-}
-
-/* The reverse of ops_blob, into plan (the strings point into the blob); -1 if it does not parse. */
-int ops_from_blob(const char *blob, size_t len)
-{
-    const char *p = blob, *end = blob + len;
-    int32_t count, i, kind;
-    if (len < sizeof plan.root_size + sizeof count)
-        return -1;
-    memcpy(&plan.root_size, p, sizeof plan.root_size);
-    p += sizeof plan.root_size;
-    memcpy(&count, p, sizeof count);
-    p += sizeof count;
-    if (count < 0 || count > MAX_OPS)
-        return -1;
-    for (i = 0; i < count; i++) {
-        struct op *op = &plan.ops[i];
-        if ((size_t)(end - p) < sizeof kind + sizeof op->size + sizeof op->mode + sizeof op->dev +
-                                    sizeof op->ino)
-            return -1;
-        memcpy(&kind, p, sizeof kind);
-        p += sizeof kind;
-        op->kind = (enum op_kind)kind;
-        memcpy(&op->size, p, sizeof op->size);
-        p += sizeof op->size;
-        memcpy(&op->mode, p, sizeof op->mode);
-        p += sizeof op->mode;
-        memcpy(&op->dev, p, sizeof op->dev);
-        p += sizeof op->dev;
-        memcpy(&op->ino, p, sizeof op->ino);
-        p += sizeof op->ino;
-        op->a = blob_take_str(&p, end);
-        op->b = blob_take_str(&p, end);
-    }
-    plan.n_ops = count;
-    return p == end ? 0 : -1;
-}
-
 void report(int sock, int kind, pid_t pid)
 {
     int32_t msg[2];
