@@ -40,7 +40,7 @@ from ._plan import compile_profile
 from ._pool import Job, Pool
 from ._profile import (AllAddresses, FileReadAll, FileReadMetadata, FileWriteAll, Literal, LocalSocket,
                        NetworkOutbound, Operation, Profile, Subpath, SystemInfoRead, Tcp, Tmpfs)
-from ._run import Result, Status, _Outcome, _watch_cpu, not_run
+from ._run import Result, Status, _Outcome, _watch_jail_cpu, not_run
 
 EXIT_TIMED_OUT, EXIT_SETUP_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 124, 125, 126, 127
 EXIT_USAGE = 2
@@ -478,7 +478,7 @@ async def _run_inherited(profile: Profile, limits: Limits, argv: list[str], env:
             # counts whole seconds of one process).
             outcome = _Outcome()
             if limits.cpu_time is not None and (proc._jail.cgroup is not None or _cputime.available()):
-                tg.start_soon(_watch_cpu, proc._jail, limits.cpu_time, outcome, anyio.CancelScope())
+                tg.start_soon(_watch_jail_cpu, proc._jail, limits.cpu_time, outcome, anyio.CancelScope())
             with anyio.move_on_after(limits.wall_time if limits.wall_time else math.inf) as deadline:
                 returncode = await proc.wait()
             tg.cancel_scope.cancel()

@@ -38,7 +38,7 @@ from ._errors import AiogaolError, ProfileError, ProfileTypeError, SandboxSetupE
 from ._jail import Usage, _failure_error, _parse_records, _Record
 from ._limits import Limits, resolve_limits
 from ._profile import FileReadAll, Profile, Subpath
-from ._run import DEFAULT_GRACE, Result, _classify, _feed, _Outcome, enforcement, stdio_pipes
+from ._run import DEFAULT_GRACE, Result, _classify, _feed, _Outcome, capture, enforcement, stdio_pipes, watch_cpu
 from ._native import _core  # type: ignore[attr-defined]
 from ._spawnargs import SpawnArgs
 
@@ -53,7 +53,6 @@ CHECK_EVERY = 1.0  # seconds between two looks at the files a warm image came fr
 CLOSE_TIMEOUT = 5.0  # seconds a closed zygote has to exit before it is killed
 _DRAIN_TIMEOUT = 5.0
 _PIDFD_SPACE = socket.CMSG_SPACE(4)
-_READ_SIZE = 65536
 # The environment of the zygote itself (a job gets its own, as any jail does).  BLAS libraries start a
 # thread pool when they load; a process is forked with its calling thread only, so a warm image must
 # not have any: one BLAS thread, which the jail's CPU limits would make the sensible choice anyway.
@@ -705,6 +704,13 @@ class PythonPool:
                 job.signal_quietly(_signal.SIGKILL)
                 job.close()  # init dies of the closed lifeline too; the zygote's fork reaps it
 
+    @staticmethod
+    async def _watch_cpu(job: _WarmJob, limit: float, outcome: _Outcome, scope: anyio.CancelScope) -> None:
+        """The CPU time of all the job's processes together, from /proc, as ``run`` watches a jail's."""
+        used = lambda: _cputime.tree_cpu_seconds(job.pid) if job.pid else None  # noqa: E731
+        outcome.jail_cpu_capped = await watch_cpu(limit, used, lambda: job.signal_quietly(_signal.SIGRTMAX),
+                                                  scope)
+
     async def _collect(self, job: _WarmJob, spawn: SpawnArgs, code: str, args: list[str],
                        input: bytes | bytearray | memoryview | None, ours: list[int], limits: Limits) -> Result:
         outcome = _Outcome()
@@ -713,11 +719,13 @@ class PythonPool:
         helper_scopes = [anyio.CancelScope(), anyio.CancelScope()]
         async with anyio.create_task_group() as tg:
             for fd, name, scope in zip(ours[1:], ("stdout", "stderr"), pump_scopes):
-                tg.start_soon(_pump, fd, name, limits.output, outputs[name], job, outcome, scope)
+                tg.start_soon(capture, fd, name, limits.output, outputs[name], outcome.capped,
+                              lambda: job.signal_quietly(_signal.SIGRTMAX), scope)
             if input is not None:
                 tg.start_soon(_feed, ours, bytes(input), helper_scopes[0])
             if limits.cpu_time is not None and _cputime.available():
-                tg.start_soon(_watch_cpu, job, limits.cpu_time, outcome, helper_scopes[1])
+                outcome.cpu_source = "/proc/PID/stat of the jail's processes"
+                tg.start_soon(self._watch_cpu, job, limits.cpu_time, outcome, helper_scopes[1])
             await _supervise(job, limits, outcome)
             for scope in helper_scopes:
                 scope.cancel()
@@ -763,40 +771,3 @@ async def _supervise(job: _WarmJob, limits: Limits, outcome: _Outcome) -> None:
                 await job.wait(until_started=False)
             if job.returncode is None:
                 job.close()
-
-
-async def _pump(fd: int, name: str, cap: int | None, buf: bytearray, job: _WarmJob, outcome: _Outcome,
-                scope: anyio.CancelScope) -> None:
-    """``aiogaol.run``'s reader: to EOF; past the cap, keep the first ``cap`` bytes, have init kill the
-    program (status output-limit) and read on, discarding."""
-    with scope:
-        while True:
-            try:
-                chunk = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                await anyio.wait_readable(fd)
-                continue
-            if not chunk:
-                return
-            if outcome.capped[name]:
-                continue
-            if cap is not None and len(buf) + len(chunk) > cap:
-                buf += chunk[:cap - len(buf)]
-                outcome.capped[name] = True
-                job.signal_quietly(_signal.SIGRTMAX)
-                continue
-            buf += chunk
-
-
-async def _watch_cpu(job: _WarmJob, limit: float, outcome: _Outcome, scope: anyio.CancelScope) -> None:
-    """The CPU time of all the job's processes together, from /proc (``_cputime``), as ``run`` watches it."""
-    period = min(0.1, max(0.01, limit / 20))
-    with scope:
-        while job.returncode is None:
-            used = _cputime.tree_cpu_seconds(job.pid) if job.pid else None
-            if used is not None and used >= limit:
-                outcome.jail_cpu_capped = True
-                outcome.cpu_source = "/proc/PID/stat of the jail's processes"
-                job.signal_quietly(_signal.SIGRTMAX)
-                return
-            await anyio.sleep(period)

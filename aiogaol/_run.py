@@ -17,7 +17,7 @@ import enum
 import math
 import os
 import signal as _signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -339,11 +339,12 @@ async def _supervise(jail: RunningJail, expires: float, grace: float, outcome: _
             jail.reap_blocking()  # returns at once when reaped above; bounded by SIGKILL otherwise
 
 
-async def _pump(fd: int, name: str, cap: int | None, buf: bytearray, jail: RunningJail,
-                outcome: _Outcome, scope: anyio.CancelScope) -> None:
-    """Read one stream to EOF.  Past the cap: keep the first ``cap`` bytes, kill the program (status
-    output-limit) and read on, discarding, so that nothing of the jail blocks on a full pipe while it
-    dies and our memory stays bounded."""
+async def capture(fd: int, name: str, cap: int | None, buf: bytearray, capped: dict[str, bool],
+                  stop: Callable[[], None], scope: anyio.CancelScope) -> None:
+    """Read one stream to EOF into ``buf``.  Past the cap: keep the first ``cap`` bytes, mark
+    ``capped[name]``, call ``stop()`` (which kills the program: status output-limit) and read on,
+    discarding, so that nothing of the jail blocks on a full pipe while it dies and our memory stays
+    bounded.  ``run``, ``PythonPool.run`` and ``Sandbox.exec`` each pass their own way to stop."""
     with scope:
         while True:
             try:
@@ -353,12 +354,12 @@ async def _pump(fd: int, name: str, cap: int | None, buf: bytearray, jail: Runni
                 continue
             if not chunk:
                 return
-            if outcome.capped[name]:
+            if capped[name]:
                 continue
             if cap is not None and len(buf) + len(chunk) > cap:
                 buf += chunk[:cap - len(buf)]
-                outcome.capped[name] = True
-                _signal_quietly(jail, _signal.SIGRTMAX)
+                capped[name] = True
+                stop()
                 continue
             buf += chunk
 
@@ -381,23 +382,33 @@ async def _feed(ours: list[int], data: bytes, scope: anyio.CancelScope) -> None:
     os.close(fd)
 
 
-async def _watch_cpu(jail: RunningJail, limit: float, outcome: _Outcome, scope: anyio.CancelScope) -> None:
-    """The CPU time of all the jail's processes together, from the cgroup's cpu.stat or, without one,
-    from /proc (``_cputime``): RLIMIT_CPU alone lets a program that forks spend ``processes × cpu_time``,
-    and counts whole seconds only (0.5 s would be enforced at about 1 s)."""
+async def watch_cpu(limit: float, used: Callable[[], float | None], stop: Callable[[], None],
+                    scope: anyio.CancelScope) -> bool:
+    """Poll ``used()`` (the CPU seconds of all of a jail's or a call's processes together; None while it
+    cannot be read) until it reaches ``limit``, then ``stop()`` and return True; False if ``scope`` is
+    cancelled first (the program ended).  RLIMIT_CPU alone lets a program that forks spend
+    ``processes × cpu_time``, and counts whole seconds only (0.5 s would be enforced at about 1 s)."""
     period = min(0.1, max(0.01, limit / 20))
     with scope:
-        while jail.returncode is None:
-            if jail.cgroup is not None:
-                used, source = jail.cgroup.cpu_time(), "cgroup cpu.stat"
-            else:
-                used, source = _cputime.tree_cpu_seconds(jail.pid), "/proc/PID/stat of the jail's processes"
-            if used is not None and used >= limit:
-                outcome.jail_cpu_capped = True
-                outcome.cpu_source = source
-                _signal_quietly(jail, _signal.SIGRTMAX)
-                return
+        while True:
+            seconds = used()
+            if seconds is not None and seconds >= limit:
+                stop()
+                return True
             await anyio.sleep(period)
+    return False
+
+
+async def _watch_jail_cpu(jail: RunningJail, limit: float, outcome: _Outcome, scope: anyio.CancelScope) -> None:
+    """A jail's CPU time from its cgroup's cpu.stat or, without one, from /proc (``_cputime``)."""
+    if jail.cgroup is not None:
+        cgroup, outcome.cpu_source = jail.cgroup, "cgroup cpu.stat"
+        used: Callable[[], float | None] = cgroup.cpu_time
+    else:
+        outcome.cpu_source = "/proc/PID/stat of the jail's processes"
+        used = lambda: _cputime.tree_cpu_seconds(jail.pid)  # noqa: E731
+    outcome.jail_cpu_capped = await watch_cpu(limit, used, lambda: _signal_quietly(jail, _signal.SIGRTMAX),
+                                              scope)
 
 
 def stdio_pipes(with_input: bool, ours: list[int], theirs: list[int]) -> None:
@@ -536,11 +547,12 @@ async def steered_run(
     try:
         async with anyio.create_task_group() as tg:
             for fd, name, scope in zip(ours[1:], ("stdout", "stderr"), pump_scopes):
-                tg.start_soon(_pump, fd, name, limits.output, outputs[name], jail, outcome, scope)
+                tg.start_soon(capture, fd, name, limits.output, outputs[name], outcome.capped,
+                              lambda: _signal_quietly(jail, _signal.SIGRTMAX), scope)
             if input is not None:
                 tg.start_soon(_feed, ours, bytes(input), helper_scopes[0])
             if limits.cpu_time is not None and (jail.cgroup is not None or _cputime.available()):
-                tg.start_soon(_watch_cpu, jail, limits.cpu_time, outcome, helper_scopes[1])
+                tg.start_soon(_watch_jail_cpu, jail, limits.cpu_time, outcome, helper_scopes[1])
             running = steering.scope() if steering is not None else nullcontext()
             with running:
                 await _supervise(jail, expires, grace, outcome)

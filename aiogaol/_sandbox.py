@@ -50,7 +50,7 @@ from ._kernel_cell import SOURCE as _KERNEL_SOURCE
 from ._limits import MAX_SECONDS, Limits, resolve_limits
 from ._profile import Profile, Tmpfs, check_path
 from ._ready import python_executable
-from ._run import Result, _classify, _feed, enforcement, stdio_pipes
+from ._run import Result, _classify, _feed, capture, enforcement, stdio_pipes, watch_cpu
 from ._sandbox_process import SandboxProcess
 from ._spawnargs import SpawnArgs, check_argv
 from ._stdio import DEVNULL, PIPE, STDOUT
@@ -351,23 +351,15 @@ class Sandbox:
                     continue
         return None
 
-    async def _watch_cpu(self, call_id: int, ns_pid: int, limit: float, capped: list[bool]) -> None:
+    async def _watch_cpu(self, call_id: int, ns_pid: int, limit: float, scope: anyio.CancelScope) -> bool:
         """The CPU time of the call's whole process tree, from /proc (``_cputime``), as ``run`` watches a
         jail's: RLIMIT_CPU alone lets a call that forks spend ``processes x cpu_time``.  The call's first
         process cannot be reaped (its PID reused) before the agent reports its exit, which ends this."""
         host = self._host_pid(ns_pid)
         if host is None:
-            return
-        period = min(0.1, max(0.01, limit / 20))
-        while True:
-            used = _cputime.tree_cpu_seconds(host)
-            if used is None:
-                return
-            if used >= limit:
-                capped[0] = True
-                self._agent.signal_nowait(call_id, _signal.SIGKILL)
-                return
-            await anyio.sleep(period)
+            return False
+        return await watch_cpu(limit, lambda: _cputime.tree_cpu_seconds(host),
+                               lambda: self._agent.signal_nowait(call_id, _signal.SIGKILL), scope)
 
     async def _supervise(self, call_id: int, ns_pid: int, argv: Sequence[object], limits: Limits, ours: list[int],
                          input: bytes | bytearray | memoryview | None, started: float) -> Result:
@@ -378,39 +370,21 @@ class Sandbox:
         exit_reply: wire.Reply | None = None
         failure: SandboxError | None = None
 
-        async def pump(fd: int, name: str, scope: anyio.CancelScope) -> None:
-            with scope:
-                while True:
-                    try:
-                        chunk = os.read(fd, _READ_SIZE)
-                    except BlockingIOError:
-                        await anyio.wait_readable(fd)
-                        continue
-                    if not chunk:
-                        return
-                    buf = outputs[name]
-                    if capped[name]:
-                        continue
-                    if limits.output is not None and len(buf) + len(chunk) > limits.output:
-                        buf += chunk[:limits.output - len(buf)]
-                        capped[name] = True
-                        self._agent.signal_nowait(call_id, _signal.SIGKILL)
-                        continue
-                    buf += chunk
+        def stop() -> None:
+            self._agent.signal_nowait(call_id, _signal.SIGKILL)
 
         pump_scopes = [anyio.CancelScope(), anyio.CancelScope()]
         feed_scope = anyio.CancelScope()
         try:
             async with anyio.create_task_group() as tg:
                 for fd, name, scope in zip(ours[1:], ("stdout", "stderr"), pump_scopes):
-                    tg.start_soon(pump, fd, name, scope)
+                    tg.start_soon(capture, fd, name, limits.output, outputs[name], capped, stop, scope)
                 if input is not None:
                     tg.start_soon(_feed, ours, bytes(input), feed_scope)
                 watch_scope = anyio.CancelScope()
                 if limits.cpu_time is not None and _cputime.available():
                     async def watch(cpu_time: float) -> None:
-                        with watch_scope:
-                            await self._watch_cpu(call_id, ns_pid, cpu_time, cpu_capped)
+                        cpu_capped[0] = await self._watch_cpu(call_id, ns_pid, cpu_time, watch_scope)
 
                     tg.start_soon(watch, limits.cpu_time)
                 try:
