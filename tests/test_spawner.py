@@ -463,8 +463,9 @@ async def test_a_killed_spawners_waiting_init_is_reaped() -> None:
 
 
 def test_a_mount_made_after_the_waiting_init_is_seen_by_the_jail(tmp_path: "os.PathLike[str]") -> None:
-    """The waiting init's mount namespace is a copy taken when it was made; the spawner drops it when the
-    host's mount table changes, so a jail never binds from a stale view.  Run in a user and mount
+    """The waiting init's mount namespace is a copy taken when it was made; when the host's mount table
+    changes the spawner has it let go of that copy and never hands it a request, so a jail never binds
+    from a stale view and an unmounted filesystem is not held.  Run in a user and mount
     namespace of its own, where mounting a tmpfs needs no privilege."""
     if shutil.which("unshare") is None:
         pytest.fail("util-linux's unshare is needed (Debian: apt-get install util-linux)")
@@ -492,21 +493,52 @@ def test_a_mount_made_after_the_waiting_init_is_seen_by_the_jail(tmp_path: "os.P
                 f.write("fresh mount")
             pid, text = await cat()
             # And the other way: a filesystem unmounted on the host does not stay held by an idle copy
-            # of the mount tree; the waiting init made while it was mounted is dropped at once.
+            # of the mount tree.  The waiting init made while it was mounted lets go of the host's tree
+            # at once, and lives on (never a zombie of an idle server) until the next request drops it.
             while not _spawner.waiting_pids():
                 await asyncio.sleep(0.005)
             (holder,) = _spawner.waiting_pids()
+            def holds():
+                try:
+                    with open(f"/proc/{{holder}}/mountinfo") as f:
+                        return any(line.split()[4].endswith({base!r}) for line in f)
+                except FileNotFoundError:
+                    return False
+            assert holds()
             subprocess.run(["umount", {base!r}], check=True)
+            deadline = time.monotonic() + 20
+            while holds() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            released = not holds()
+            # More changes while the server is idle make no new init and leave no zombie.
+            for _ in range(20):
+                subprocess.run(["mount", "-t", "tmpfs", "tmpfs", {base!r}], check=True)
+                subprocess.run(["umount", {base!r}], check=True)
+            time.sleep(0.2)
+            me = str(os.getpid())
+            children = []
+            for name in os.listdir("/proc"):
+                try:
+                    with open(f"/proc/{{name}}/stat") as f:
+                        rest = f.read().rsplit(")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue
+                if rest[1] == me:
+                    children.append((int(name), rest[0]))
+            state = dict(children)[holder]
+            assert [c for c in children if c[1] == "Z"] == [], children
+            assert _spawner.waiting_pids() == {{holder}}, (_spawner.waiting_pids(), holder)
+            nxt, _ = await cat()
             deadline = time.monotonic() + 20
             while os.path.exists(f"/proc/{{holder}}") and time.monotonic() < deadline:
                 _spawner.waiting_pids()  # takes in the spawner's reports; a dropped init is reaped
                 await asyncio.sleep(0.005)
-            print(pid != waiting, text, os.path.exists(f"/proc/{{holder}}"))
+            print(pid != waiting, text, released, state, nxt != holder, os.path.exists(f"/proc/{{holder}}"))
         asyncio.run(main())
     """)
     done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=120)
-    assert (done.returncode, done.stdout) == (0, "True fresh mount False\n"), done.stderr
+    assert (done.returncode, done.stdout) == (0, "True fresh mount True S True False\n"), done.stderr
 
 
 @pytest.mark.asyncio

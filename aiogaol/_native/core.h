@@ -214,6 +214,8 @@ void __attribute__((noreturn)) run_init(void);
 void loopback_up(void);
 void drop_init(pid_t program);
 void kill_jail(pid_t program);
+int supervise(pid_t child, int sfd, uint64_t *figures);
+void reap_jail(pid_t child, uint64_t *figures);
 
 /* ---- program.c: PID 2 ------------------------------------------------------------------------- */
 void __attribute__((noreturn)) run_program(void);
@@ -221,6 +223,9 @@ extern int bounds_dropped;                /* limit_capabilities done (in init, b
 void limit_capabilities(void);
 void apply_landlock(void);
 void drop_capabilities(void);
+void take_identity(int init);
+void program_session(void);
+void program_walls(int warm);
 void __attribute__((noreturn)) exec_program(void);
 extern struct sock_filter seccomp_insns[BPF_MAXINSNS];
 size_t read_seccomp(void);

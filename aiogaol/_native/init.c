@@ -147,13 +147,105 @@ void drop_init(pid_t program)
         drop_failed(program, "seccomp");
 }
 
+/* The rusage of one reaped process added to figures (user ns, system ns, the largest max RSS in KiB);
+ * NULL: not counted.  Init's filter allows wait4, which gives it, but not getrusage. */
+static void add_usage(uint64_t *figures, const struct rusage *ru)
+{
+    if (!figures)
+        return;
+    figures[0] += (uint64_t)ru->ru_utime.tv_sec * 1000000000u + (uint64_t)ru->ru_utime.tv_usec * 1000u;
+    figures[1] += (uint64_t)ru->ru_stime.tv_sec * 1000000000u + (uint64_t)ru->ru_stime.tv_usec * 1000u;
+    if ((uint64_t)ru->ru_maxrss > figures[2])
+        figures[2] = (uint64_t)ru->ru_maxrss;
+}
+
+/* Init's watch over the program, until it has reaped it; returns its wait status.  Signals come on the
+ * signalfd sfd: each catchable one is forwarded, SIGRTMAX (the server's "kill the program") becomes
+ * SIGKILL of the program while init lives on to reap it and its orphans and to report, so the jail's
+ * usage stays whole (SIGKILL to init itself would lose the children's rusage), and SIGCHLD reaps.  The
+ * lifeline's EOF (the server is gone) and a sandbox's deadline (kept here, since no program of the jail
+ * can stop or kill PID 1) kill the jail.  For a spawned jail (run_init) and a warm one (zygote.c). */
+int supervise(pid_t child, int sfd, uint64_t *figures)
+{
+    struct pollfd pfd[2];
+    int status = 0, done = 0;
+    uint64_t deadline = now_ns() / 1000000u + plan.deadline_ms;
+
+    pfd[0].fd = sfd;
+    pfd[0].events = POLLIN;
+    pfd[1].fd = plan.lifeline_fd;
+    pfd[1].events = POLLIN;
+    while (!done) {
+        int timeout = -1;
+        if (plan.deadline_ms) {
+            uint64_t now = now_ns() / 1000000u;
+            if (now >= deadline) {
+                kill_jail(child);
+                plan.deadline_ms = 0;
+                continue;
+            }
+            timeout = (int)(deadline - now > 1000000 ? 1000000 : deadline - now);
+        }
+        if (poll(pfd, plan.lifeline_fd >= 0 ? 2 : 1, timeout) < 0) {
+            if (errno == EINTR)
+                continue;
+            kill_jail(child);
+            _exit(126);
+        }
+        if (plan.lifeline_fd >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            kill_jail(child); /* the server is gone, or gave up on the job */
+            _exit(137);
+        }
+        if (pfd[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            ssize_t n = read(sfd, &si, sizeof si);
+            if (n != (ssize_t)sizeof si)
+                continue;
+            if (si.ssi_signo == SIGCHLD) {
+                struct rusage ru;
+                pid_t p;
+                int st;
+                while ((p = wait4(-1, &st, WNOHANG, &ru)) > 0) {
+                    add_usage(figures, &ru);
+                    if (p == child) {
+                        status = st;
+                        done = 1;
+                    }
+                }
+            } else if ((int)si.ssi_signo == SIGRTMAX) {
+                kill(child, SIGKILL);
+            } else {
+                kill(child, (int)si.ssi_signo);
+            }
+        }
+    }
+    return status;
+}
+
+/* Once the program has ended: take its orphans down with it and reap them, so that their CPU time counts
+ * in the rusage the server reads from init (and in figures). */
+void reap_jail(pid_t child, uint64_t *figures)
+{
+    kill_jail(child);
+    for (;;) {
+        /* In a PID namespace nothing survives kill(-1, SIGKILL), so blocking is bounded; in the
+         * fallback, a process forked during the kill could outlive it, so only what is dead is taken. */
+        struct rusage ru;
+        errno = 0;
+        if (wait4(-1, NULL, __WALL | (plan.no_namespaces ? WNOHANG : 0), &ru) <= 0) {
+            if (errno != EINTR)
+                break;
+            continue;
+        }
+        add_usage(figures, &ru);
+    }
+}
+
 void run_init(void)
 {
     sigset_t all;
-    int sfd, status = 0, done = 0;
+    int sfd, status;
     pid_t child;
-    struct pollfd pfd[2];
-    uint64_t deadline = now_ns() / 1000000u + plan.deadline_ms;
 
     /* Init never runs beside the program unfiltered (see drop_init): no filter, no jail. */
     if (init_len == 0)
@@ -174,16 +266,7 @@ void run_init(void)
     /* Before the program exists, init takes its identity (a root server's init built the jail as root,
      * for root-only bind sources, and is nobody from here on, on the host as in the jail), keeping its
      * capabilities for the program's own drops (NO_SETUID_FIXUP, set just above; drop_init clears them). */
-    if (switch_identity) {
-        gid_t g = (gid_t)plan.inside_gid;
-        uid_t u = (uid_t)plan.inside_uid;
-        if (setgroups(0, NULL) < 0)
-            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setgroups");
-        if (setresgid(g, g, g) < 0)
-            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setresgid");
-        if (setresuid(u, u, u) < 0)
-            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setresuid");
-    }
+    take_identity(1);
     /* Then (a change of ids resets it to fs.suid_dumpable) non-dumpable, before the program exists: it
      * may never ptrace init or read /proc/1/mem.  (The program shares init's memory until its exec,
      * which makes it dumpable again in its own.) */
@@ -223,70 +306,9 @@ void run_init(void)
         close(err_fd);
     }
 
-    pfd[0].fd = sfd;
-    pfd[0].events = POLLIN;
-    pfd[1].fd = plan.lifeline_fd;
-    pfd[1].events = POLLIN;
-    for (;;) {
-        int timeout = -1;
-        /* A sandbox's lifetime: kept here, since no program of the jail can stop or kill PID 1. */
-        if (plan.deadline_ms && !done) {
-            uint64_t now = now_ns() / 1000000u;
-            if (now >= deadline) {
-                kill_jail(child);
-                plan.deadline_ms = 0;
-                continue;
-            }
-            timeout = (int)(deadline - now > 1000000 ? 1000000 : deadline - now);
-        }
-        if (poll(pfd, plan.lifeline_fd >= 0 ? 2 : 1, timeout) < 0) {
-            if (errno == EINTR)
-                continue;
-            kill_jail(child);
-            _exit(126);
-        }
-        if (plan.lifeline_fd >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-            /* The server is gone: the jail goes with it. */
-            kill_jail(child);
-            _exit(137);
-        }
-        if (pfd[0].revents & POLLIN) {
-            struct signalfd_siginfo si;
-            ssize_t n = read(sfd, &si, sizeof si);
-            if (n != (ssize_t)sizeof si)
-                continue;
-            if (si.ssi_signo == SIGCHLD) {
-                pid_t p;
-                int st;
-                while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
-                    if (p == child) {
-                        status = st;
-                        done = 1;
-                        mark_lifeline(AIOGAOL_STEP_REAP_PROGRAM);
-                    }
-                }
-            } else if (!done && (int)si.ssi_signo == SIGRTMAX) {
-                /* The server's "kill the program": SIGKILL for it, while init lives on to reap it and
-                 * its orphans and to report, so the jail's usage stays whole (SIGKILL to init itself
-                 * would lose the children's rusage). */
-                kill(child, SIGKILL);
-            } else if (!done) {
-                kill(child, (int)si.ssi_signo);
-            }
-        }
-        if (done)
-            break;
-    }
-    /* Take the orphans down with the program, and reap them, so their CPU time counts in the rusage
-     * the server reads from init; then report the program's exact status. */
-    kill_jail(child);
-    for (;;) {
-        /* In a PID namespace nothing survives kill(-1, SIGKILL), so blocking is bounded; in the
-         * fallback, a process forked during the kill could outlive it, so only what is dead is taken. */
-        errno = 0;
-        if (waitpid(-1, NULL, __WALL | (plan.no_namespaces ? WNOHANG : 0)) <= 0 && errno != EINTR)
-            break;
-    }
+    status = supervise(child, sfd, NULL);
+    mark_lifeline(AIOGAOL_STEP_REAP_PROGRAM);
+    reap_jail(child, NULL);
     mark_lifeline(AIOGAOL_STEP_REPORT_EXIT);
     if (plan.lifeline_fd >= 0) {
         struct aiogaol_record rec;

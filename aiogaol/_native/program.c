@@ -1,9 +1,11 @@
 /*
  * The program launcher: PID 2, cloned by init (CLONE_VM | CLONE_VFORK), drops everything and execs.
  *
- * In this order: chdir, setsid, rlimits, every fd closed but stdio and pass_fds, signals reset,
- * no_new_privs, capabilities (bounding, ambient, securebits, the identity switch, capset), Landlock,
- * seccomp with TSYNC, exec (execvpe's search by hand, so the error kept is the meaningful one).
+ * In this order: its session (program_session: umask, chdir, setsid, rlimits), then its walls
+ * (program_walls: every fd closed but stdio and pass_fds, signals reset, no_new_privs, capabilities
+ * (bounding, ambient, securebits, the identity switch, capset), Landlock, seccomp with TSYNC), exec
+ * (execvpe's search by hand, so the error kept is the meaningful one).  A warm interpreter's job
+ * (zygote.c) takes the same session and walls, and returns to Python instead of the exec.
  */
 #include "core.h"
 #include "agent.h"
@@ -125,6 +127,22 @@ void limit_capabilities(void)
     bounds_dropped = 1;
 }
 
+/* The jail's ids (--uid/--gid, root servers only; nothing otherwise), no supplementary group: for init
+ * before it clones the program, and for the program (a no-op there once init has them). */
+void take_identity(int init)
+{
+    gid_t g = (gid_t)plan.inside_gid;
+    uid_t u = (uid_t)plan.inside_uid;
+    if (!switch_identity)
+        return;
+    if (setgroups(0, NULL) < 0)
+        fail(AIOGAOL_STEP_IDENTITY, errno, init ? "init's setgroups" : "setgroups");
+    if (setresgid(g, g, g) < 0)
+        fail(AIOGAOL_STEP_IDENTITY, errno, init ? "init's setresgid" : "setresgid");
+    if (setresuid(u, u, u) < 0)
+        fail(AIOGAOL_STEP_IDENTITY, errno, init ? "init's setresuid" : "setresuid");
+}
+
 /* The program's own drop: the bounds (unless init set them already), its identity, then capset(0). */
 void drop_capabilities(void)
 {
@@ -134,16 +152,7 @@ void drop_capabilities(void)
         limit_capabilities();
     /* The identity switch comes after the bounding set and securebits (it needs CAP_SETUID and
      * CAP_SETGID, and NO_SETUID_FIXUP keeps it from clearing them early), before capset clears all. */
-    if (switch_identity) {
-        gid_t g = (gid_t)plan.inside_gid;
-        uid_t u = (uid_t)plan.inside_uid;
-        if (setgroups(0, NULL) < 0)
-            fail(AIOGAOL_STEP_IDENTITY, errno, "setgroups");
-        if (setresgid(g, g, g) < 0)
-            fail(AIOGAOL_STEP_IDENTITY, errno, "setresgid");
-        if (setresuid(u, u, u) < 0)
-            fail(AIOGAOL_STEP_IDENTITY, errno, "setresuid");
-    }
+    take_identity(0);
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &hdr, data) < 0)
         fail(AIOGAOL_STEP_CAPABILITIES, errno, "capset");
@@ -204,26 +213,16 @@ void exec_program(void)
     fail(AIOGAOL_STEP_EXEC, saved, prog);
 }
 
-void run_program(void)
+/* The program's session, before its walls: umask, working directory, a new session (no controlling
+ * terminal, so TIOCSTI cannot push keys into the caller's tty), rlimits.  For run_program and for a warm
+ * interpreter's job (zygote.c). */
+void program_session(void)
 {
-    struct sock_fprog prog;
-    int keep[MAX_KEEP + 1], n = 0, i, sig;
-    mark(AIOGAOL_STEP_FORK_PROGRAM);
-    sigset_t none;
-
-    /* Without a PID namespace nothing takes the program down with init: a SIGKILL of init (proc.kill())
-     * must still end it.  Init is single-threaded, so the parent-death signal is exact here. */
-    if (plan.no_namespaces) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
-            fail(AIOGAOL_STEP_SIGNALS, errno, "PR_SET_PDEATHSIG");
-        if (getppid() != init_pid)
-            _exit(137);
-    }
+    int i;
     if (plan.umask >= 0)
         umask((mode_t)(plan.umask & 0777));
     if (chdir(plan.cwd) < 0)
         fail(AIOGAOL_STEP_CHDIR, errno, plan.cwd);
-    /* A new session: no controlling terminal, so TIOCSTI cannot push keys into the caller's tty. */
     if (setsid() < 0)
         fail(AIOGAOL_STEP_SETSID, errno, "setsid");
     for (i = 0; i < plan.n_rlimits; i++) {
@@ -233,6 +232,19 @@ void run_program(void)
         if (setrlimit(plan.rlimits[i].resource, &rl) < 0)
             fail(AIOGAOL_STEP_RLIMIT, errno, "setrlimit");
     }
+}
+
+/* The program's walls, in order: every fd closed but stdio, pass_fds and the error pipe; signal
+ * dispositions reset (not for a warm interpreter, whose own are Python's, as a fresh `python3 -c`
+ * has them) and the mask emptied; no_new_privs; capabilities and identity; Landlock; seccomp last, with
+ * TSYNC, so that no thread and no later step escapes it.  A warm interpreter's job is made dumpable
+ * again after its identity switch (exec would do it): a non-dumpable process cannot read its own
+ * /proc/self/fd. */
+void program_walls(int warm)
+{
+    struct sock_fprog prog;
+    int keep[MAX_KEEP + 1], n = 0, i, sig;
+    sigset_t none;
     prog.len = (unsigned short)read_seccomp();
     prog.filter = seccomp_insns;
     for (i = 0; i < plan.n_keep; i++)
@@ -240,7 +252,7 @@ void run_program(void)
     keep[n++] = err_fd;
     if (close_all_except(keep, n) < 0)
         fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
-    for (sig = 1; sig < NSIG; sig++) {
+    for (sig = 1; !warm && sig < NSIG; sig++) {
         if (sig == SIGKILL || sig == SIGSTOP)
             continue;
         signal(sig, SIG_DFL); /* fails harmlessly for the real-time signals glibc reserves */
@@ -251,18 +263,33 @@ void run_program(void)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         fail(AIOGAOL_STEP_NO_NEW_PRIVS, errno, "prctl");
     drop_capabilities();
+    if (warm && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
+        fail(AIOGAOL_STEP_CAPABILITIES, errno, "PR_SET_DUMPABLE");
     apply_landlock();
     mark(AIOGAOL_STEP_LANDLOCK);
-    /* seccomp last, with TSYNC, so no thread and no later step escapes it.  (The TIME records after it
-     * are plain writes to the error pipe, which the filter allows.) */
+    /* (The TIME records after it are plain writes to the error pipe, which the filter allows.) */
     if (prog.len > 0 &&
         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
         fail(AIOGAOL_STEP_SECCOMP, errno, "seccomp");
     mark(AIOGAOL_STEP_SECCOMP);
+}
+
+void run_program(void)
+{
+    mark(AIOGAOL_STEP_FORK_PROGRAM);
+    /* Without a PID namespace nothing takes the program down with init: a SIGKILL of init (proc.kill())
+     * must still end it.  Init is single-threaded, so the parent-death signal is exact here. */
+    if (plan.no_namespaces) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+            fail(AIOGAOL_STEP_SIGNALS, errno, "PR_SET_PDEATHSIG");
+        if (getppid() != init_pid)
+            _exit(137);
+    }
+    program_session();
+    program_walls(0);
     if (plan.agent_fd >= 0) /* a sandbox: its agent, as jailed as any program, instead of an exec */
         aiogaol_agent_main(plan.agent_fd, plan.cwd, err_fd, plan.agent_idle);
     mark(AIOGAOL_STEP_EXEC);
     exec_program();
     _exit(127);
 }
-

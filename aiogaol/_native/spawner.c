@@ -205,6 +205,7 @@ static int waiting_chan = -1;
 static long waiting_uid = -1, waiting_gid = -1; /* the ids it was mapped for */
 static unsigned long long waiting_root_size;     /* the size of the jail root it prebuilt */
 static int waiting_off;                         /* creating one failed (or "none"): the usual path only */
+static int waiting_stale;                       /* the host's mounts changed since: serves no request */
 static int ahead_eager;                         /* "eager": made at once, not once the last jail has ended */
 static int mounts_fd = -1;
 #define WAITING_IDLE_MS 2    /* quiet time before making one, when no jail is known to be starting */
@@ -247,6 +248,19 @@ static void drop_waiting(int sock)
     waiting_chan = -1;
     report(sock, REPORT_DISCARDED, waiting_pid);
     waiting_pid = 0;
+    waiting_stale = 0;
+}
+
+/* The host's mounts changed while a waiting init holds its copy of them.  Dropped now, it would exit
+ * and stay a zombie until the server next spawns (only the server reaps it, and an idle server does not
+ * look), one per change; so it is told to let go of the host's tree at once (one byte on its socket:
+ * it detaches /oldroot), and is dropped at the next request.  No other is made while it waits. */
+static void release_waiting(void)
+{
+    if (waiting_stale)
+        return;
+    waiting_stale = 1;
+    (void)send(waiting_chan, "d", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
 /* The waiting init: no fd but its socket until a request comes, then what init_child does. */
@@ -283,6 +297,19 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
      * request, no error pipe): the hand-over then fails and the request takes the usual path, where the
      * same step fails again and is reported. */
     build_standard(root_size);
+    for (;;) {
+        /* A one-byte message is the spawner's "the host's mounts changed": let go of this copy of the
+         * host's tree (an unmounted filesystem must not stay busy in it) and wait to be dropped at the
+         * next request, rather than exit now and be a zombie of an idle server (see release_waiting). */
+        char c;
+        ssize_t n = recv(chan, &c, 1, MSG_PEEK | MSG_TRUNC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n != 1)
+            break; /* a request (or EOF, or an error, which recv_request meets too) */
+        (void)recv(chan, &c, 1, 0);
+        (void)umount2("/oldroot", MNT_DETACH);
+    }
     if (!recv_request(chan, &buf, &cap, &len, &truncated))
         _exit(0); /* dropped, or the spawner is gone: never used */
     got = now_ns();
@@ -370,6 +397,7 @@ static int hand_over(int sock, const char *buf, size_t len)
     ssize_t n;
     waiting_pid = 0;
     waiting_chan = -1;
+    waiting_stale = 0;
     memset(&msg, 0, sizeof msg);
     iov.iov_base = (void *)buf;
     iov.iov_len = len;
@@ -407,8 +435,8 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
             watch_init(start_jail()); /* a plan no prebuilt jail fits (not one of aiogaol's own) */
             return;
         }
-        if (waiting_pid && (mounts_changed() || want_uid != waiting_uid || want_gid != waiting_gid ||
-                            plan.root_size != waiting_root_size))
+        if (waiting_pid && (waiting_stale || mounts_changed() || want_uid != waiting_uid ||
+                            want_gid != waiting_gid || plan.root_size != waiting_root_size))
             drop_waiting(sock);
         /* The next waiting init is made for the ids and root size the last jail used. */
         waiting_uid = want_uid;
@@ -480,8 +508,10 @@ int aiogaol_serve(int sock)
             }
         }
         if (waiting_pid) {
-            /* While a waiting init holds its copy of the host's mount tree, a change on the host drops
-             * it at once: an unmounted filesystem must not stay busy in an idle copy. */
+            /* While a waiting init holds its copy of the host's mount tree, a change on the host makes
+             * it let go of that copy at once (release_waiting): an unmounted filesystem must not stay
+             * busy in an idle copy.  This poll takes the change, so the stale mark is what the next
+             * request's check sees. */
             struct pollfd p[2];
             p[0].fd = sock;
             p[0].events = POLLIN;
@@ -489,10 +519,9 @@ int aiogaol_serve(int sock)
             p[1].fd = mounts_fd;
             p[1].events = POLLPRI;
             p[1].revents = 0;
-            if (poll(p, 2, -1) > 0 && (p[1].revents & (POLLPRI | POLLERR))) {
-                /* Dropped even with a request pending: this poll took the change, so a check at the
-                 * hand-over would not see it again. */
-                drop_waiting(sock);
+            if (poll(p, waiting_stale ? 1 : 2, -1) > 0 && !waiting_stale &&
+                (p[1].revents & (POLLPRI | POLLERR))) {
+                release_waiting();
                 continue;
             }
         }

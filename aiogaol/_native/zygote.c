@@ -24,9 +24,10 @@
  *                J: aiogaol_zygote_relay: waits for K and reports its end (USAGE: what counts if K was
  *                   killed before DONE), then exits
  *
- * This file only calls the steps of the other roles (core.h) (parse_args, resolve_identity, build_jail, loopback_up, apply_nice, drop_init,
- * drop_capabilities, apply_landlock, read_seccomp, close_all_except, kill_jail, send_record, fail), so
- * a jail entered here is built by exactly the code that builds every other jail.
+ * This file only calls the steps of the other roles (core.h): parse_args, resolve_identity, build_jail,
+ * loopback_up, apply_nice, limit_capabilities, take_identity, drop_init, supervise, reap_jail,
+ * program_session, program_walls, close_all_except, send_record, fail.  So a jail entered here is
+ * built, watched and walled by exactly the code that does it for every other jail.
  *
  * Every failure goes through wire.c's fail(): a record (step, errno, detail) on the job's report
  * socket (--err), then _exit.  Nothing here allocates or returns to Python in a half-built state.
@@ -139,16 +140,7 @@ void aiogaol_zygote_init_enter(int report_fd)
     /* As run_init: the bounding and ambient sets emptied and the securebits locked (NO_SETUID_FIXUP
      * among them) once, for init and the program it forks. */
     limit_capabilities();
-    if (switch_identity) {
-        gid_t g = (gid_t)plan.inside_gid;
-        uid_t u = (uid_t)plan.inside_uid;
-        if (setgroups(0, NULL) < 0)
-            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setgroups");
-        if (setresgid(g, g, g) < 0)
-            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setresgid");
-        if (setresuid(u, u, u) < 0)
-            fail(AIOGAOL_STEP_IDENTITY, errno, "init's setresuid");
-    }
+    take_identity(1);
     /* The program (a fork, so it shares nothing with init once it exists) may never ptrace init. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
         fail(AIOGAOL_STEP_DROP_INIT, errno, "PR_SET_DUMPABLE");
@@ -160,16 +152,6 @@ void aiogaol_zygote_init_enter(int report_fd)
         fail(AIOGAOL_STEP_SIGNALFD, errno, "signalfd");
 }
 
-/* The rusage of one reaped process added to a record's figures (init's filter allows wait4, which
- * gives it, but not getrusage). */
-static void add_usage(uint64_t *figures, const struct rusage *ru)
-{
-    figures[0] += (uint64_t)ru->ru_utime.tv_sec * 1000000000u + (uint64_t)ru->ru_utime.tv_usec * 1000u;
-    figures[1] += (uint64_t)ru->ru_stime.tv_sec * 1000000000u + (uint64_t)ru->ru_stime.tv_usec * 1000u;
-    if ((uint64_t)ru->ru_maxrss > figures[2])
-        figures[2] = (uint64_t)ru->ru_maxrss;
-}
-
 /* K, once P exists: run_init's loop.  Init drops everything it held for the program (capabilities,
  * no_new_privs, its own filter), keeps only the signalfd and the lifeline, forwards each catchable
  * signal, answers SIGRTMAX with SIGKILL of the program, and when the program ends kills what is left of
@@ -177,8 +159,7 @@ static void add_usage(uint64_t *figures, const struct rusage *ru)
 void __attribute__((noreturn)) aiogaol_zygote_init_run(int program)
 {
     pid_t child = (pid_t)program;
-    int status = 0, done = 0, k;
-    struct pollfd pfd[2];
+    int status, k;
     uint64_t figures[3] = {0, 0, 0}; /* as in a USAGE record, summed over every process init reaps */
 
     drop_init(child);
@@ -194,57 +175,8 @@ void __attribute__((noreturn)) aiogaol_zygote_init_run(int program)
      * status and the jail's usage go there as soon as the jail is empty, ahead of J's report of init's
      * own end, which is then only the fallback for an init killed from outside. */
 
-    pfd[0].fd = zygote_sfd;
-    pfd[0].events = POLLIN;
-    pfd[1].fd = plan.lifeline_fd;
-    pfd[1].events = POLLIN;
-    for (;;) {
-        if (poll(pfd, plan.lifeline_fd >= 0 ? 2 : 1, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            kill_jail(child);
-            _exit(126);
-        }
-        if (plan.lifeline_fd >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-            kill_jail(child); /* the server is gone, or gave up on the job */
-            _exit(137);
-        }
-        if (pfd[0].revents & POLLIN) {
-            struct signalfd_siginfo si;
-            ssize_t n = read(zygote_sfd, &si, sizeof si);
-            if (n != (ssize_t)sizeof si)
-                continue;
-            if (si.ssi_signo == SIGCHLD) {
-                pid_t p;
-                int st;
-                struct rusage ru;
-                while ((p = wait4(-1, &st, WNOHANG, &ru)) > 0) {
-                    add_usage(figures, &ru);
-                    if (p == child) {
-                        status = st;
-                        done = 1;
-                    }
-                }
-            } else if (!done && (int)si.ssi_signo == SIGRTMAX) {
-                kill(child, SIGKILL);
-            } else if (!done) {
-                kill(child, (int)si.ssi_signo);
-            }
-        }
-        if (done)
-            break;
-    }
-    kill_jail(child);
-    for (;;) {
-        struct rusage ru;
-        errno = 0;
-        if (wait4(-1, NULL, __WALL, &ru) <= 0) {
-            if (errno != EINTR)
-                break;
-            continue;
-        }
-        add_usage(figures, &ru);
-    }
+    status = supervise(child, zygote_sfd, figures);
+    reap_jail(child, figures);
     {
         struct aiogaol_record rec;
         memset(&rec, 0, sizeof rec);
@@ -269,45 +201,9 @@ void __attribute__((noreturn)) aiogaol_zygote_init_run(int program)
  * every wall up; the STARTED record is the last thing written on the report socket. */
 void aiogaol_zygote_program_enter(void)
 {
-    struct sock_fprog prog;
-    int keep[MAX_KEEP + 1], n = 0, i;
-    sigset_t none;
-
     mark(AIOGAOL_STEP_FORK_PROGRAM);
-    if (plan.umask >= 0)
-        umask((mode_t)(plan.umask & 0777));
-    if (chdir(plan.cwd) < 0)
-        fail(AIOGAOL_STEP_CHDIR, errno, plan.cwd);
-    if (setsid() < 0)
-        fail(AIOGAOL_STEP_SETSID, errno, "setsid");
-    for (i = 0; i < plan.n_rlimits; i++) {
-        struct rlimit rl;
-        rl.rlim_cur = (rlim_t)plan.rlimits[i].soft;
-        rl.rlim_max = (rlim_t)plan.rlimits[i].hard;
-        if (setrlimit(plan.rlimits[i].resource, &rl) < 0)
-            fail(AIOGAOL_STEP_RLIMIT, errno, "setrlimit");
-    }
-    prog.len = (unsigned short)read_seccomp();
-    prog.filter = seccomp_insns;
-    for (i = 0; i < plan.n_keep; i++)
-        keep[n++] = plan.keep[i];
-    keep[n++] = err_fd;
-    if (close_all_except(keep, n) < 0)
-        fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
-    sigemptyset(&none);
-    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
-        fail(AIOGAOL_STEP_SIGNALS, errno, "sigprocmask");
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        fail(AIOGAOL_STEP_NO_NEW_PRIVS, errno, "prctl");
-    drop_capabilities();
-    if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
-        fail(AIOGAOL_STEP_CAPABILITIES, errno, "PR_SET_DUMPABLE");
-    apply_landlock();
-    mark(AIOGAOL_STEP_LANDLOCK);
-    if (prog.len > 0 &&
-        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
-        fail(AIOGAOL_STEP_SECCOMP, errno, "seccomp");
-    mark(AIOGAOL_STEP_SECCOMP);
+    program_session();
+    program_walls(1);
     send_record(err_fd, AIOGAOL_ZYGOTE_STARTED, AIOGAOL_STEP_NONE, 0, (int)getpid(), "");
     close(err_fd);
     err_fd = -1;
