@@ -399,6 +399,26 @@ async def test_an_init_made_ahead_of_time_builds_each_profile_its_own_jail(
 
 
 @pytest.mark.asyncio
+async def test_an_init_made_ahead_of_time_has_the_masks_of_the_profile_it_serves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiting init builds the kernel's part of the last request's plan ahead (/proc, /dev, the masks
+    over /proc, /dev/shm, devpts).  A profile whose part differs (SystemInfoRead unmasks /proc/sys) must
+    never be handed one built with other masks: it is served from scratch, and the next init made ahead
+    is built with its part; and back again."""
+    monkeypatch.setattr(_jail, "STEP_TIMINGS", True)
+    masked, unmasked = TRUE_PROFILE, TRUE_PROFILE + [aiogaol.SystemInfoRead()]
+    aiogaol.shutdown_spawner()
+    seen = []
+    for profile in (masked, masked, unmasked, unmasked, masked, masked):
+        out, handed = await _cat(profile, "/proc/sys/kernel/ostype")
+        seen.append((out, handed))
+        await _waiting()
+    assert seen == [(b"", False), (b"", True), (b"Linux\n", False), (b"Linux\n", True), (b"", False),
+                    (b"", True)], seen
+    assert zombie_children() == []
+
+
+@pytest.mark.asyncio
 async def test_an_init_made_ahead_of_time_never_shows_a_host_file_replaced_since(
         tmp_path: "os.PathLike[str]", monkeypatch: pytest.MonkeyPatch) -> None:
     """A waiting init's copy of the host's mount tree is taken before the file is replaced by rename

@@ -190,12 +190,14 @@ char *fmt_ulong(char *p, unsigned long v);
 int close_all_except(int *keep, int n);
 
 /* ---- mounts.c: the jail builder --------------------------------------------------------------- */
-extern int prebuilt;                      /* this much of the plan's ops is done already (0 or 2) */
+extern int prebuilt;                      /* this much of the plan's ops is done already */
 
 int open_nofollow(int dirfd, const char *path, int flags, uint64_t resolve);
 void __attribute__((noreturn)) fail_open(int step, int changed_step, int err, const char *path);
 int plan_starts_standard(void);
-void build_standard(unsigned long long root_size);
+int plan_fits_kernel_part(void);
+void keep_kernel_part(void);
+void build_kernel_part(unsigned long long root_size);
 void build_mounts(void);
 void build_jail(void);
 

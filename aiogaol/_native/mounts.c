@@ -363,7 +363,7 @@ static void run_op(const struct op *op)
 /* The part of every jail that no request changes: a private mount tree, the staging tmpfs and the
  * jail's root tmpfs of root_size bytes, pivoted into, then /proc and /dev (every namespaced plan starts
  * with those two steps).  An init made ahead of time does this before its request comes. */
-int prebuilt; /* this much of the plan's ops is done already (0; or 2: /proc and /dev) */
+int prebuilt; /* this much of the plan's ops is done already (0; or its kernel part, made ahead) */
 
 static void build_prefix(unsigned long long root_size)
 {
@@ -394,26 +394,84 @@ static void build_prefix(unsigned long long root_size)
         fail(AIOGAOL_STEP_PIVOT_STAGING, errno, "/");
 }
 
-/* Whether a plan starts the way a prebuilt jail did (see build_prefix). */
+/* The kernel's part of a plan: its leading ops that name none of the host's files (/proc, /dev, the
+ * masks over /proc, /dev/shm, devpts), the same for every jail of a profile and for most profiles.  An
+ * init made ahead of time builds the part of the last request that took that path (kept here, in the
+ * spawner, and in the waiting init's copy of its memory); a request whose plan starts with the same ops
+ * is handed to it.  Nothing the host's files name is made ahead of a request: its binds, symlinks and
+ * directories come after this part and are made when it comes (see docs/spawn.md). */
+#define MAX_KERNEL_OPS 64
+static struct op kernel_ops[MAX_KERNEL_OPS] = {{OP_PROC, NULL, "/proc", 0, 0, 0, 0},
+                                                {OP_DEV, NULL, "/dev", 0, 0, 0, 0}};
+static int n_kernel_ops = 2;
+static char kernel_names[8192]; /* the kept ops' destinations */
+
+static int kernel_kind(enum op_kind kind)
+{
+    return kind == OP_PROC || kind == OP_DEV || kind == OP_MASK || kind == OP_RO_SELF || kind == OP_SHM ||
+           kind == OP_DEVPTS;
+}
+
+static int same_op(const struct op *x, const struct op *y)
+{
+    return x->kind == y->kind && x->size == y->size && x->mode == y->mode && strcmp(x->b, y->b) == 0;
+}
+
+/* Whether a plan starts as every namespaced plan aiogaol makes does, with /proc and /dev. */
 int plan_starts_standard(void)
 {
     return plan.n_ops >= 2 && plan.ops[0].kind == OP_PROC && strcmp(plan.ops[0].b, "/proc") == 0 &&
            plan.ops[1].kind == OP_DEV && strcmp(plan.ops[1].b, "/dev") == 0;
 }
 
-void build_standard(unsigned long long root_size)
+/* Whether the plan starts with the kernel part kept (and so with /proc and /dev, as every namespaced
+ * plan aiogaol makes does). */
+int plan_fits_kernel_part(void)
 {
-    struct op proc, dev;
-    memset(&proc, 0, sizeof proc);
-    memset(&dev, 0, sizeof dev);
-    proc.kind = OP_PROC;
-    proc.b = "/proc";
-    dev.kind = OP_DEV;
-    dev.b = "/dev";
+    int i;
+    if (plan.n_ops < n_kernel_ops)
+        return 0;
+    for (i = 0; i < n_kernel_ops; i++)
+        if (!same_op(&plan.ops[i], &kernel_ops[i]))
+            return 0;
+    return 1;
+}
+
+/* Keep the plan's kernel part for the next init made ahead of time; kept as it was if the plan does
+ * not start with /proc and /dev, or its part does not fit the space kept for it. */
+void keep_kernel_part(void)
+{
+    struct op ops[MAX_KERNEL_OPS];
+    size_t used = 0;
+    int n = 0, i;
+    static char names[sizeof kernel_names];
+    if (!plan_starts_standard())
+        return;
+    for (i = 0; i < plan.n_ops && n < MAX_KERNEL_OPS && kernel_kind(plan.ops[i].kind); i++) {
+        size_t len = str_len(plan.ops[i].b) + 1;
+        if (used + len > sizeof names)
+            break;
+        memcpy(names + used, plan.ops[i].b, len);
+        ops[n] = plan.ops[i];
+        ops[n].a = NULL;
+        ops[n].b = kernel_names + used; /* where it will be once copied below */
+        used += len;
+        n++;
+    }
+    memcpy(kernel_names, names, used);
+    memcpy(kernel_ops, ops, sizeof ops[0] * (size_t)n);
+    n_kernel_ops = n;
+}
+
+/* An init made ahead of time: the prefix (private mounts, staging, root tmpfs, pivot) and the kernel
+ * part kept. */
+void build_kernel_part(unsigned long long root_size)
+{
+    int i;
     build_prefix(root_size);
-    run_op(&proc);
-    run_op(&dev);
-    prebuilt = 2;
+    for (i = 0; i < n_kernel_ops; i++)
+        run_op(&kernel_ops[i]);
+    prebuilt = n_kernel_ops;
 }
 
 /* The plan's mounts (those not prebuilt), then the pivot into the jail. */

@@ -293,10 +293,11 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
     close(server); /* from here on the spawner speaks for us */
     close(sync_fds[0]);
     sync_fds[0] = -1;
-    /* What every default jail has, done while nobody waits.  A failure here ends this init unseen (no
-     * request, no error pipe): the hand-over then fails and the request takes the usual path, where the
-     * same step fails again and is reported. */
-    build_standard(root_size);
+    /* What every default jail has, and the kernel's part of the last request's plan (mounts.c:
+     * /proc, /dev, the masks, /dev/shm, devpts; nothing the host's files name), done while nobody waits.
+     * A failure here ends this init unseen (no request, no error pipe): the hand-over then fails and the
+     * request takes the usual path, where the same step fails again and is reported. */
+    build_kernel_part(root_size);
     for (;;) {
         /* A one-byte message is the spawner's "the host's mounts changed": let go of this copy of the
          * host's tree (an unmounted filesystem must not stay busy in it) and wait to be dropped at the
@@ -318,6 +319,8 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
     if (truncated)
         fail(AIOGAOL_STEP_ARGS, E2BIG, "request");
     parse_request(buf, len);
+    if (!plan_fits_kernel_part()) /* the spawner checked it; checked again where it matters */
+        fail(AIOGAOL_STEP_HAND_OVER, EINVAL, "a plan that does not start as the init made ahead of time");
     resolve_identity(uid, gid); /* the spawner checked that the request wants the ids mapped here */
     place_fds();
     init_fds(-1);
@@ -435,7 +438,9 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
             watch_init(start_jail()); /* a plan no prebuilt jail fits (not one of aiogaol's own) */
             return;
         }
-        if (waiting_pid && (waiting_stale || mounts_changed() || want_uid != waiting_uid ||
+        int fits = plan_fits_kernel_part();
+        keep_kernel_part(); /* for the next one */
+        if (waiting_pid && (waiting_stale || !fits || mounts_changed() || want_uid != waiting_uid ||
                             want_gid != waiting_gid || plan.root_size != waiting_root_size))
             drop_waiting(sock);
         /* The next waiting init is made for the ids and root size the last jail used. */
