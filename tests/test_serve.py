@@ -377,7 +377,10 @@ def test_jupyter_hung_cell_loses_the_state_and_the_session_goes_on(service: str)
 
 
 def test_jupyter_cell_that_kills_the_sandbox_ends_only_its_session(service: str) -> None:
-    cells = ["x = 1", "import os, signal; os.kill(2, signal.SIGKILL)", "x"]  # PID 2: the sandbox's agent
+    # PID 2 is the sandbox's agent.  SIGKILL lands when the agent next runs and init then tears the jail
+    # down, so a cell that returned at once could still be answered (and the next one too) by its kernel
+    # in between, on a loaded machine: the cell goes on running, as real code would, until the jail ends.
+    cells = ["x = 1", "import os, signal, time; os.kill(2, signal.SIGKILL); time.sleep(30)", "x"]
     reply = post(service, "/run_jupyter", {"cells": cells})
     assert reply["status"] == "Failed" and reply["driver"]["aiogaol_status"] == "sandbox-ended", reply
     assert reply["driver"]["return_code"] == -9 and "agent" in reply["message"]
