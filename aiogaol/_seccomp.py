@@ -203,7 +203,8 @@ BY_ARGUMENT: dict[str, str] = {
     "unshare": "flags (arg 0) without a namespace flag (the same, and CLONE_NEWTIME); with one: EPERM",
     "ioctl": "request (arg 1, low 32 bits) other than TIOCSTI and TIOCLINUX (terminal injection): EPERM",
     "personality": "persona (arg 0, low 32 bits) PER_LINUX, PER_LINUX32, UNAME26, PER_LINUX32 with UNAME26 or "
-                   "the query 0xffffffff; anything else (READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE...): EPERM",
+                   "the query 0xffffffff; anything else (READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE...) falls to the "
+                   "default, ENOSYS, as in Docker's profile, which lists only these values",
     "socket": "family (arg 0) among the profile's (below); any other family: EPERM",
     "socketpair": "family (arg 0) AF_UNIX; any other: EPERM",
     "listen": "refused (EPERM) beside Tcp(port) rules: it binds an ephemeral port Landlock does not see",
@@ -458,7 +459,7 @@ def compile_filter(policy: SeccompPolicy) -> bytes:
             f.rule(eperm, "ioctl", _low32(1, request))
         for mask, start in complement_blocks({TIOCSTI, TIOCLINUX}):
             f.rule(ACT_ALLOW, "ioctl", _masked(1, mask, start))
-        _personality(f, eperm)
+        _personality(f)
         _sockets(f, policy, eperm)
         return f.export()
     finally:
@@ -479,19 +480,15 @@ def _clone(f: _Filter, action: int) -> None:
     f.rule(ACT_ALLOW, "unshare", _masked(0, ns | CLONE_NEWTIME, 0))
 
 
-def _personality(f: _Filter, action: int) -> None:
-    """Only PER_LINUX, PER_LINUX32, UNAME26 and the query: READ_IMPLIES_EXEC, MMAP_PAGE_ZERO and the
-    address-space flags weaken exploit mitigations for the program and everything it runs.  The EPERM
-    rules and the allowed values together cover every 32-bit value."""
+def _personality(f: _Filter) -> None:
+    """Only PER_LINUX, PER_LINUX32, UNAME26 and the query, as in Docker's profile: READ_IMPLIES_EXEC,
+    MMAP_PAGE_ZERO and the address-space flags weaken exploit mitigations for the program and everything
+    it runs.  Every other value falls to the filter's default (ENOSYS), as in Docker's profile, which
+    lists only the allowed values: refusing them with EPERM instead took 60 more rules (a rule can test an
+    argument once, and libseccomp's catch-all for a call overrides its argument rules), 191 of the
+    filter's 868 instructions, about 0.05 ms of every spawn's filter load."""
     for value in PERSONALITY_ALLOWED:
         f.rule(ACT_ALLOW, "personality", _low32(0, value))
-    for bit in range(31):
-        b = 1 << bit
-        if not b & _PERSONALITY_ALLOWED_BITS:
-            # bit set while bit 31 is clear: a real persona with a forbidden flag
-            f.rule(action, "personality", _masked(0, b | 0x80000000, b))
-        # bit 31 set with any bit clear: not the query 0xffffffff, so a forbidden value
-        f.rule(action, "personality", _masked(0, b | 0x80000000, 0x80000000))
 
 
 def _families(f: _Filter, action: int, name: str, allowed: set[int]) -> None:
