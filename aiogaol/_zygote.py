@@ -31,6 +31,7 @@ import socket
 import struct
 import sys
 import traceback
+import time
 import types
 from typing import Any
 
@@ -45,6 +46,7 @@ REPORT_FD, LIFELINE_FD, SECCOMP_FD, PAYLOAD_FD = 3, 4, 5, 6
 _SYNC_R, _SYNC_W, _SOCK, _ERR = 7, 8, 9, 10
 CONTROL_FD = 3  # the zygote's own socket to the server
 MAP_TIMEOUT = 5.0  # seconds the zygote waits for a job's unshare before giving up on it
+AHEAD_AFTER = 0.01  # seconds into a job after which the next jail is made even if the job still runs
 RECORD_SIZE = 512
 RECORD = struct.Struct("iiii")  # kind, step, errno, value: the head of jail.h's struct aiogaol_record
 RECORD_PID, RECORD_FAILURE = 1, 2
@@ -218,14 +220,32 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
     otherwise to one made for it there and then.  Once a job is handed over and no request is waiting,
     the next jail is made."""
     waiting: _Waiting | None = None
+    running = -1  # a pidfd of the last job's first fork, until the next jail is made
+    ahead_at = 0.0
+    last: tuple[Any, ...] | None = None  # the last job's template
     mountinfo = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
     try:
         while True:
+            ahead = waiting is None and last is not None and running >= 0
             try:
                 # The host's mount table changing (POLLPRI on mountinfo) drops the waiting jail at once:
                 # its copy of the host's mounts would keep a filesystem unmounted since busy.
-                ready, _, changed = select.select([ctl], [], [mountinfo] if waiting is not None else [])
+                ready, _, changed = select.select([ctl, running] if ahead else [ctl], [],
+                                                  [mountinfo] if waiting is not None else [],
+                                                  max(0.0, ahead_at - time.monotonic()) if ahead else None)
             except InterruptedError:
+                continue
+            if ahead and ctl not in ready and not changed:
+                # The last job has ended (its first fork exited) or has run AHEAD_AFTER: the next jail
+                # is made now, not beside the job's start, whose forks and walls it would slow by more
+                # than it saves the next job.
+                os.close(running)
+                running = -1
+                assert last is not None
+                made = _make(ctl, core, last, -1)
+                if isinstance(made, tuple):
+                    return made  # in P
+                waiting = made
                 continue
             if changed:
                 os.pread(mountinfo, 1 << 20, 0)
@@ -255,9 +275,17 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                     waiting = made
                 if waiting is not None:
                     _hand_over(waiting, fds[3], core, fds)
+                    if running >= 0:
+                        os.close(running)
+                    try:
+                        running = os.pidfd_open(waiting.pid)
+                    except OSError:
+                        running = -1  # gone already (or no fd left): the next one is made at once
+                    ahead_at = time.monotonic() + AHEAD_AFTER
+                    last = template
                     waiting.close()
                     waiting = None
-                if not select.select([ctl], [], [], 0)[0]:
+                if running < 0 and not select.select([ctl], [], [], 0)[0]:
                     made = _make(ctl, core, template, -1)
                     if isinstance(made, tuple):
                         return made  # in P
@@ -271,6 +299,11 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
     finally:
         if waiting is not None:
             waiting.close()
+        if running >= 0:
+            try:
+                os.close(running)
+            except OSError:
+                pass
         try:
             os.close(mountinfo)
         except OSError:

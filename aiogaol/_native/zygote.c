@@ -176,7 +176,9 @@ void __attribute__((noreturn)) aiogaol_zygote_init_run(int program)
      * own end, which is then only the fallback for an init killed from outside. */
 
     status = supervise(child, zygote_sfd, figures);
+    mark(AIOGAOL_STEP_REAP_PROGRAM);
     reap_jail(child, figures);
+    mark(AIOGAOL_STEP_REPORT_EXIT);
     {
         struct aiogaol_record rec;
         memset(&rec, 0, sizeof rec);
