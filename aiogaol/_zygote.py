@@ -227,10 +227,11 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
     try:
         while True:
             ahead = waiting is None and last is not None and running >= 0
+            watched: list[Any] = [ctl, running] if ahead else [ctl]
             try:
                 # The host's mount table changing (POLLPRI on mountinfo) drops the waiting jail at once:
                 # its copy of the host's mounts would keep a filesystem unmounted since busy.
-                ready, _, changed = select.select([ctl, running] if ahead else [ctl], [],
+                ready, _, changed = select.select(watched, [],
                                                   [mountinfo] if waiting is not None else [],
                                                   max(0.0, ahead_at - time.monotonic()) if ahead else None)
             except InterruptedError:
