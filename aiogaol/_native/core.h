@@ -216,6 +216,7 @@ void __attribute__((noreturn)) run_init(void);
 void loopback_up(void);
 void drop_init(pid_t program);
 void kill_jail(pid_t program);
+void add_usage(uint64_t *figures, const struct rusage *ru);
 int supervise(pid_t child, int sfd, uint64_t *figures);
 void reap_jail(pid_t child, uint64_t *figures);
 

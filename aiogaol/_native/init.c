@@ -149,7 +149,7 @@ void drop_init(pid_t program)
 
 /* The rusage of one reaped process added to figures (user ns, system ns, the largest max RSS in KiB);
  * NULL: not counted.  Init's filter allows wait4, which gives it, but not getrusage. */
-static void add_usage(uint64_t *figures, const struct rusage *ru)
+void add_usage(uint64_t *figures, const struct rusage *ru)
 {
     if (!figures)
         return;

@@ -438,28 +438,26 @@ int plan_fits_kernel_part(void)
 }
 
 /* Keep the plan's kernel part for the next init made ahead of time; kept as it was if the plan does
- * not start with /proc and /dev, or its part does not fit the space kept for it. */
+ * not start with /proc and /dev. */
 void keep_kernel_part(void)
 {
-    struct op ops[MAX_KERNEL_OPS];
     size_t used = 0;
     int n = 0, i;
-    static char names[sizeof kernel_names];
     if (!plan_starts_standard())
         return;
+    /* The plan's strings point into the request, never here, so the part is written over in place; one
+     * that does not fit is kept as far as it fits (a shorter prefix, which every such plan still fits). */
     for (i = 0; i < plan.n_ops && n < MAX_KERNEL_OPS && kernel_kind(plan.ops[i].kind); i++) {
         size_t len = str_len(plan.ops[i].b) + 1;
-        if (used + len > sizeof names)
+        if (used + len > sizeof kernel_names)
             break;
-        memcpy(names + used, plan.ops[i].b, len);
-        ops[n] = plan.ops[i];
-        ops[n].a = NULL;
-        ops[n].b = kernel_names + used; /* where it will be once copied below */
+        memcpy(kernel_names + used, plan.ops[i].b, len);
+        kernel_ops[n] = plan.ops[i];
+        kernel_ops[n].a = NULL;
+        kernel_ops[n].b = kernel_names + used;
         used += len;
         n++;
     }
-    memcpy(kernel_names, names, used);
-    memcpy(kernel_ops, ops, sizeof ops[0] * (size_t)n);
     n_kernel_ops = n;
 }
 

@@ -4,8 +4,8 @@
  * Per request: parse it (wire.c), create init in the new namespaces as the server's child (start_jail:
  * clone, or clone3 into the jail's cgroup), report its PID, write its id maps, let it go.  Between
  * requests, the one shortcut: the next default jail's init made ahead of time (a "waiting init"), with
- * the part every jail shares built, handed the next request that fits (hand_over), and dropped when the
- * host's mount table changes (mounts_changed).
+ * the kernel's part of the last request's plan built (mounts.c), handed the next request that fits
+ * (hand_over), and told to let go of the host's tree when the host's mount table changes.
  */
 #include "core.h"
 
@@ -211,8 +211,6 @@ static int mounts_fd = -1;
 #define WAITING_IDLE_MS 2    /* quiet time before making one, when no jail is known to be starting */
 #define WAITING_AFTER_MS 10  /* longest wait for the last jail's init to exit first */
 static int last_init = -1;   /* pidfd of the init last started, until it exits */
-
-
 
 static void forget_last_init(void)
 {

@@ -95,7 +95,7 @@ void __attribute__((noreturn)) aiogaol_zygote_relay(int init)
 {
     struct aiogaol_record rec;
     struct rusage ru;
-    uint64_t figures[3];
+    uint64_t figures[3] = {0, 0, 0};
     int st = 0, keep[1];
     pid_t p;
     keep[0] = err_fd;
@@ -110,9 +110,7 @@ void __attribute__((noreturn)) aiogaol_zygote_relay(int init)
         if (p < 0 && errno != EINTR)
             _exit(126);
     }
-    figures[0] = (uint64_t)ru.ru_utime.tv_sec * 1000000000u + (uint64_t)ru.ru_utime.tv_usec * 1000u;
-    figures[1] = (uint64_t)ru.ru_stime.tv_sec * 1000000000u + (uint64_t)ru.ru_stime.tv_usec * 1000u;
-    figures[2] = (uint64_t)ru.ru_maxrss;
+    add_usage(figures, &ru);
     memset(&rec, 0, sizeof rec);
     rec.kind = AIOGAOL_ZYGOTE_USAGE;
     rec.value = st;
