@@ -641,7 +641,7 @@ class PythonPool:
     async def _run_one(self, zygote: _Zygote, spawn: SpawnArgs, envp: list[bytes], code: str, args: list[str],
                        input: bytes | bytearray | memoryview | None, limits: Limits) -> Result | None:
         ours: list[int] = []  # stdin (write end, or -1), stdout, stderr (read ends)
-        theirs: list[int] = []  # the zygote's: stdin, stdout, stderr, report, lifeline, seccomp, payload
+        theirs: list[int] = []  # the zygote's: stdin, stdout, stderr, report, lifeline, payload
         job: _WarmJob | None = None
         try:
             # The synchronous part, paced as a spawn is (a burst of jobs must not stall the loop).
@@ -651,14 +651,6 @@ class PythonPool:
                 life_ours, life_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 job = _WarmJob(report_ours, life_ours)
                 theirs += [report_theirs.detach(), life_theirs.detach()]
-                seccomp_r, seccomp_w = os.pipe2(os.O_CLOEXEC)
-                theirs.append(seccomp_r)
-                try:
-                    view = memoryview(spawn.seccomp_filter)  # at most 32 KiB: below a pipe's capacity
-                    while view:
-                        view = view[os.write(seccomp_w, view):]
-                finally:
-                    os.close(seccomp_w)
                 argv = self._template(spawn)
                 uid, gid = os.getuid(), os.getgid()
                 for i, a in enumerate(argv[:-1]):
@@ -675,8 +667,9 @@ class PythonPool:
                 data = memoryview(pickle.dumps((code, args, {os.fsdecode(k): os.fsdecode(v) for k, v in env.items()})))
                 while data:
                     data = data[os.write(payload, data):]
-                # The zygote gets the jail's template: its helper argv without the program (no job in it).
-                request = (uid, gid, argv)
+                # The zygote gets the jail's template: the identity, the helper argv without the program and
+                # the program's filter (no job in it: the jail made ahead of time for it has its walls up).
+                request = (uid, gid, argv, bytes(spawn.seccomp_filter or b""))
             sent = await zygote.submit(request, theirs)
             _close(theirs)
             if sent:

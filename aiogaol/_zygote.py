@@ -8,8 +8,8 @@ library, and runs no code of a job: each job runs in a fork of a fork of a fork 
 (see aiogaol/_native/zygote.c for the process tree and docs/python-pool.md for the semantics).
 
 The server speaks to it in frames on the socket: an 8-byte length, then a pickled request, the job's
-fds attached to the length (SCM_RIGHTS).  The request holds only the identity whose id maps the zygote
-writes; what the job is (its code, arguments, environment, and the helper argv of its jail) comes in a
+fds attached to the length (SCM_RIGHTS).  The request holds only the jail's template: the identity
+whose id maps the zygote writes, the helper argv and the program's seccomp filter; what the job is (its code, arguments, environment, and the helper argv of its jail) comes in a
 memfd that only the job's own fork reads, so the zygote's heap, which every later job is forked from,
 never holds a byte of an earlier job.  It answers only once, at start: READY with the facts the
 server needs (the files the image came from, the prefixes a job needs to read), or FAILED naming the
@@ -36,11 +36,13 @@ import types
 from typing import Any
 
 FRAME = struct.Struct("!Q")
-# The job's fds as the zygote receives them, and the numbers they take in the job's first fork (J):
-# stdio at 0-2, then the report socket, the lifeline and the seccomp filter's pipe (the helper argv the
-# server builds names these numbers).
-JOB_FDS = 7
-REPORT_FD, LIFELINE_FD, SECCOMP_FD, PAYLOAD_FD = 3, 4, 5, 6
+# The job's fds as the zygote receives them, and the numbers they take in the jail's init (K): stdio at
+# 0-2, then the report socket, the lifeline and the payload (the helper argv the server builds names the
+# first two).  The program filter is the template's, not the job's: J' puts it on a pipe at SECCOMP_FD.
+JOB_FDS = 6
+REPORT_FD, LIFELINE_FD, PAYLOAD_FD, SECCOMP_FD = 3, 4, 5, 6
+# P's fds once they came from init: stdio, then the report socket and the payload.
+P_REPORT_FD, P_PAYLOAD_FD = 3, 4
 # J' and K' before a job comes: the id-map handshake with the zygote, the socket the job's fds come on,
 # and the pipe they report on until then.
 _SYNC_R, _SYNC_W, _SOCK, _ERR = 7, 8, 9, 10
@@ -51,7 +53,7 @@ RECORD_SIZE = 512
 RECORD = struct.Struct("iiii")  # kind, step, errno, value: the head of jail.h's struct aiogaol_record
 RECORD_PID, RECORD_FAILURE = 1, 2
 RECORD_STARTED, RECORD_USAGE, RECORD_DONE = 16, 17, 18  # zygote.c's own kinds
-RECORD_BUILT = 19  # K' to the zygote: the jail made ahead of time is ready for a job
+RECORD_BUILT = 19  # P to the zygote: the jail made ahead of time, its program walled in, is ready for a job
 NOBODY_EXIT = 127
 
 
@@ -158,8 +160,9 @@ def main(core_path: str, nice: int, preload: list[str]) -> None:
 
 class _Waiting:
     """A jail made ahead of time for the next job: J' has unshared (its id maps written), K' has built
-    the jail and waits for a job's fds on the socket J' reads; both report on ``err`` (a pipe of ours)
-    until a job's report socket takes over.  Made from a request's ``template`` (the helper argv of the
+    the jail, forked P and waits for a job's fds on the socket J' reads; P has its walls up and waits
+    for its own from K'.  All three report on ``err`` (a pipe of ours) until a job's report socket
+    takes over.  Made from a request's ``template`` (the helper argv of the
     pool's jails, which names no job), it serves a job whose template is the same, byte for byte."""
 
     def __init__(self, pid: int, sock: socket.socket, err: int, template: tuple[Any, ...], mounts: bytes) -> None:
@@ -332,7 +335,7 @@ def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], report: in
           ) -> _Waiting | None | tuple[str, list[str], dict[str, str]]:
     """Fork J' with a template, write its id maps when it has unshared, let it go: a _Waiting in the
     zygote (None if J' failed: on ``report`` when there is one, the job's, it says why), what to run in P."""
-    uid, gid, argv = template
+    uid, gid, argv, seccomp = template
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     err_r, err_w = os.pipe()
     to_j_r, to_j_w = os.pipe()
@@ -353,7 +356,7 @@ def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], report: in
             ours.detach()
             for fd in (to_j_w, from_j_r, err_r):
                 os.close(fd)
-            return _job(ctl, core, argv, theirs.detach(), err_w, to_j_r, from_j_w)
+            return _job(ctl, core, argv, seccomp, theirs.detach(), err_w, to_j_r, from_j_w)
         except BaseException:  # noqa: BLE001 - a fork of the zygote never returns into its loop
             os._exit(NOBODY_EXIT)
     theirs.close()
@@ -439,10 +442,10 @@ def _receive_fds(sock: int, count: int) -> list[int] | None:
     return fds
 
 
-def _job(ctl: socket.socket, core: _Core, argv: list[bytes], sock: int, err: int, sync_r: int, sync_w: int
-         ) -> tuple[str, list[str], dict[str, str]]:
+def _job(ctl: socket.socket, core: _Core, argv: list[bytes], seccomp: bytes, sock: int, err: int, sync_r: int,
+         sync_w: int) -> tuple[str, list[str], dict[str, str]]:
     """J', then K' and P: the three forks of one jail.  Returns only in P, with every wall up, what it
-    must run.  Until a job comes, J' and K' hold fds 7 and up only (0-2 are the zygote's /dev/null)."""
+    must run.  Until a job comes, J' and K' hold fds 6 and up only (0-2 are the zygote's /dev/null)."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # J' waits for K'; P starts as a fresh python would
     ctl.detach()  # its number is reused below; the socket object must never close it again
     _place([sync_r, sync_w, sock, err], _SYNC_R)
@@ -452,6 +455,17 @@ def _job(ctl: socket.socket, core: _Core, argv: list[bytes], sock: int, err: int
             os.close(fd)
         except OSError:
             pass
+    if seccomp:
+        # The program's filter (at most 32 KiB: below a pipe's capacity), where the helper argv says.
+        r, w = os.pipe()
+        try:
+            view = memoryview(seccomp)
+            while view:
+                view = view[os.write(w, view):]
+        finally:
+            os.close(w)
+        os.dup2(r, SECCOMP_FD)
+        os.close(r)
     keep = [core.ffi.new("char[]", a) for a in argv]
     c_argv = core.ffi.new("char *[]", keep + [core.ffi.NULL])
     core.lib.aiogaol_zygote_unshare(len(argv), c_argv, _ERR)
@@ -461,18 +475,16 @@ def _job(ctl: socket.socket, core: _Core, argv: list[bytes], sock: int, err: int
     os.close(_SYNC_R)
     os.close(_SYNC_W)
     core.lib.aiogaol_zygote_after_maps()
-    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    # Above every number a job's fd takes (0-6), so that placing those never clobbers it.
-    j_end, k_end = (fcntl.fcntl(p.fileno(), fcntl.F_DUPFD_CLOEXEC, _ERR + 1) for p in pair)
-    for p in pair:
-        p.close()
+    j_end, k_end = _high_pair()
     init = os.fork()
     if init:
         # J': only the report socket of the job, from K' once a job came (for the report of K''s end,
         # should K' be killed before it reports the job's), then wait for K'.
-        os.close(k_end)
-        os.close(_ERR)
-        os.close(_SOCK)
+        for fd in (k_end, _ERR, _SOCK, SECCOMP_FD):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         os.write(j_end, init.to_bytes(4, sys.byteorder))
         fds = _receive_fds(j_end, 1)
         if fds is None:
@@ -482,17 +494,44 @@ def _job(ctl: socket.socket, core: _Core, argv: list[bytes], sock: int, err: int
         os.closerange(REPORT_FD + 1, 1 << 16)
         core.lib.aiogaol_zygote_relay(init)
         os._exit(NOBODY_EXIT)  # not reached
-    # K': PID 1.  The jail first, while no job waits for it; then the job, straight from the zygote.
+    # K': PID 1.  The jail first, then P with its walls, while no job waits for them; then the job,
+    # straight from the zygote.
     os.close(j_end)
     host_pid = int.from_bytes(os.read(k_end, 4), sys.byteorder)
     core.lib.aiogaol_zygote_init_build()
-    os.write(_ERR, record(RECORD_BUILT, 0, 0, 0))
+    core.lib.aiogaol_zygote_init_enter()
+    to_program, p_end = _high_pair()
+    program = os.fork()
+    if not program:
+        # P: its walls now, its fds (from init, once init has dropped everything) when a job comes.
+        for fd in (to_program, k_end, _SOCK):
+            os.close(fd)
+        core.lib.aiogaol_zygote_program_walls(p_end)
+        os.write(_ERR, record(RECORD_BUILT, 0, 0, 0))
+        os.close(_ERR)
+        fds = _receive_fds(p_end, 5)
+        if fds is None:
+            os._exit(0)  # dropped before a job came: nothing of a job ever ran here
+        os.close(p_end)
+        _place(fds)
+        payload = b""
+        while chunk := os.pread(P_PAYLOAD_FD, 1 << 20, len(payload)):
+            payload += chunk
+        os.close(P_PAYLOAD_FD)
+        code, args, env = pickle.loads(payload)
+        del payload
+        core.lib.aiogaol_zygote_program_enter(P_REPORT_FD)
+        return code, args, env
+    os.close(p_end)
+    if seccomp:
+        os.close(SECCOMP_FD)
     fds = _receive_fds(_SOCK, JOB_FDS)
     if fds is None:
         os._exit(0)  # dropped before a job came: nothing runs in the jail yet
     _place(fds)
-    os.close(_ERR)
     os.close(_SOCK)
+    core.lib.aiogaol_zygote_init_job(REPORT_FD)
+    os.close(_ERR)
     # The server signals the jail's init through a pidfd (of ourselves: J' alone reaps us, so the PID
     # cannot be reused while the server holds it), and J' gets the report socket.
     pidfd = os.pidfd_open(os.getpid())
@@ -504,19 +543,17 @@ def _job(ctl: socket.socket, core: _Core, argv: list[bytes], sock: int, err: int
             s.detach()
     os.close(pidfd)
     os.close(k_end)
-    payload = b""
-    while chunk := os.pread(PAYLOAD_FD, 1 << 20, len(payload)):
-        payload += chunk
-    os.close(PAYLOAD_FD)
-    code, args, env = pickle.loads(payload)
-    del payload
-    core.lib.aiogaol_zygote_init_enter(REPORT_FD)
-    program = os.fork()
-    if program:
-        core.lib.aiogaol_zygote_init_run(program)
-        os._exit(NOBODY_EXIT)  # not reached
-    core.lib.aiogaol_zygote_program_enter()
-    return code, args, env
+    core.lib.aiogaol_zygote_init_run(program, to_program, PAYLOAD_FD)
+    os._exit(NOBODY_EXIT)  # not reached
+
+
+def _high_pair() -> tuple[int, int]:
+    """A socket pair above every number a job's fd takes (0-6), so that placing those never clobbers it."""
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ends = tuple(fcntl.fcntl(p.fileno(), fcntl.F_DUPFD_CLOEXEC, _ERR + 1) for p in pair)
+    for p in pair:
+        p.close()
+    return ends[0], ends[1]
 
 
 def _run_job(code: str, args: list[str], env: dict[str, str]) -> None:

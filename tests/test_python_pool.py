@@ -413,3 +413,35 @@ async def test_a_server_that_drops_privileges_gets_a_new_warm_interpreter(py_pro
         stats = pool.stats()
     assert r.stdout == b"after\n"
     assert stats.zygote_pid != first and stats.restarts == 1
+
+
+async def test_a_job_runs_only_once_its_init_holds_nothing(py_profile: aiogaol.Profile) -> None:
+    """The job's process is made (and walled) before the job comes; its fds, and so its code, come only
+    after its init has dropped its capabilities, set no_new_privs and loaded its own filter."""
+    code = ("import re\n"
+            "for pid in (1, 'self'):\n"
+            "    s = open(f'/proc/{pid}/status').read()\n"
+            "    print(pid, *(re.search(k + r':\\s*(\\S+)', s).group(1) for k in ('CapEff', 'NoNewPrivs', 'Seccomp')))\n")
+    async with aiogaol.PythonPool(py_profile, size=1) as pool:
+        for _ in range(3):  # the first job's jail is made for it, the next ones' ahead of time
+            r = await pool.run(code)
+            assert r.status == "ok", r.stderr
+            assert r.stdout.decode().split("\n")[:2] == ["1 0000000000000000 1 2", "self 0000000000000000 1 2"]
+
+
+async def test_a_job_has_the_limits_rlimits_even_a_tight_fd_limit(py_profile: aiogaol.Profile) -> None:
+    """The rlimits are set once the job's fds have come (so an fd limit below the numbers the hand-over
+    uses does not break it), before any of its code runs."""
+    code = ("import resource\n"
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_FSIZE))\n"
+            "import os\n"
+            "try:\n"
+            "    fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(16)]\n"
+            "except OSError as e:\n"
+            "    print('EMFILE' if e.errno == 24 else e)\n")
+    limits = aiogaol.Limits(open_files=8, file_size=1 << 20)
+    async with aiogaol.PythonPool(py_profile, size=1, limits=limits) as pool:
+        for _ in range(2):
+            r = await pool.run(code)
+            assert r.status == "ok", r.stderr
+            assert r.stdout.decode().splitlines() == [f"(8, 8) ({1 << 20}, {1 << 20})", "EMFILE"]

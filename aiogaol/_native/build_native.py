@@ -20,9 +20,11 @@ ffibuilder.cdef(
     void aiogaol_zygote_after_maps(void);
     void aiogaol_zygote_relay(int init);
     void aiogaol_zygote_init_build(void);
-    void aiogaol_zygote_init_enter(int report_fd);
-    void aiogaol_zygote_init_run(int program);
-    void aiogaol_zygote_program_enter(void);
+    void aiogaol_zygote_init_enter(void);
+    void aiogaol_zygote_init_job(int report_fd);
+    void aiogaol_zygote_init_run(int program, int to_program, int payload);
+    void aiogaol_zygote_program_walls(int hold);
+    void aiogaol_zygote_program_enter(int report_fd);
     int aiogaol_agent_wire_size(int which);
     """
 )

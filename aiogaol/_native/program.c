@@ -213,18 +213,12 @@ void exec_program(void)
     fail(AIOGAOL_STEP_EXEC, saved, prog);
 }
 
-/* The program's session, before its walls: umask, working directory, a new session (no controlling
- * terminal, so TIOCSTI cannot push keys into the caller's tty), rlimits.  For run_program and for a warm
- * interpreter's job (zygote.c). */
-void program_session(void)
+/* The program's rlimits: in its session, before its walls (run_program); for a warm interpreter's job
+ * once its fds have come, under its walls (zygote.c: lowering a limit needs no capability, and
+ * setrlimit is in every filter's allow list), so that a job's fd limit never bounds the hand-over. */
+void program_rlimits(void)
 {
     int i;
-    if (plan.umask >= 0)
-        umask((mode_t)(plan.umask & 0777));
-    if (chdir(plan.cwd) < 0)
-        fail(AIOGAOL_STEP_CHDIR, errno, plan.cwd);
-    if (setsid() < 0)
-        fail(AIOGAOL_STEP_SETSID, errno, "setsid");
     for (i = 0; i < plan.n_rlimits; i++) {
         struct rlimit rl;
         rl.rlim_cur = (rlim_t)plan.rlimits[i].soft;
@@ -234,22 +228,40 @@ void program_session(void)
     }
 }
 
-/* The program's walls, in order: every fd closed but stdio, pass_fds and the error pipe; signal
+/* The program's session, before its walls: umask, working directory, a new session (no controlling
+ * terminal, so TIOCSTI cannot push keys into the caller's tty), and the rlimits unless ``warm``.  For
+ * run_program and for a warm interpreter's job (zygote.c). */
+void program_session(int warm)
+{
+    if (plan.umask >= 0)
+        umask((mode_t)(plan.umask & 0777));
+    if (chdir(plan.cwd) < 0)
+        fail(AIOGAOL_STEP_CHDIR, errno, plan.cwd);
+    if (setsid() < 0)
+        fail(AIOGAOL_STEP_SETSID, errno, "setsid");
+    if (!warm)
+        program_rlimits();
+}
+
+/* The program's walls, in order: every fd closed but stdio, pass_fds, the error pipe and ``hold`` (a
+ * warm job's socket its fds come on, or -1); signal
  * dispositions reset (not for a warm interpreter, whose own are Python's, as a fresh `python3 -c`
  * has them) and the mask emptied; no_new_privs; capabilities and identity; Landlock; seccomp last, with
  * TSYNC, so that no thread and no later step escapes it.  A warm interpreter's job is made dumpable
  * again after its identity switch (exec would do it): a non-dumpable process cannot read its own
  * /proc/self/fd. */
-void program_walls(int warm)
+void program_walls(int warm, int hold)
 {
     struct sock_fprog prog;
-    int keep[MAX_KEEP + 1], n = 0, i, sig;
+    int keep[MAX_KEEP + 2], n = 0, i, sig;
     sigset_t none;
     prog.len = (unsigned short)read_seccomp();
     prog.filter = seccomp_insns;
     for (i = 0; i < plan.n_keep; i++)
         keep[n++] = plan.keep[i];
     keep[n++] = err_fd;
+    if (hold >= 0)
+        keep[n++] = hold;
     if (close_all_except(keep, n) < 0)
         fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
     for (sig = 1; !warm && sig < NSIG; sig++) {
@@ -285,8 +297,8 @@ void run_program(void)
         if (getppid() != init_pid)
             _exit(137);
     }
-    program_session();
-    program_walls(0);
+    program_session(0);
+    program_walls(0, -1);
     if (plan.agent_fd >= 0) /* a sandbox: its agent, as jailed as any program, instead of an exec */
         aiogaol_agent_main(plan.agent_fd, plan.cwd, err_fd, plan.agent_idle);
     mark(AIOGAOL_STEP_EXEC);

@@ -6,27 +6,31 @@
  * forks of the warm interpreter (the "zygote", aiogaol/_zygote.py) made with os.fork (CPython's
  * after-fork hooks then run: the random module is reseeded, the thread states are reset):
  *
- *   zygote (host namespaces; runs only aiogaol's code), for each jail, ahead of the job that will use it:
+ *   zygote (host namespaces; runs only aiogaol's code), for each jail, ahead of the job that will use it
+ *   (everything down to P's walls; from "K: waits" on, once a job came):
  *     os.fork ─▶ J: aiogaol_zygote_unshare (parse the helper argv, unshare user, mount, pid, ipc, uts,
  *                   cgroup); the zygote writes J's id maps from the parent user namespace (as the
  *                   spawner writes init's); aiogaol_zygote_after_maps (niceness, network namespace)
  *                os.fork ─▶ K: PID 1.  aiogaol_zygote_init_build builds the jail (mounts.c's build_jail: the
- *                              same mounts, pivot_root), then K waits for a job's fds from the zygote;
- *                              aiogaol_zygote_init_enter takes the program's identity, turns
- *                              non-dumpable, blocks every signal behind a signalfd
- *                           os.fork ─▶ P: PID 2.  aiogaol_zygote_program_enter: what run_program does
- *                                        before exec (rlimits, fds, no_new_privs, capabilities, identity,
- *                                        Landlock, seccomp with TSYNC), then a STARTED record, and back to
- *                                        Python, which runs the job's code
- *                           K: aiogaol_zygote_init_run: init's loop (forwards signals, reaps, kills the
- *                              namespace when the program ends), then the program's status and the
- *                              jail's usage (DONE) on the job's report socket
+ *                              same mounts, pivot_root); aiogaol_zygote_init_enter takes the program's
+ *                              identity, turns non-dumpable, blocks every signal behind a signalfd
+ *                           os.fork ─▶ P: PID 2.  aiogaol_zygote_program_walls: what run_program does
+ *                                        before exec (fds, no_new_privs, capabilities, identity,
+ *                                        Landlock, seccomp with TSYNC) but the rlimits; then P waits
+ *                                        for its job's fds from K
+ *                           K: waits for a job's fds from the zygote (aiogaol_zygote_init_job);
+ *                              aiogaol_zygote_init_run: drops everything it held (drop_init), only
+ *                              then hands P its fds, and runs init's loop (forwards signals, reaps,
+ *                              kills the namespace when the program ends); then the program's status
+ *                              and the jail's usage (DONE) on the job's report socket
+ *                           P: aiogaol_zygote_program_enter: the rlimits, a STARTED record, and back
+ *                              to Python, which runs the job's code
  *                J: aiogaol_zygote_relay: waits for K and reports its end (USAGE: what counts if K was
  *                   killed before DONE), then exits
  *
  * This file only calls the steps of the other roles (core.h): parse_args, resolve_identity, build_jail,
  * loopback_up, apply_nice, limit_capabilities, take_identity, drop_init, supervise, reap_jail,
- * program_session, program_walls, close_all_except, send_record, fail.  So a jail entered here is
+ * program_session, program_walls, program_rlimits, close_all_except, send_record, fail.  So a jail entered here is
  * built, watched and walled by exactly the code that does it for every other jail.
  *
  * Every failure goes through wire.c's fail(): a record (step, errno, detail) on the job's report
@@ -44,6 +48,7 @@
                                      detail as USAGE's, for every process of the jail K reaped */
 
 static int zygote_sfd = -1;
+#define ZYGOTE_HIGH_FD 16 /* above every fd number _zygote.py places a job's fds or its own at */
 
 /* The zygote itself, once its preloads are in: nothing of the server's nor of a job may ptrace it or
  * read its memory. */
@@ -128,13 +133,11 @@ void aiogaol_zygote_init_build(void)
     mark(AIOGAOL_STEP_HOSTNAME);
 }
 
-/* K, once a job's fds are in place: the rest of what run_init does before it clones the program.
- * From here on, failures go on the job's report socket. */
-void aiogaol_zygote_init_enter(int report_fd)
+/* K, once the jail is built, still before any job is known: the rest of what run_init does before it
+ * clones the program.  Failures go on the pipe the zygote reads until a job takes the jail. */
+void aiogaol_zygote_init_enter(void)
 {
     sigset_t all;
-    err_fd = report_fd;
-    mark(AIOGAOL_STEP_HAND_OVER);
     /* As run_init: the bounding and ambient sets emptied and the securebits locked (NO_SETUID_FIXUP
      * among them) once, for init and the program it forks. */
     limit_capabilities();
@@ -148,30 +151,80 @@ void aiogaol_zygote_init_enter(int report_fd)
     zygote_sfd = signalfd(-1, &all, SFD_CLOEXEC);
     if (zygote_sfd < 0)
         fail(AIOGAOL_STEP_SIGNALFD, errno, "signalfd");
+    /* Above the numbers the job's fds are placed at when they come (0-6): dup2 must never close it. */
+    if (zygote_sfd < ZYGOTE_HIGH_FD) {
+        int high = fcntl(zygote_sfd, F_DUPFD_CLOEXEC, ZYGOTE_HIGH_FD);
+        if (high < 0)
+            fail(AIOGAOL_STEP_SIGNALFD, errno, "F_DUPFD_CLOEXEC");
+        close(zygote_sfd);
+        zygote_sfd = high;
+    }
 }
 
-/* K, once P exists: run_init's loop.  Init drops everything it held for the program (capabilities,
- * no_new_privs, its own filter), keeps only the signalfd and the lifeline, forwards each catchable
- * signal, answers SIGRTMAX with SIGKILL of the program, and when the program ends kills what is left of
- * the namespace, reaps it and sends the program's exact wait status on the lifeline. */
-void __attribute__((noreturn)) aiogaol_zygote_init_run(int program)
+/* K, once a job's fds are in place (its report socket is err_fd from here on). */
+void aiogaol_zygote_init_job(int report_fd)
+{
+    err_fd = report_fd;
+    mark(AIOGAOL_STEP_HAND_OVER);
+}
+
+/* fds to the program over its socket (SCM_RIGHTS): sendmsg is in init's own filter, recvmsg is not. */
+static void send_fds(int sock, const int *fds, int n)
+{
+    char data = 'j';
+    struct iovec iov = {&data, 1};
+    union {
+        char buf[CMSG_SPACE(8 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr msg;
+    struct cmsghdr *c;
+    memset(&u, 0, sizeof u);
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = CMSG_SPACE((size_t)n * sizeof(int));
+    c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN((size_t)n * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, (size_t)n * sizeof(int));
+    if (sendmsg(sock, &msg, MSG_NOSIGNAL) != 1)
+        fail(AIOGAOL_STEP_HAND_OVER, errno, "hand the program its fds");
+}
+
+/* K, once the job's fds are in place and P (made before the job) waits for its own on to_program:
+ * run_init's loop.  Init drops everything it held for the program (capabilities, no_new_privs, its own
+ * filter) and only then hands P its fds (stdio, the report socket, the payload at ``payload``), so
+ * that no code of the job runs while init holds anything; keeps only the signalfd and the lifeline,
+ * forwards each catchable signal, answers SIGRTMAX with SIGKILL of the program, and when the program
+ * ends kills what is left of the namespace, reaps it and sends the program's exact wait status on the
+ * lifeline. */
+void __attribute__((noreturn)) aiogaol_zygote_init_run(int program, int to_program, int payload)
 {
     pid_t child = (pid_t)program;
-    int status, k;
+    int status, k, give[5];
     uint64_t figures[3] = {0, 0, 0}; /* as in a USAGE record, summed over every process init reaps */
 
     drop_init(child);
     mark(AIOGAOL_STEP_DROP_INIT);
+    give[0] = 0;
+    give[1] = 1;
+    give[2] = 2;
+    give[3] = err_fd;
+    give[4] = payload;
+    send_fds(to_program, give, 5);
+    close(to_program);
+    close(payload);
     close(0);
     close(1);
     close(2);
     for (k = 0; k < plan.n_keep; k++)
         close(plan.keep[k]);
-    if (plan.seccomp_fd >= 0)
-        close(plan.seccomp_fd);
-    /* Init keeps the report socket (the program closed its copy before its code ran): the program's
-     * status and the jail's usage go there as soon as the jail is empty, ahead of J's report of init's
-     * own end, which is then only the fallback for an init killed from outside. */
+    /* Init keeps the report socket (the program has its own copy): the program's status and the jail's
+     * usage go there as soon as the jail is empty, ahead of J's report of init's own end, which is then
+     * only the fallback for an init killed from outside. */
 
     status = supervise(child, zygote_sfd, figures);
     mark(AIOGAOL_STEP_REAP_PROGRAM);
@@ -194,16 +247,26 @@ void __attribute__((noreturn)) aiogaol_zygote_init_run(int program)
     _exit(128 + WTERMSIG(status));
 }
 
-/* P, PID 2: run_program up to its exec, in the same order, except that the signal dispositions are the
- * warm interpreter's own (Python's: SIGINT raises KeyboardInterrupt, SIGPIPE is ignored), as a fresh
- * `python3 -c` would have them, and that P is made dumpable again (exec would do it): a non-dumpable
- * process cannot read its own /proc/self/fd.  Only 0, 1 and 2 survive.  Returns to Python with
- * every wall up; the STARTED record is the last thing written on the report socket. */
-void aiogaol_zygote_program_enter(void)
+/* P, PID 2, forked by K before any job is known: run_program up to its exec, in the same order, except
+ * that the signal dispositions are the warm interpreter's own (Python's: SIGINT raises
+ * KeyboardInterrupt, SIGPIPE is ignored), as a fresh `python3 -c` would have them, that P is made
+ * dumpable again (exec would do it: a non-dumpable process cannot read its own /proc/self/fd), and
+ * that the rlimits wait for the job (aiogaol_zygote_program_enter).  Only 0, 1, 2, the zygote's pipe
+ * and ``hold`` (the socket its job's fds come on, from init) survive.  Returns to Python with every
+ * wall up. */
+void aiogaol_zygote_program_walls(int hold)
 {
     mark(AIOGAOL_STEP_FORK_PROGRAM);
-    program_session();
-    program_walls(1);
+    program_session(1);
+    program_walls(1, hold);
+}
+
+/* P, once its job's fds are in place (the report socket at report_fd): the rlimits, then the STARTED
+ * record, the last thing written on the report socket; the job's code runs next. */
+void aiogaol_zygote_program_enter(int report_fd)
+{
+    err_fd = report_fd;
+    program_rlimits();
     send_record(err_fd, AIOGAOL_ZYGOTE_STARTED, AIOGAOL_STEP_NONE, 0, (int)getpid(), "");
     close(err_fd);
     err_fd = -1;
