@@ -9,8 +9,8 @@ library, and runs no code of a job: each job runs in a fork of a fork of a fork 
 
 The server speaks to it in frames on the socket: an 8-byte length, then a pickled request, the job's
 fds attached to the length (SCM_RIGHTS).  The request holds only the jail's template: the identity
-whose id maps the zygote writes, the helper argv and the program's seccomp filter; what the job is (its code, arguments, environment, and the helper argv of its jail) comes in a
-memfd that only the job's own fork reads, so the zygote's heap, which every later job is forked from,
+whose id maps the zygote writes, the helper argv and the program's seccomp filter; what the job is (its
+code, arguments and environment) comes in a memfd that only the job's own fork reads, so the zygote's heap, which every later job is forked from,
 never holds a byte of an earlier job.  It answers only once, at start: READY with the facts the
 server needs (the files the image came from, the prefixes a job needs to read), or FAILED naming the
 preload that did not import.  Everything about a job goes on that job's own report socket.
@@ -480,11 +480,8 @@ def _job(ctl: socket.socket, core: _Core, argv: list[bytes], seccomp: bytes, soc
     if init:
         # J': only the report socket of the job, from K' once a job came (for the report of K''s end,
         # should K' be killed before it reports the job's), then wait for K'.
-        for fd in (k_end, _ERR, _SOCK, SECCOMP_FD):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for fd in (k_end, _ERR, _SOCK) + ((SECCOMP_FD,) if seccomp else ()):
+            os.close(fd)
         os.write(j_end, init.to_bytes(4, sys.byteorder))
         fds = _receive_fds(j_end, 1)
         if fds is None:

@@ -174,6 +174,7 @@ extern int req_large;                     /* the request came in a memfd (see re
 
 void __attribute__((noreturn)) fail(int step, int err, const char *detail);
 void send_record(int fd, int kind, int step, int err, int value, const char *detail);
+ssize_t send_fds(int sock, const void *data, size_t len, const int *fds, int n);
 void report(int sock, int kind, pid_t pid);
 uint64_t now_ns(void);
 void mark(int step);

@@ -389,30 +389,13 @@ out:
  * between the two, the init is one the server was told of (REPORT_WAITING) and reaps at retirement. */
 static int hand_over(int sock, const char *buf, size_t len)
 {
-    static char cbuf[CMSG_SPACE(sizeof(int) * MAX_REQ_FDS)];
-    struct msghdr msg;
-    struct iovec iov;
-    struct cmsghdr *c;
     pid_t pid = waiting_pid;
     int chan = waiting_chan;
     ssize_t n;
     waiting_pid = 0;
     waiting_chan = -1;
     waiting_stale = 0;
-    memset(&msg, 0, sizeof msg);
-    iov.iov_base = (void *)buf;
-    iov.iov_len = len;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)req_n);
-    c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)req_n);
-    memcpy(CMSG_DATA(c), req_from, sizeof(int) * (size_t)req_n);
-    while ((n = sendmsg(chan, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
-        ;
+    n = send_fds(chan, buf, len, req_from, req_n);
     close(chan); /* the request is queued; EOF after it */
     if (n < 0) {
         report(sock, REPORT_DISCARDED, pid);

@@ -75,6 +75,32 @@ void send_record(int fd, int kind, int step, int err, int value, const char *det
     write_all(fd, &rec, sizeof rec);
 }
 
+/* len bytes of data and n fds (SCM_RIGHTS, at most MAX_REQ_FDS) in one message on sock, retried on
+ * EINTR: sendmsg's result.  For the spawner's hand-over of a request and a warm init's of its job. */
+ssize_t send_fds(int sock, const void *data, size_t len, const int *fds, int n)
+{
+    static char cbuf[CMSG_SPACE(sizeof(int) * MAX_REQ_FDS)] __attribute__((aligned(8)));
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *c;
+    ssize_t sent;
+    memset(&msg, 0, sizeof msg);
+    iov.iov_base = (void *)data;
+    iov.iov_len = len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)n);
+    c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)n);
+    while ((sent = sendmsg(sock, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    return sent;
+}
+
 /* The one failure path: a record on the error pipe, then _exit.  errno is captured by the caller. */
 void fail(int step, int err, const char *detail)
 {

@@ -30,8 +30,8 @@
  *
  * This file only calls the steps of the other roles (core.h): parse_args, resolve_identity, build_jail,
  * loopback_up, apply_nice, limit_capabilities, take_identity, drop_init, supervise, reap_jail,
- * program_session, program_walls, program_rlimits, close_all_except, send_record, fail.  So a jail entered here is
- * built, watched and walled by exactly the code that does it for every other jail.
+ * program_session, program_walls, program_rlimits, close_all_except, send_record, send_fds, fail.  So a
+ * jail entered here is built, watched and walled by exactly the code that does it for every other jail.
  *
  * Every failure goes through wire.c's fail(): a record (step, errno, detail) on the job's report
  * socket (--err), then _exit.  Nothing here allocates or returns to Python in a half-built state.
@@ -168,32 +168,6 @@ void aiogaol_zygote_init_job(int report_fd)
     mark(AIOGAOL_STEP_HAND_OVER);
 }
 
-/* fds to the program over its socket (SCM_RIGHTS): sendmsg is in init's own filter, recvmsg is not. */
-static void send_fds(int sock, const int *fds, int n)
-{
-    char data = 'j';
-    struct iovec iov = {&data, 1};
-    union {
-        char buf[CMSG_SPACE(8 * sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct msghdr msg;
-    struct cmsghdr *c;
-    memset(&u, 0, sizeof u);
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = u.buf;
-    msg.msg_controllen = CMSG_SPACE((size_t)n * sizeof(int));
-    c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN((size_t)n * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, (size_t)n * sizeof(int));
-    if (sendmsg(sock, &msg, MSG_NOSIGNAL) != 1)
-        fail(AIOGAOL_STEP_HAND_OVER, errno, "hand the program its fds");
-}
-
 /* K, once the job's fds are in place and P (made before the job) waits for its own on to_program:
  * run_init's loop.  Init drops everything it held for the program (capabilities, no_new_privs, its own
  * filter) and only then hands P its fds (stdio, the report socket, the payload at ``payload``), so
@@ -214,7 +188,9 @@ void __attribute__((noreturn)) aiogaol_zygote_init_run(int program, int to_progr
     give[2] = 2;
     give[3] = err_fd;
     give[4] = payload;
-    send_fds(to_program, give, 5);
+    /* sendmsg is in init's own filter (recvmsg is not: init receives nothing once it has dropped). */
+    if (send_fds(to_program, "j", 1, give, 5) != 1)
+        fail(AIOGAOL_STEP_HAND_OVER, errno, "hand the program its fds");
     close(to_program);
     close(payload);
     close(0);
