@@ -147,11 +147,28 @@ def _root_symlinks() -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
+_plans_epoch = 0  # bumped by clear_plans: a plan kept on a profile object from before is not used
+
+
 def compile_profile(profile: Profile) -> JailPlan:
     """The profile's plan, cached per profile *and* what its paths resolved to: two equal profiles made
     at different times may have found different objects (a file replaced since), and each plan checks
-    for its own."""
-    return _compile(profile, tuple(profile.resolved.values()))
+    for its own.  A profile object never changes (its paths are resolved once, when it is made), so its
+    plan is also kept on the object itself: every spawn asks, and hashing a whole profile for the
+    shared cache costs more than the rest of building the request."""
+    kept = profile.__dict__.get("_plan")
+    if kept is not None and kept[0] == _plans_epoch:
+        return kept[1]  # type: ignore[no-any-return]
+    plan = _compile(profile, tuple(profile.resolved.values()))
+    object.__setattr__(profile, "_plan", (_plans_epoch, plan))
+    return plan
+
+
+def clear_plans() -> None:
+    """Forget every compiled plan (tests that compile as another kernel would)."""
+    global _plans_epoch
+    _plans_epoch += 1
+    _compile.cache_clear()
 
 
 @functools.lru_cache(maxsize=256)
@@ -327,20 +344,22 @@ def _nobody_mapped() -> bool:
 def helper_argv(plan: JailPlan, *, err_fd: int, lifeline_fd: int, keep_fds: Sequence[int], cwd: str,
                 umask: int | None, rlimits: Sequence[tuple[int, int, int]], nice: int | None,
                 seccomp_fd: int | None, extra: Sequence[str], argv: Sequence[bytes]) -> list[bytes]:
-    head = ["aiogaol-jail", "--err", str(err_fd), "--lifeline", str(lifeline_fd), "--chdir", cwd]
+    # Built as bytes straight away (numbers formatted by %d): this runs at every spawn, on the loop.
+    head = [b"aiogaol-jail", b"--err", b"%d" % err_fd, b"--lifeline", b"%d" % lifeline_fd, b"--chdir",
+            os.fsencode(cwd)]
     if umask is not None:
         # The server's umask of the moment: the spawner's own is the one it was started with.
-        head += ["--umask", "%o" % umask]
+        head += [b"--umask", b"%o" % umask]
     if os.geteuid() == 0 and _nobody_mapped():
         # A root server's program runs as nobody: root's files are not its own, root's groups are gone.
-        head += ["--uid", str(NOBODY), "--gid", str(NOBODY)]
+        head += [b"--uid", b"%d" % NOBODY, b"--gid", b"%d" % NOBODY]
     for fd in keep_fds:
-        head += ["--keep", str(fd)]
+        head += [b"--keep", b"%d" % fd]
     for resource, soft, hard in rlimits:
-        head += ["--rlimit", str(resource), str(soft), str(hard)]
+        head += [b"--rlimit", b"%d" % resource, b"%d" % soft, b"%d" % hard]
     if nice is not None:
-        head += ["--nice", str(nice)]
+        head += [b"--nice", b"%d" % nice]
     if seccomp_fd is not None:
-        head += ["--seccomp-fd", str(seccomp_fd)]
-    head += list(extra)
-    return [os.fsencode(a) for a in head] + [*plan.args_bytes, b"--", *argv]
+        head += [b"--seccomp-fd", b"%d" % seccomp_fd]
+    head += [os.fsencode(a) for a in extra]
+    return head + [*plan.args_bytes, b"--", *argv]

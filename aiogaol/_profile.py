@@ -359,6 +359,13 @@ class Profile:
         object.__setattr__(self, "shm_size", shm_size)
         object.__setattr__(self, "devpts", devpts)
 
+    def __getstate__(self) -> dict[str, object]:
+        """What a pickle (a Ray task's argument, say) carries: never the plan compiled here and kept on
+        this object (``_plan.compile_profile``), which names this host's files."""
+        state = dict(self.__dict__)
+        state.pop("_plan", None)
+        return state
+
     def __iter__(self) -> Iterator[Operation]:
         return iter(self.operations)
 

@@ -46,6 +46,7 @@ import array
 import errno
 import atexit
 import os
+import re
 import resource
 import signal
 import socket
@@ -93,6 +94,9 @@ REPORT_WAITING, REPORT_DISCARDED = 1, 2
 # one read that also gives the umask (which is sent with each request instead).
 _IDENTITY_FIELDS = (b"Uid:", b"Gid:", b"Groups:", b"CapInh:", b"CapPrm:", b"CapEff:", b"CapBnd:", b"CapAmb:",
                     b"NoNewPrivs:", b"Seccomp:")
+# Their lines, whole, in the file's order; found by one regex scan (this runs on the loop at every spawn).
+_IDENTITY_LINES = re.compile(b"^(?:" + b"|".join(re.escape(f) for f in _IDENTITY_FIELDS) + b").*$", re.M)
+_UMASK_LINE = re.compile(rb"^Umask:\s*([0-7]+)", re.M)
 
 Identity = tuple[object, ...]
 
@@ -125,11 +129,11 @@ def server_state() -> tuple[Identity, int | None]:
                 chunks.append(chunk)
         finally:
             os.close(fd)
-        for line in b"".join(chunks).split(b"\n"):
-            if line.startswith(_IDENTITY_FIELDS):
-                fields.append(line)
-            elif line.startswith(b"Umask:"):
-                umask = int(line.split()[1], 8)
+        status = b"".join(chunks)
+        fields = _IDENTITY_LINES.findall(status)
+        found = _UMASK_LINE.search(status)
+        if found is not None:
+            umask = int(found.group(1), 8)
         if not fields:
             raise ValueError("no identity in /proc/thread-self/status")
     except OSError as e:

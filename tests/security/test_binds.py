@@ -66,11 +66,11 @@ def landlock_off(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Test-only: plans compiled as on a kernel without Landlock (no --landlock arguments reach the
     helper), so the mounts are the only wall.  Patched in this process only, and the plan cache is
     emptied before and after so that no plan without Landlock outlives the test."""
-    _plan._compile.cache_clear()
+    _plan.clear_plans()
     monkeypatch.setattr(_kernel, "landlock_abi", lambda: 0)
     yield
     monkeypatch.undo()
-    _plan._compile.cache_clear()
+    _plan.clear_plans()
 
 
 @pytest.mark.asyncio
