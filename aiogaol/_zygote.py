@@ -159,27 +159,67 @@ def main(core_path: str, nice: int, preload: list[str]) -> None:
 
 
 class _Waiting:
-    """A jail made ahead of time for the next job: J' has unshared (its id maps written), K' has built
-    the jail, forked P and waits for a job's fds on the socket J' reads; P has its walls up and waits
-    for its own from K'.  All three report on ``err`` (a pipe of ours) until a job's report socket
-    takes over.  Made from a request's ``template`` (the helper argv of the
-    pool's jails, which names no job), it serves a job whose template is the same, byte for byte."""
+    """A jail being made, or made, for a job: J' unshares (the zygote writes its id maps), K' builds
+    the jail, forks P and waits for a job's fds on the socket J' reads; P puts its walls up and waits for
+    its own from K'.  All three report on ``err`` (a pipe of ours) until a job's report socket takes
+    over.  Made from a request's ``template`` (the helper argv of the pool's jails, which names no job),
+    it serves a job whose template is the same, byte for byte.
 
-    def __init__(self, pid: int, sock: socket.socket, err: int, template: tuple[Any, ...], mounts: bytes) -> None:
+    Nothing here blocks: the zygote's loop advances every jail in the making as its pipes turn readable,
+    so that jails for jobs that came together are built side by side (each one is a chain of three
+    processes that runs mostly on one CPU) instead of one after another while the others wait."""
+
+    def __init__(self, pid: int, sock: socket.socket, err: int, sync_r: int, sync_w: int,
+                 template: tuple[Any, ...], mounts: bytes) -> None:
         self.pid = pid
         self.sock = sock
         self.err = err
+        self.sync_r = sync_r  # J' says "u" on it once it has unshared; -1 once its maps are written
+        self.sync_w = sync_w
         self.template = template
         self.mounts = mounts
+        self.deadline = time.monotonic() + MAP_TIMEOUT
         self.built = False
         self.failure: bytes | None = None
         self.dead = False
+        self.job: list[int] | None = None  # the job's fds once one is given to this jail
 
-    def poll(self, timeout: float) -> None:
-        """Take what J' and K' said (BUILT, or a FAILURE record), waiting at most ``timeout``."""
+    def watched(self) -> int:
+        """The fd whose readiness moves this jail on."""
+        return self.sync_r if self.sync_r >= 0 else self.err
+
+    def advance(self, core: _Core) -> None:
+        """Take what is ready, without waiting: the maps once J' has unshared, then BUILT or FAILURE."""
+        if self.sync_r >= 0:
+            if not select.select([self.sync_r], [], [], 0)[0]:
+                return
+            said = os.read(self.sync_r, 1)
+            if said != b"u":
+                self._close_sync()
+                self.poll()  # J' failed: its record, if it wrote one, is there
+                self.failure = self.failure or record(
+                    RECORD_FAILURE, core.steps.get("unshare namespaces", 0), 5, 0, b"the job's first fork ended "
+                    b"before it unshared")
+                return
+            uid, gid = self.template[0], self.template[1]
+            try:
+                self.failure = _write_maps(self.pid, uid, gid, core)
+                if self.failure is None:
+                    os.write(self.sync_w, b"g")
+                    self.deadline = time.monotonic() + MAP_TIMEOUT  # and as long again to build
+            except OSError as exc:
+                self.failure = record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 5, 0,
+                                      b"let the job's first fork go")
+            self._close_sync()
+            if self.failure is not None:
+                os.kill(self.pid, signal.SIGKILL)
+                return
+        self.poll()
+
+    def poll(self) -> None:
+        """Take what J', K' and P said on ``err`` (BUILT, or a FAILURE record), without waiting."""
         while not (self.built or self.dead or self.failure):
-            ready, _, _ = select.select([self.err], [], [], timeout)
-            if not ready:
+            if not select.select([self.err], [], [], 0)[0]:
                 return
             data = os.read(self.err, RECORD_SIZE)
             if len(data) < RECORD.size:
@@ -189,10 +229,50 @@ class _Waiting:
             elif RECORD.unpack_from(data)[0] == RECORD_FAILURE:
                 self.failure = data
 
+    def ended(self) -> bool:
+        return self.dead or self.failure is not None
+
+    def why(self, core: _Core) -> bytes:
+        """The record a job given to this jail gets when the jail cannot take it."""
+        if self.failure is not None:
+            return self.failure
+        if self.dead:
+            return record(RECORD_FAILURE, core.steps.get("clone init", 0), 5, 0,
+                          b"the jail made for this job ended before it was built")
+        return record(RECORD_FAILURE, core.steps.get("unshare namespaces" if self.sync_r >= 0 else "clone init", 0),
+                      110, 0, b"the jail made for this job stalled before it was built")
+
+    def hand_over(self, core: _Core) -> None:
+        """Give the job's fds to the built jail (K' takes them), or report on the job's socket why not."""
+        assert self.job is not None
+        if not self.built:
+            os.write(self.job[3], self.why(core))
+            return
+        try:
+            socket.send_fds(self.sock, [b"j"], self.job)
+        except OSError as exc:
+            os.write(self.job[3], record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 5, 0,
+                                         b"hand the job to its jail"))
+
+    def _close_sync(self) -> None:
+        if self.sync_r >= 0:
+            os.close(self.sync_r)
+            os.close(self.sync_w)
+            self.sync_r = self.sync_w = -1
+
     def close(self) -> None:
-        """Drop it: J' sees EOF, kills K' (and with it the jail) and exits."""
+        """Drop it (J' sees EOF, kills K', and with it the jail, and exits), and the job's fds with it."""
+        if self.sync_r >= 0:
+            os.kill(self.pid, signal.SIGKILL)  # still unsharing: it would wait for its maps
+            self._close_sync()
         self.sock.close()
         os.close(self.err)
+        for fd in self.job or ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.job = None
 
 
 def _mount_table() -> bytes:
@@ -218,44 +298,80 @@ def _binds_current(template: tuple[Any, ...]) -> bool:
 def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, str]] | None:
     """The request loop.  Returns only in a job's program process (P), with what it must run.
 
-    Each job is handed to a jail made ahead of time from the last job's template, when there is one
-    that fits (same template, the host's mount table and bound files unchanged since it was made);
-    otherwise to one made for it there and then.  Once a job is handed over and no request is waiting,
-    the next jail is made."""
-    waiting: _Waiting | None = None
+    Each job is given a jail as it comes: the one made ahead of time from the last job's template when
+    it fits (same template, the host's mount table and bound files unchanged since it was made),
+    otherwise one started for it there and then; it is handed over once that jail is built, while the
+    loop goes on taking requests and moving the other jails on.  Once no job waits for a jail, the next
+    one is made ahead: after the last job has ended or run AHEAD_AFTER."""
+    spare: _Waiting | None = None  # made ahead, no job given to it yet
+    pending: list[_Waiting] = []  # given a job, not built yet
     running = -1  # a pidfd of the last job's first fork, until the next jail is made
     ahead_at = 0.0
     last: tuple[Any, ...] | None = None  # the last job's template
     mountinfo = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    in_p = False
+
+    def settle() -> None:
+        """Hand over what is built, report what failed or stalled; keep the rest."""
+        nonlocal running, ahead_at
+        now = time.monotonic()
+        for w in list(pending):
+            w.advance(core)
+            if not (w.built or w.ended() or now >= w.deadline):
+                continue
+            pending.remove(w)
+            w.hand_over(core)
+            if w.built:
+                if running >= 0:
+                    os.close(running)
+                try:
+                    running = os.pidfd_open(w.pid)
+                except OSError:
+                    running = -1  # gone already (or no fd left): the next one is made at once
+                ahead_at = time.monotonic() + AHEAD_AFTER
+            w.close()
+
     try:
         while True:
-            ahead = waiting is None and last is not None and running >= 0
-            watched: list[Any] = [ctl, running] if ahead else [ctl]
+            if spare is not None:
+                spare.advance(core)
+                if spare.ended() or (not spare.built and time.monotonic() >= spare.deadline):
+                    spare.close()
+                    spare = None
+            settle()
+            ahead = spare is None and not pending and last is not None and running >= 0
+            watched: list[Any] = [ctl] + [w.watched() for w in pending]
+            if spare is not None and not spare.built:
+                watched.append(spare.watched())
+            if ahead:
+                watched.append(running)
+            deadlines = [w.deadline for w in pending] + ([ahead_at] if ahead else [])
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             try:
-                # The host's mount table changing (POLLPRI on mountinfo) drops the waiting jail at once:
+                # The host's mount table changing (POLLPRI on mountinfo) drops the spare jail at once:
                 # its copy of the host's mounts would keep a filesystem unmounted since busy.
-                ready, _, changed = select.select(watched, [],
-                                                  [mountinfo] if waiting is not None else [],
-                                                  max(0.0, ahead_at - time.monotonic()) if ahead else None)
+                ready, _, changed = select.select(watched, [], [mountinfo] if spare is not None else [], timeout)
             except InterruptedError:
-                continue
-            if ahead and ctl not in ready and not changed:
-                # The last job has ended (its first fork exited) or has run AHEAD_AFTER: the next jail
-                # is made now, not beside the job's start, whose forks and walls it would slow by more
-                # than it saves the next job.
-                os.close(running)
-                running = -1
-                assert last is not None
-                made = _make(ctl, core, last, -1)
-                if isinstance(made, tuple):
-                    return made  # in P
-                waiting = made
                 continue
             if changed:
                 os.pread(mountinfo, 1 << 20, 0)
-                if waiting is not None and _mount_table() != waiting.mounts:
-                    waiting.close()
-                    waiting = None
+                if spare is not None and _mount_table() != spare.mounts:
+                    spare.close()
+                    spare = None
+                continue
+            if ctl not in ready:
+                if ahead and (running in ready or time.monotonic() >= ahead_at):
+                    # The last job has ended (its first fork exited) or has run AHEAD_AFTER: the next
+                    # jail is made now, not beside the job's start, whose forks and walls it would slow
+                    # by more than it saves the next job.
+                    os.close(running)
+                    running = -1
+                    assert last is not None
+                    made = _make(ctl, core, last)
+                    if isinstance(made, tuple):
+                        in_p = True
+                        return made  # in P (whose copy of this loop's jails is not its own)
+                    spare = made if isinstance(made, _Waiting) else None
                 continue
             try:
                 head, fds, _, _ = socket.recv_fds(ctl, FRAME.size, JOB_FDS)
@@ -263,78 +379,65 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                 continue
             if not head:
                 return None  # the server is gone, or closed the pool
-            try:
-                rest = _recv_exact(ctl, FRAME.unpack(head)[0]) if len(head) == FRAME.size else None
-                if rest is None or len(fds) != JOB_FDS:
-                    return None  # a broken frame: not a server speaking our protocol
-                template = pickle.loads(rest)
-                if waiting is not None and (waiting.template != template or not _binds_current(template)
-                                            or _mount_table() != waiting.mounts):
-                    waiting.close()
-                    waiting = None
-                if waiting is None:
-                    made = _make(ctl, core, template, fds[3])
-                    if isinstance(made, tuple):
-                        return made  # in P
-                    waiting = made
-                if waiting is not None:
-                    _hand_over(waiting, fds[3], core, fds)
-                    if running >= 0:
-                        os.close(running)
-                    try:
-                        running = os.pidfd_open(waiting.pid)
-                    except OSError:
-                        running = -1  # gone already (or no fd left): the next one is made at once
-                    ahead_at = time.monotonic() + AHEAD_AFTER
-                    last = template
-                    waiting.close()
-                    waiting = None
-                if running < 0 and not select.select([ctl], [], [], 0)[0]:
-                    made = _make(ctl, core, template, -1)
-                    if isinstance(made, tuple):
-                        return made  # in P
-                    waiting = made
-            finally:
+            rest = _recv_exact(ctl, FRAME.unpack(head)[0]) if len(head) == FRAME.size else None
+            if rest is None or len(fds) != JOB_FDS:
                 for fd in fds:
-                    try:
+                    os.close(fd)
+                return None  # a broken frame: not a server speaking our protocol
+            template = pickle.loads(rest)
+            if spare is not None and (spare.template != template or not _binds_current(template)
+                                      or _mount_table() != spare.mounts):
+                spare.close()
+                spare = None
+            if spare is None:
+                made = _make(ctl, core, template)
+                if isinstance(made, tuple):
+                    in_p = True
+                    return made  # in P (whose copy of this loop's jails is not its own)
+                if isinstance(made, OSError):
+                    os.write(fds[3], record(RECORD_FAILURE, core.steps.get("clone init", 0), made.errno or 0, 0,
+                                            b"fork"))
+                    for fd in fds:
                         os.close(fd)
-                    except OSError:
-                        pass
-    finally:
-        if waiting is not None:
-            waiting.close()
-        if running >= 0:
-            try:
+                    continue
+                spare = made
+            spare.job = fds
+            pending.append(spare)
+            spare = None
+            last = template
+            if running >= 0:
                 os.close(running)
+                running = -1
+            settle()
+            if running < 0 and not pending and spare is None and not select.select([ctl], [], [], 0)[0]:
+                made = _make(ctl, core, template)
+                if isinstance(made, tuple):
+                    in_p = True
+                    return made  # in P (whose copy of this loop's jails is not its own)
+                spare = made if isinstance(made, _Waiting) else None
+    finally:
+        # Not in P: its copy of these jails is the zygote's (P closed the zygote's fds when it started,
+        # and must never signal the PIDs they name, which in its own PID namespace are other processes).
+        if not in_p:
+            _drop_all(pending, spare, running, mountinfo)
+
+
+def _drop_all(pending: list[_Waiting], spare: _Waiting | None, running: int, mountinfo: int) -> None:
+    """The loop's end in the zygote: every jail in the making dropped, the loop's fds closed."""
+    for w in pending + ([spare] if spare is not None else []):
+        w.close()
+    for fd in (running, mountinfo):
+        if fd >= 0:
+            try:
+                os.close(fd)
             except OSError:
                 pass
-        try:
-            os.close(mountinfo)
-        except OSError:
-            pass
 
 
-def _hand_over(waiting: _Waiting, report: int, core: _Core, fds: list[int]) -> None:
-    """Give a job's fds to the jail made for it, once it is built; or report on the job's socket why
-    it could not be."""
-    waiting.poll(MAP_TIMEOUT)
-    if waiting.failure is not None:
-        os.write(report, waiting.failure)
-    elif not waiting.built:
-        os.write(report, record(RECORD_FAILURE, core.steps.get("clone init", 0), 5, 0,
-                                b"the jail made for this job ended or stalled before it was built"))
-    else:
-        try:
-            socket.send_fds(waiting.sock, [b"j"], fds)
-        except OSError as exc:
-            os.write(report, record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 5, 0,
-                                    b"hand the job to its jail"))
-
-
-def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], report: int
-          ) -> _Waiting | None | tuple[str, list[str], dict[str, str]]:
-    """Fork J' with a template, write its id maps when it has unshared, let it go: a _Waiting in the
-    zygote (None if J' failed: on ``report`` when there is one, the job's, it says why), what to run in P."""
+def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...]
+          ) -> _Waiting | OSError | tuple[str, list[str], dict[str, str]]:
+    """Fork J' with a template: a _Waiting in the zygote (the OSError if the fork failed), what to run in P.
+    The loop writes J's id maps once it has unshared, and lets it go (``_Waiting.advance``)."""
     uid, gid, argv, seccomp = template
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     err_r, err_w = os.pipe()
@@ -344,13 +447,11 @@ def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], report: in
     try:
         pid = os.fork()
     except OSError as exc:
-        if report >= 0:
-            os.write(report, record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 0, 0, b"fork"))
         for fd in (err_r, err_w, to_j_r, to_j_w, from_j_r, from_j_w):
             os.close(fd)
         ours.close()
         theirs.close()
-        return None
+        return exc
     if pid == 0:
         try:
             ours.detach()
@@ -362,36 +463,14 @@ def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], report: in
     theirs.close()
     for fd in (err_w, to_j_r, from_j_w):
         os.close(fd)
-    waiting = _Waiting(pid, ours, err_r, template, mounts)
-    try:
-        ready, _, _ = select.select([from_j_r], [], [], MAP_TIMEOUT)
-        if not ready or os.read(from_j_r, 1) != b"u":
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-            waiting.poll(0)  # J' failed: its record, if it wrote one, is there
-            if report >= 0:
-                os.write(report, waiting.failure or record(
-                    RECORD_FAILURE, core.steps.get("unshare namespaces", 0), 110, 0,
-                    b"the job's first fork did not unshare in time"))
-            waiting.close()
-            return None
-        try:
-            _write_maps(pid, uid, gid, core, report)
-        except OSError:
-            os.kill(pid, signal.SIGKILL)
-            waiting.close()
-            return None
-        os.write(to_j_w, b"g")
-    finally:
-        os.close(to_j_w)
-        os.close(from_j_r)
-    return waiting
+    return _Waiting(pid, ours, err_r, from_j_r, to_j_w, template, mounts)
 
 
-def _write_maps(pid: int, uid: int, gid: int, core: _Core, report: int) -> None:
+def _write_maps(pid: int, uid: int, gid: int, core: _Core) -> bytes | None:
     """J's id maps, from the parent user namespace (jail.c's write_maps, for a process of our own): our
     ids mapped to themselves, or, for a root zygote whose jobs run as another identity, ours as 0 and
-    theirs to themselves; setgroups denied unless that identity must shed our groups."""
+    theirs to themselves; setgroups denied unless that identity must shed our groups.  None, or the
+    FAILURE record that says which write failed."""
     me_u, me_g = os.getuid(), os.getgid()
     switch = (uid, gid) != (me_u, me_g)
 
@@ -410,8 +489,8 @@ def _write_maps(pid: int, uid: int, gid: int, core: _Core, report: int) -> None:
             finally:
                 os.close(fd)
         except OSError as exc:
-            os.write(report, record(RECORD_FAILURE, core.steps.get(step, 0), exc.errno or 0, 0, path.encode()))
-            raise
+            return record(RECORD_FAILURE, core.steps.get(step, 0), exc.errno or 0, 0, path.encode())
+    return None
 
 
 def _place(fds: list[int], first: int = 0) -> None:

@@ -397,6 +397,44 @@ async def test_a_jail_made_ahead_never_shows_a_replaced_file(py_profile: aiogaol
     assert first.stdout == b"one\n"
 
 
+async def test_jobs_that_come_together_are_each_answered_when_their_jails_fail(
+        py_profile: aiogaol.Profile, tmp_path: object) -> None:
+    # Jails for jobs that come together are built side by side; each failure reaches its own job (as a
+    # SandboxSetupError naming the step), none hangs the others, and the pool serves jobs afterwards.
+    import pathlib
+
+    assert isinstance(tmp_path, pathlib.Path)
+    os.chmod(tmp_path, 0o755)
+    target = tmp_path / "data.txt"
+    target.write_text("one")
+    os.chmod(target, 0o644)
+    profile = py_profile + [aiogaol.FileReadAll(aiogaol.Literal(str(target)))]
+    code = f"print(open({str(target)!r}).read())"
+    fds = open_fds()
+    async with aiogaol.PythonPool(profile, size=6) as pool:
+        assert (await pool.run(code)).stdout == b"one\n"
+        fresh = tmp_path / "new.txt"
+        fresh.write_text("two")
+        os.chmod(fresh, 0o644)
+        os.rename(fresh, target)  # every jail of this profile now refuses its bind
+        errors: list[BaseException] = []
+
+        async def one() -> None:
+            try:
+                await pool.run(code, timeout=30)
+            except aiogaol.SandboxSetupError as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(6):
+                    tg.start_soon(one)
+        assert len(errors) == 6 and all("bind source changed" in str(e) for e in errors), errors
+        with pytest.raises(aiogaol.SandboxSetupError, match="bind source changed"):
+            await pool.run("print(2)")  # and the next one alone, as before
+    assert open_fds() == fds and zombie_children() == []
+
+
 async def test_a_server_that_drops_privileges_gets_a_new_warm_interpreter(py_profile: aiogaol.Profile) -> None:
     # Jobs carry the server's current privileges: a change of groups (what a root server can do to
     # itself without losing the right to undo it) retires the warm interpreter started before it.
