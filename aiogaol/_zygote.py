@@ -439,6 +439,7 @@ def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...]
     """Fork J' with a template: a _Waiting in the zygote (the OSError if the fork failed), what to run in P.
     The loop writes J's id maps once it has unshared, and lets it go (``_Waiting.advance``)."""
     uid, gid, argv, seccomp = template
+    c_argv = _c_argv(core, argv)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     err_r, err_w = os.pipe()
     to_j_r, to_j_w = os.pipe()
@@ -457,13 +458,29 @@ def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...]
             ours.detach()
             for fd in (to_j_w, from_j_r, err_r):
                 os.close(fd)
-            return _job(ctl, core, argv, seccomp, theirs.detach(), err_w, to_j_r, from_j_w)
+            return _job(ctl, core, c_argv, len(argv), seccomp, theirs.detach(), err_w, to_j_r, from_j_w)
         except BaseException:  # noqa: BLE001 - a fork of the zygote never returns into its loop
             os._exit(NOBODY_EXIT)
     theirs.close()
     for fd in (err_w, to_j_r, from_j_w):
         os.close(fd)
     return _Waiting(pid, ours, err_r, from_j_r, to_j_w, template, mounts)
+
+
+_C_ARGV: dict[tuple[bytes, ...], tuple[list[Any], Any]] = {}
+
+
+def _c_argv(core: _Core, argv: list[bytes]) -> Any:
+    """The helper argv as C strings, made once per template in the zygote (each J' reads its copy of
+    the zygote's memory) rather than in every J'."""
+    key = tuple(argv)
+    kept = _C_ARGV.get(key)
+    if kept is None:
+        if len(_C_ARGV) >= 4:
+            _C_ARGV.clear()  # a pool has one template; a few at most over its life
+        strings = [core.ffi.new("char[]", a) for a in argv]
+        kept = _C_ARGV[key] = (strings, core.ffi.new("char *[]", strings + [core.ffi.NULL]))
+    return kept[1]
 
 
 def _write_maps(pid: int, uid: int, gid: int, core: _Core) -> bytes | None:
@@ -521,58 +538,18 @@ def _receive_fds(sock: int, count: int) -> list[int] | None:
     return fds
 
 
-def _job(ctl: socket.socket, core: _Core, argv: list[bytes], seccomp: bytes, sock: int, err: int, sync_r: int,
-         sync_w: int) -> tuple[str, list[str], dict[str, str]]:
+def _job(ctl: socket.socket, core: _Core, c_argv: Any, argc: int, seccomp: bytes, sock: int, err: int,
+         sync_r: int, sync_w: int) -> tuple[str, list[str], dict[str, str]]:
     """J', then K' and P: the three forks of one jail.  Returns only in P, with every wall up, what it
-    must run.  Until a job comes, J' and K' hold fds 6 and up only (0-2 are the zygote's /dev/null)."""
+    must run.  J' runs only C from here (aiogaol_zygote_first: its fds, the namespaces, the id-map
+    handshake, the fork of K', then the relay), so this copy of the warm image runs none of its Python;
+    the call returns in K'.  Until a job comes, J' and K' hold fds 6 and up only (0-2 are the zygote's
+    /dev/null)."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # J' waits for K'; P starts as a fresh python would
-    ctl.detach()  # its number is reused below; the socket object must never close it again
-    _place([sync_r, sync_w, sock, err], _SYNC_R)
-    os.closerange(_ERR + 1, 1 << 16)
-    for fd in (3, 4, 5, 6):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    if seccomp:
-        # The program's filter (at most 32 KiB: below a pipe's capacity), where the helper argv says.
-        r, w = os.pipe()
-        try:
-            view = memoryview(seccomp)
-            while view:
-                view = view[os.write(w, view):]
-        finally:
-            os.close(w)
-        os.dup2(r, SECCOMP_FD)
-        os.close(r)
-    keep = [core.ffi.new("char[]", a) for a in argv]
-    c_argv = core.ffi.new("char *[]", keep + [core.ffi.NULL])
-    core.lib.aiogaol_zygote_unshare(len(argv), c_argv, _ERR)
-    os.write(_SYNC_W, b"u")
-    if os.read(_SYNC_R, 1) != b"g":
-        os._exit(NOBODY_EXIT)  # the zygote refused (it reported why) or died
-    os.close(_SYNC_R)
-    os.close(_SYNC_W)
-    core.lib.aiogaol_zygote_after_maps()
-    j_end, k_end = _high_pair()
-    init = os.fork()
-    if init:
-        # J': only the report socket of the job, from K' once a job came (for the report of K''s end,
-        # should K' be killed before it reports the job's), then wait for K'.
-        for fd in (k_end, _ERR, _SOCK) + ((SECCOMP_FD,) if seccomp else ()):
-            os.close(fd)
-        os.write(j_end, init.to_bytes(4, sys.byteorder))
-        fds = _receive_fds(j_end, 1)
-        if fds is None:
-            os.waitpid(init, 0)  # dropped before a job came: K' ends of it
-            os._exit(0)
-        _place(fds, REPORT_FD)
-        os.closerange(REPORT_FD + 1, 1 << 16)
-        core.lib.aiogaol_zygote_relay(init)
-        os._exit(NOBODY_EXIT)  # not reached
+    ctl.detach()  # its number is closed by J' below; the socket object must never close it again
+    k_end = core.lib.aiogaol_zygote_first(argc, c_argv, seccomp, len(seccomp), sock, err, sync_r, sync_w)
     # K': PID 1.  The jail first, then P with its walls, while no job waits for them; then the job,
     # straight from the zygote.
-    os.close(j_end)
     host_pid = int.from_bytes(os.read(k_end, 4), sys.byteorder)
     core.lib.aiogaol_zygote_init_build()
     core.lib.aiogaol_zygote_init_enter()
@@ -601,25 +578,9 @@ def _job(ctl: socket.socket, core: _Core, argv: list[bytes], seccomp: bytes, soc
     os.close(p_end)
     if seccomp:
         os.close(SECCOMP_FD)
-    fds = _receive_fds(_SOCK, JOB_FDS)
-    if fds is None:
-        os._exit(0)  # dropped before a job came: nothing runs in the jail yet
-    _place(fds)
-    os.close(_SOCK)
-    core.lib.aiogaol_zygote_init_job(REPORT_FD)
-    os.close(_ERR)
-    # The server signals the jail's init through a pidfd (of ourselves: J' alone reaps us, so the PID
-    # cannot be reused while the server holds it), and J' gets the report socket.
-    pidfd = os.pidfd_open(os.getpid())
-    for sock, data, passed in ((REPORT_FD, record(RECORD_PID, 0, 0, host_pid), pidfd), (k_end, b"r", REPORT_FD)):
-        s = socket.socket(fileno=sock)
-        try:
-            socket.send_fds(s, [data], [passed])
-        finally:
-            s.detach()
-    os.close(pidfd)
-    os.close(k_end)
-    core.lib.aiogaol_zygote_init_run(program, to_program, PAYLOAD_FD)
+    # The job's fds from the zygote, the PID record (with a pidfd of K') for the server, the report socket
+    # for J', then init's loop: all C, so K' runs no more Python either.
+    core.lib.aiogaol_zygote_init_wait(program, to_program, k_end, host_pid)
     os._exit(NOBODY_EXIT)  # not reached
 
 

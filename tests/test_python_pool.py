@@ -435,6 +435,43 @@ async def test_jobs_that_come_together_are_each_answered_when_their_jails_fail(
     assert open_fds() == fds and zombie_children() == []
 
 
+def _sleeping_job_init() -> int:
+    """The host PID of the init (K) of the one job asleep in time.sleep: its program's parent."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/wchan") as f:
+                wchan = f.read()
+            with open(f"/proc/{name}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if "nanosleep" in wchan and nspid[-1:] == ["2"]:
+            return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    return 0
+
+
+async def test_a_job_whose_init_is_killed_from_outside_reports_the_kill(py_profile: aiogaol.Profile) -> None:
+    # The job's first fork (J) waits for its init (K) and reports K's own end when K never reported
+    # the job's: here K is SIGKILLed from the host while the job sleeps.
+    async with aiogaol.PythonPool(py_profile, size=1) as pool:
+        async with anyio.create_task_group() as tg:
+            results: list[aiogaol.Result] = []
+
+            async def run() -> None:
+                results.append(await pool.run("import time; time.sleep(30)", timeout=60))
+
+            tg.start_soon(run)
+            with anyio.fail_after(20):
+                while not (init := _sleeping_job_init()):
+                    await anyio.sleep(0.05)
+            os.kill(init, signal.SIGKILL)
+    (r,) = results
+    assert r.returncode == -signal.SIGKILL and r.status == "signalled", r
+
+
 async def test_a_server_that_drops_privileges_gets_a_new_warm_interpreter(py_profile: aiogaol.Profile) -> None:
     # Jobs carry the server's current privileges: a change of groups (what a root server can do to
     # itself without losing the right to undo it) retires the warm interpreter started before it.

@@ -3,22 +3,29 @@
  *
  * A spawned jail is built by clones of the spawner that end in exec.  A PythonPool job must instead go
  * on running the warm Python image it was forked from, so the same steps are taken in-process, by
- * forks of the warm interpreter (the "zygote", aiogaol/_zygote.py) made with os.fork (CPython's
- * after-fork hooks then run: the random module is reseeded, the thread states are reset):
+ * forks of the warm interpreter (the "zygote", aiogaol/_zygote.py).  The zygote's fork of J and K's fork
+ * of P are os.fork (CPython's after-fork hooks then run: the random module is reseeded, the thread
+ * states are reset).  J runs only C after it (aiogaol_zygote_first), so that this copy of the image
+ * touches, and copies, as few of its pages as it can; its fork of K is a plain fork() that returns to
+ * Python in K, which is sound because J is single-threaded and holds no interpreter lock in the call:
+ * K's interpreter is J's, as consistent as after os.fork, and K runs a few lines of aiogaol's own
+ * before its os.fork of P.
  *
  *   zygote (host namespaces; runs only aiogaol's code), for each jail, ahead of the job that will use it
  *   (everything down to P's walls; from "K: waits" on, once a job came):
- *     os.fork ─▶ J: aiogaol_zygote_unshare (parse the helper argv, unshare user, mount, pid, ipc, uts,
+ *     os.fork ─▶ J: aiogaol_zygote_first: its fds, the program's filter on a pipe, then
+ *                   aiogaol_zygote_unshare (parse the helper argv, unshare user, mount, pid, ipc, uts,
  *                   cgroup); the zygote writes J's id maps from the parent user namespace (as the
  *                   spawner writes init's); aiogaol_zygote_after_maps (niceness, network namespace)
- *                os.fork ─▶ K: PID 1.  aiogaol_zygote_init_build builds the jail (mounts.c's build_jail: the
+ *                fork ─▶ K: PID 1.  aiogaol_zygote_init_build builds the jail (mounts.c's build_jail: the
  *                              same mounts, pivot_root); aiogaol_zygote_init_enter takes the program's
  *                              identity, turns non-dumpable, blocks every signal behind a signalfd
  *                           os.fork ─▶ P: PID 2.  aiogaol_zygote_program_walls: what run_program does
  *                                        before exec (fds, no_new_privs, capabilities, identity,
  *                                        Landlock, seccomp with TSYNC) but the rlimits; then P waits
  *                                        for its job's fds from K
- *                           K: waits for a job's fds from the zygote (aiogaol_zygote_init_job);
+ *                           K: aiogaol_zygote_init_wait: waits for a job's fds from the zygote, sends
+ *                              the server a pidfd of itself and J the report socket (init_job);
  *                              aiogaol_zygote_init_run: drops everything it held (drop_init), only
  *                              then hands P its fds, and runs init's loop (forwards signals, reaps,
  *                              kills the namespace when the program ends); then the program's status
@@ -92,6 +99,188 @@ void aiogaol_zygote_after_maps(void)
     if (plan.unshare_net && unshare(CLONE_NEWNET) < 0)
         fail(AIOGAOL_STEP_UNSHARE, errno, "network namespace");
     mark(AIOGAOL_STEP_MAKE_PRIVATE);
+}
+
+/* The fd numbers of _zygote.py: J's and K's handshake with the zygote and the socket and pipe they take
+ * their job and report on (_SYNC_R.._ERR), where J puts the program's filter (SECCOMP_FD), and where the
+ * job's fds go (REPORT_FD and the rest). */
+#define ZJ_SYNC_R 7
+#define ZJ_SYNC_W 8
+#define ZJ_SOCK 9
+#define ZJ_ERR 10
+#define ZJ_SECCOMP_FD 6
+#define ZJ_REPORT_FD 3
+#define ZJ_JOB_FDS 6
+#define ZJ_NOBODY_EXIT 127
+
+/* fds at first, first + 1, ... (each moved above every target first, so that no dup2 clobbers one still
+ * to be placed); the originals closed.  -1 if an fd could not be moved. */
+static int place_at(const int *fds, int n, int first)
+{
+    int high[ZJ_JOB_FDS], i;
+    for (i = 0; i < n; i++)
+        if ((high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 64)) < 0)
+            return -1;
+    for (i = 0; i < n; i++)
+        close(fds[i]);
+    for (i = 0; i < n; i++) {
+        if (dup2(high[i], first + i) < 0)
+            return -1;
+        close(high[i]);
+    }
+    return 0;
+}
+
+/* Exactly n fds (and one byte) from a socket, placed at first...; 0 at EOF or on anything else (the jail
+ * was dropped before a job came, or the zygote is gone), with whatever came closed. */
+static int receive_fds_at(int sock, int n, int first)
+{
+    char byte, cbuf[CMSG_SPACE(sizeof(int) * ZJ_JOB_FDS)] __attribute__((aligned(8)));
+    int fds[ZJ_JOB_FDS], got = 0, i;
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *c;
+    ssize_t r;
+    memset(&msg, 0, sizeof msg);
+    iov.iov_base = &byte;
+    iov.iov_len = 1;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf;
+    msg.msg_controllen = sizeof cbuf;
+    while ((r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+        ;
+    for (c = r > 0 ? CMSG_FIRSTHDR(&msg) : NULL; c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        for (i = 0; i < (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int)); i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (got < ZJ_JOB_FDS)
+                fds[got++] = fd;
+            else
+                close(fd);
+        }
+    }
+    if (r <= 0 || got != n || (msg.msg_flags & MSG_CTRUNC)) {
+        for (i = 0; i < got; i++)
+            close(fds[i]);
+        return 0;
+    }
+    return place_at(fds, n, first) == 0;
+}
+
+/* J, from the zygote's os.fork on: all of it in C, so that this copy of the warm image runs no Python
+ * (its code would touch, and so copy, pages of the image) and is only ever the jail's relay.  The
+ * handshake fds to 7-10, everything else but 0-2 closed, the program's filter on a pipe at 6; the
+ * namespaces (aiogaol_zygote_unshare); "u" to the zygote, which writes our id maps and answers "g"; the
+ * network namespace (aiogaol_zygote_after_maps); then the fork of K.  Returns only in K: its end of a
+ * socket to J, on which J sends K's host PID and K sends J the job's report socket.  J then waits for
+ * that socket, relays K's end on it (aiogaol_zygote_relay) and exits. */
+int aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
+                         int sync_r, int sync_w)
+{
+    int handshake[4], pair[2], j_end, k_end;
+    int32_t pid32;
+    pid_t init;
+    char go;
+    handshake[0] = sync_r;
+    handshake[1] = sync_w;
+    handshake[2] = sock;
+    handshake[3] = err;
+    if (place_at(handshake, 4, ZJ_SYNC_R) < 0)
+        _exit(ZJ_NOBODY_EXIT);
+    if (syscall(SYS_close_range, 3, ZJ_SYNC_R - 1, 0) < 0 || syscall(SYS_close_range, ZJ_ERR + 1, ~0U, 0) < 0)
+        _exit(ZJ_NOBODY_EXIT);
+    if (filter_len > 0) {
+        /* At most 32 KiB (BPF_MAXINSNS), below a pipe's capacity: the write never blocks. */
+        int fp[2], off = 0;
+        if (pipe(fp) < 0)
+            _exit(ZJ_NOBODY_EXIT);
+        while (off < filter_len) {
+            ssize_t w = write(fp[1], filter + off, (size_t)(filter_len - off));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                _exit(ZJ_NOBODY_EXIT);
+            off += (int)w;
+        }
+        close(fp[1]);
+        if (fp[0] != ZJ_SECCOMP_FD) {
+            if (dup2(fp[0], ZJ_SECCOMP_FD) < 0)
+                _exit(ZJ_NOBODY_EXIT);
+            close(fp[0]);
+        }
+    }
+    (void)aiogaol_zygote_unshare(argc, argv, ZJ_ERR);
+    if (write(ZJ_SYNC_W, "u", 1) != 1 || read(ZJ_SYNC_R, &go, 1) != 1 || go != 'g')
+        _exit(ZJ_NOBODY_EXIT); /* the zygote refused (it reported why) or died */
+    close(ZJ_SYNC_R);
+    close(ZJ_SYNC_W);
+    aiogaol_zygote_after_maps();
+    /* Above every number a job's fds take (0-6), so that placing those never clobbers it. */
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "socketpair");
+    j_end = fcntl(pair[0], F_DUPFD_CLOEXEC, ZJ_ERR + 1);
+    k_end = fcntl(pair[1], F_DUPFD_CLOEXEC, ZJ_ERR + 1);
+    if (j_end < 0 || k_end < 0)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "F_DUPFD_CLOEXEC");
+    close(pair[0]);
+    close(pair[1]);
+    init = fork();
+    if (init < 0)
+        fail(AIOGAOL_STEP_CLONE_INIT, errno, "fork init");
+    if (init == 0) {
+        close(j_end);
+        return k_end; /* K: back to Python, which builds the jail and forks P with os.fork */
+    }
+    /* J: only the report socket of the job, from K once a job came (for the report of K's end, should
+     * K be killed before it reports the job's), then wait for K. */
+    close(k_end);
+    close(ZJ_ERR);
+    close(ZJ_SOCK);
+    if (filter_len > 0)
+        close(ZJ_SECCOMP_FD);
+    pid32 = (int32_t)init;
+    if (write(j_end, &pid32, sizeof pid32) != (ssize_t)sizeof pid32 ||
+        !receive_fds_at(j_end, 1, ZJ_REPORT_FD)) {
+        /* Dropped before a job came: K ends of it. */
+        while (waitpid(init, NULL, 0) < 0 && errno == EINTR)
+            ;
+        _exit(0);
+    }
+    close(j_end);
+    err_fd = ZJ_REPORT_FD; /* relay reports there (it was the pipe, closed above) */
+    aiogaol_zygote_relay(init);
+    _exit(ZJ_NOBODY_EXIT); /* not reached */
+}
+
+/* K, once P exists (walled in, waiting on to_program): the job's fds from the zygote at 0-5 (without
+ * them, the jail was dropped: exit), the report socket taking over from the pipe, then a PID record
+ * with a pidfd of ourselves for the server (J alone reaps us, so the PID cannot be reused while the
+ * server holds it) and the report socket for J, then init's loop (aiogaol_zygote_init_run). */
+void __attribute__((noreturn)) aiogaol_zygote_init_wait(int program, int to_program, int k_end, int host)
+{
+    struct aiogaol_record rec;
+    int pidfd, report = ZJ_REPORT_FD;
+    if (!receive_fds_at(ZJ_SOCK, ZJ_JOB_FDS, 0))
+        _exit(0); /* dropped before a job came: nothing runs in the jail yet */
+    close(ZJ_SOCK);
+    aiogaol_zygote_init_job(ZJ_REPORT_FD);
+    close(ZJ_ERR);
+    pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (pidfd < 0)
+        fail(AIOGAOL_STEP_HAND_OVER, errno, "pidfd_open of init");
+    memset(&rec, 0, sizeof rec);
+    rec.kind = AIOGAOL_RECORD_PID;
+    rec.value = host;
+    if (send_fds(ZJ_REPORT_FD, &rec, sizeof rec, &pidfd, 1) < 0)
+        fail(AIOGAOL_STEP_HAND_OVER, errno, "send init's pidfd");
+    if (send_fds(k_end, "r", 1, &report, 1) < 0)
+        fail(AIOGAOL_STEP_HAND_OVER, errno, "send J the report socket");
+    close(pidfd);
+    close(k_end);
+    aiogaol_zygote_init_run(program, to_program, 5);
 }
 
 /* J: wait for K (PID 1 of the jail), then report its status and the rusage of the whole jail, which K
