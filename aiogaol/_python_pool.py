@@ -192,9 +192,9 @@ class _Zygote:
                 return path
         return None
 
-    async def submit(self, request: tuple[Any, ...], fds: Sequence[int]) -> bool:
-        """Send one job; False if the zygote is gone (its socket broke)."""
-        data = pickle.dumps(request)
+    async def submit(self, data: bytes, fds: Sequence[int]) -> bool:
+        """Send one job (its pickled template, the fds attached); False if the zygote is gone (its socket
+        broke)."""
         async with self.lock:  # one frame at a time on the socket
             if self.sock is None:
                 return False
@@ -452,6 +452,8 @@ class PythonPool:
         self._umask: int | None = None
         self._spawns: dict[tuple[int, Limits], SpawnArgs] = {}
         self._templates: dict[tuple[Any, ...], list[bytes]] = {}
+        # (argv, the pickled template) by (id(argv), uid, gid): argv, kept, keeps its id from being reused.
+        self._requests: dict[tuple[int, int, int], tuple[list[bytes], bytes]] = {}
         self._counts = {"running": 0, "started": 0, "finished": 0, "setup_failures": 0, "zygote_starts": 0,
                         "restarts": 0, "rebuilds": 0}
 
@@ -669,8 +671,15 @@ class PythonPool:
                     data = data[os.write(payload, data):]
                 # The zygote gets the jail's template: the identity, the helper argv without the program and
                 # the program's filter (no job in it: the jail made ahead of time for it has its walls up).
-                request = (uid, gid, argv, bytes(spawn.seccomp_filter or b""))
-            sent = await zygote.submit(request, theirs)
+                # Pickled once per template (the same bytes for every job of the pool).
+                key = (id(argv), uid, gid)
+                request = self._requests.get(key)
+                if request is None or request[0] is not argv:
+                    if len(self._requests) > 64:
+                        self._requests.clear()
+                    request = self._requests[key] = (
+                        argv, pickle.dumps((uid, gid, argv, bytes(spawn.seccomp_filter or b""))))
+            sent = await zygote.submit(request[1], theirs)
             _close(theirs)
             if sent:
                 await job.wait(until_started=True)

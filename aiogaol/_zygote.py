@@ -308,6 +308,8 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
     running = -1  # a pidfd of the last job's first fork, until the next jail is made
     ahead_at = 0.0
     last: tuple[Any, ...] | None = None  # the last job's template
+    last_frame = b""  # the last request's pickled template
+    last_template: tuple[Any, ...] = ()  # and it, unpickled
     mountinfo = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
     in_p = False
 
@@ -384,7 +386,11 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                 for fd in fds:
                     os.close(fd)
                 return None  # a broken frame: not a server speaking our protocol
-            template = pickle.loads(rest)
+            # Every job of a pool sends the same template: unpickled once, the same object kept, so that
+            # the spare's template compares by identity.
+            if rest != last_frame:
+                last_frame, last_template = rest, pickle.loads(rest)
+            template = last_template
             if spare is not None and (spare.template != template or not _binds_current(template)
                                       or _mount_table() != spare.mounts):
                 spare.close()
