@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import sysconfig
+import textwrap
 import uuid
 from collections.abc import Iterator
 
@@ -520,3 +524,53 @@ async def test_a_job_has_the_limits_rlimits_even_a_tight_fd_limit(py_profile: ai
             r = await pool.run(code)
             assert r.status == "ok", r.stderr
             assert r.stdout.decode().splitlines() == [f"(8, 8) ({1 << 20}, {1 << 20})", "EMFILE"]
+
+
+def test_a_mount_change_drops_the_jail_made_ahead(tmp_path: object) -> None:
+    """The jail made ahead for the next job holds binds of the host's filesystems: a change of the host's
+    mount table drops it at once, so that a filesystem unmounted on the host is not kept alive in it.
+    Run in a user and mount namespace of its own, where mounting a tmpfs needs no privilege."""
+    import pathlib
+
+    assert isinstance(tmp_path, pathlib.Path)
+    if shutil.which("unshare") is None:
+        pytest.fail("util-linux's unshare is needed (Debian: apt-get install util-linux)")
+    base = str(tmp_path / "m")
+    os.mkdir(base)
+    os.chmod(tmp_path, 0o755)
+    code = textwrap.dedent(f"""
+        import asyncio, os, subprocess, time, aiogaol
+        tag = "aiogaol-test-" + str(os.getpid())
+        def held():
+            found = 0
+            for name in os.listdir("/proc"):
+                if name.isdigit():
+                    try:
+                        with open(f"/proc/{{name}}/mountinfo") as f:
+                            found += sum(1 for line in f if tag in line.split(" - ", 1)[-1])
+                    except OSError:
+                        pass
+            return found
+        async def main():
+            subprocess.run(["mount", "-t", "tmpfs", tag, {base!r}], check=True)
+            with open({base!r} + "/f", "w") as f:
+                f.write("on tmpfs")
+            os.chmod({base!r}, 0o755)
+            os.chmod({base!r} + "/f", 0o644)
+            profile = aiogaol.python_profile() + [aiogaol.FileReadAll(aiogaol.Subpath({base!r}))]
+            async with aiogaol.PythonPool(profile, size=1) as pool:
+                r = await pool.run("print(open({base!r} + '/f').read())")
+                deadline = time.monotonic() + 20
+                while held() < 2 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)  # the next jail, made ahead, binds the tmpfs too
+                ahead = held() >= 2
+                subprocess.run(["umount", {base!r}], check=True)
+                deadline = time.monotonic() + 20
+                while held() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                print(r.stdout, ahead, held())
+        asyncio.run(main())
+    """)
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "b'on tmpfs\\n' True 0\n"), done.stderr
