@@ -17,7 +17,7 @@ import sys
 import sysconfig
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -377,9 +377,9 @@ async def test_no_byte_of_an_earlier_job_is_in_the_next_ones_memory(py_profile: 
     assert int(first.stdout) >= 1 and later.stdout == b"0\n"
 
 
-async def test_a_jail_made_ahead_never_shows_a_replaced_file(py_profile: aiogaol.Profile, tmp_path: object) -> None:
-    # The next job's jail is built while the pool waits for it; a bound file replaced since (by rename,
-    # which changes no mount) must not show in it as it was: the job fails as a fresh jail would.
+def _bound_file(py_profile: aiogaol.Profile, tmp_path: object) -> tuple[aiogaol.Profile, str, Callable[[], None]]:
+    """A profile that binds one file holding "one", the code that prints it, and what replaces that file
+    by rename (another inode, which changes no mount: every jail of the profile then refuses the bind)."""
     import pathlib
 
     assert isinstance(tmp_path, pathlib.Path)
@@ -387,15 +387,25 @@ async def test_a_jail_made_ahead_never_shows_a_replaced_file(py_profile: aiogaol
     target = tmp_path / "data.txt"
     target.write_text("one")
     os.chmod(target, 0o644)
-    profile = py_profile + [aiogaol.FileReadAll(aiogaol.Literal(str(target)))]
-    async with aiogaol.PythonPool(profile, size=1) as pool:
-        code = f"print(open({str(target)!r}).read())"
-        first = await pool.run(code)
-        await anyio.sleep(0.2)  # the next jail is made ahead meanwhile, with the file as it is
+
+    def replace() -> None:
         fresh = tmp_path / "new.txt"
         fresh.write_text("two")
         os.chmod(fresh, 0o644)
         os.rename(fresh, target)
+
+    return (py_profile + [aiogaol.FileReadAll(aiogaol.Literal(str(target)))],
+            f"print(open({str(target)!r}).read())", replace)
+
+
+async def test_a_jail_made_ahead_never_shows_a_replaced_file(py_profile: aiogaol.Profile, tmp_path: object) -> None:
+    # The next job's jail is built while the pool waits for it; a bound file replaced since (by rename,
+    # which changes no mount) must not show in it as it was: the job fails as a fresh jail would.
+    profile, code, replace = _bound_file(py_profile, tmp_path)
+    async with aiogaol.PythonPool(profile, size=1) as pool:
+        first = await pool.run(code)
+        await anyio.sleep(0.2)  # the next jail is made ahead meanwhile, with the file as it is
+        replace()
         with pytest.raises(aiogaol.SandboxSetupError, match="bind source changed"):
             await pool.run(code)
     assert first.stdout == b"one\n"
@@ -404,23 +414,12 @@ async def test_a_jail_made_ahead_never_shows_a_replaced_file(py_profile: aiogaol
 async def test_jobs_that_come_together_are_each_answered_when_their_jails_fail(
         py_profile: aiogaol.Profile, tmp_path: object) -> None:
     # Jails for jobs that come together are built side by side; each failure reaches its own job (as a
-    # SandboxSetupError naming the step), none hangs the others, and the pool serves jobs afterwards.
-    import pathlib
-
-    assert isinstance(tmp_path, pathlib.Path)
-    os.chmod(tmp_path, 0o755)
-    target = tmp_path / "data.txt"
-    target.write_text("one")
-    os.chmod(target, 0o644)
-    profile = py_profile + [aiogaol.FileReadAll(aiogaol.Literal(str(target)))]
-    code = f"print(open({str(target)!r}).read())"
+    # SandboxSetupError naming the step), none hangs the others, and a job alone afterwards is refused the same way.
+    profile, code, replace = _bound_file(py_profile, tmp_path)
     fds = open_fds()
     async with aiogaol.PythonPool(profile, size=6) as pool:
         assert (await pool.run(code)).stdout == b"one\n"
-        fresh = tmp_path / "new.txt"
-        fresh.write_text("two")
-        os.chmod(fresh, 0o644)
-        os.rename(fresh, target)  # every jail of this profile now refuses its bind
+        replace()  # every jail of this profile now refuses its bind
         errors: list[BaseException] = []
 
         async def one() -> None:
