@@ -553,13 +553,11 @@ def _job(ctl: socket.socket, core: _Core, c_argv: Any, argc: int, seccomp: bytes
     /dev/null)."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # J' waits for K'; P starts as a fresh python would
     ctl.detach()  # its number is closed by J' below; the socket object must never close it again
-    k_end = core.lib.aiogaol_zygote_first(argc, c_argv, seccomp, len(seccomp), sock, err, sync_r, sync_w)
-    # K': PID 1.  The jail first, then P with its walls, while no job waits for them; then the job,
-    # straight from the zygote.
-    host_pid = int.from_bytes(os.read(k_end, 4), sys.byteorder)
-    core.lib.aiogaol_zygote_init_build()
-    core.lib.aiogaol_zygote_init_enter()
-    to_program, p_end = _high_pair()
+    k_out = core.ffi.new("int[4]")
+    core.lib.aiogaol_zygote_first(argc, c_argv, seccomp, len(seccomp), sock, err, sync_r, sync_w, k_out)
+    # K': PID 1, its jail built (in the call): P with its walls, while no job waits for them; then the
+    # job, straight from the zygote.
+    k_end, to_program, p_end, host_pid = k_out[0], k_out[1], k_out[2], k_out[3]
     program = os.fork()
     if not program:
         # P: its walls now, its fds (from init, once init has dropped everything) when a job comes.
@@ -588,15 +586,6 @@ def _job(ctl: socket.socket, core: _Core, c_argv: Any, argc: int, seccomp: bytes
     # for J', then init's loop: all C, so K' runs no more Python either.
     core.lib.aiogaol_zygote_init_wait(program, to_program, k_end, host_pid)
     os._exit(NOBODY_EXIT)  # not reached
-
-
-def _high_pair() -> tuple[int, int]:
-    """A socket pair above every number a job's fd takes (0-6), so that placing those never clobbers it."""
-    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ends = tuple(fcntl.fcntl(p.fileno(), fcntl.F_DUPFD_CLOEXEC, _ERR + 1) for p in pair)
-    for p in pair:
-        p.close()
-    return ends[0], ends[1]
 
 
 def _run_job(code: str, args: list[str], env: dict[str, str]) -> None:

@@ -18,8 +18,8 @@ ffibuilder.cdef(
     int aiogaol_zygote_seal(void);
     int aiogaol_zygote_unshare(int argc, char **argv, int report_fd);
     void aiogaol_zygote_after_maps(void);
-    int aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
-                             int sync_r, int sync_w);
+    void aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
+                              int sync_r, int sync_w, int *k_out);
     void aiogaol_zygote_init_wait(int program, int to_program, int k_end, int host);
     void aiogaol_zygote_relay(int init);
     void aiogaol_zygote_init_build(void);

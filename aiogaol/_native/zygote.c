@@ -8,8 +8,8 @@
  * states are reset).  J runs only C after it (aiogaol_zygote_first), so that this copy of the image
  * touches, and copies, as few of its pages as it can; its fork of K is a plain fork() that returns to
  * Python in K, which is sound because J is single-threaded and holds no interpreter lock in the call:
- * K's interpreter is J's, as consistent as after os.fork, and K runs a few lines of aiogaol's own
- * before its os.fork of P.
+ * K's interpreter is J's, as consistent as after os.fork, and K builds its jail in the same call, so
+ * that the only Python it runs is its os.fork of P.
  *
  *   zygote (host namespaces; runs only aiogaol's code), for each jail, ahead of the job that will use it
  *   (everything down to P's walls; from "K: waits" on, once a job came):
@@ -17,7 +17,7 @@
  *                   aiogaol_zygote_unshare (parse the helper argv, unshare user, mount, pid, ipc, uts,
  *                   cgroup); the zygote writes J's id maps from the parent user namespace (as the
  *                   spawner writes init's); aiogaol_zygote_after_maps (niceness, network namespace)
- *                fork ─▶ K: PID 1.  aiogaol_zygote_init_build builds the jail (mounts.c's build_jail: the
+ *                fork ─▶ K: PID 1, still in that call: aiogaol_zygote_init_build builds the jail (mounts.c's build_jail: the
  *                              same mounts, pivot_root); aiogaol_zygote_init_enter takes the program's
  *                              identity, turns non-dumpable, blocks every signal behind a signalfd
  *                           os.fork ─▶ P: PID 2.  aiogaol_zygote_program_walls: what run_program does
@@ -174,11 +174,12 @@ static int receive_fds_at(int sock, int n, int first)
  * (its code would touch, and so copy, pages of the image) and is only ever the jail's relay.  The
  * handshake fds to 7-10, everything else but 0-2 closed, the program's filter on a pipe at 6; the
  * namespaces (aiogaol_zygote_unshare); "u" to the zygote, which writes our id maps and answers "g"; the
- * network namespace (aiogaol_zygote_after_maps); then the fork of K.  Returns only in K: its end of a
- * socket to J, on which J sends K's host PID and K sends J the job's report socket.  J then waits for
- * that socket, relays K's end on it (aiogaol_zygote_relay) and exits. */
-int aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
-                         int sync_r, int sync_w)
+ * network namespace (aiogaol_zygote_after_maps); then the fork of K.  Returns only in K, with the jail
+ * built and K entered: k_out holds its end of the socket to J (on which K sends J the job's report
+ * socket), the two ends of the socket to P (to_program, then P's), and K's host PID.  J waits for that
+ * socket, relays K's end on it (aiogaol_zygote_relay) and exits. */
+void aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
+                          int sync_r, int sync_w, int *k_out)
 {
     int handshake[4], pair[2], j_end, k_end;
     int32_t pid32;
@@ -231,8 +232,27 @@ int aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_l
     if (init < 0)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "fork init");
     if (init == 0) {
+        /* K: PID 1.  Its host PID from J, the jail (aiogaol_zygote_init_build, _enter), the socket pair
+         * it hands P its fds on, above every number a job's fd takes; then back to Python only for the
+         * os.fork of P (whose after-fork hooks must run: P goes on running Python). */
+        int32_t host = 0;
+        int to_p[2];
         close(j_end);
-        return k_end; /* K: back to Python, which builds the jail and forks P with os.fork */
+        if (read(k_end, &host, sizeof host) != (ssize_t)sizeof host)
+            _exit(ZJ_NOBODY_EXIT); /* J is gone */
+        aiogaol_zygote_init_build();
+        aiogaol_zygote_init_enter();
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, to_p) < 0)
+            fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "socketpair");
+        k_out[0] = k_end;
+        k_out[1] = fcntl(to_p[0], F_DUPFD_CLOEXEC, ZJ_ERR + 1);
+        k_out[2] = fcntl(to_p[1], F_DUPFD_CLOEXEC, ZJ_ERR + 1);
+        k_out[3] = host;
+        if (k_out[1] < 0 || k_out[2] < 0)
+            fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "F_DUPFD_CLOEXEC");
+        close(to_p[0]);
+        close(to_p[1]);
+        return;
     }
     /* J: only the report socket of the job, from K once a job came (for the report of K's end, should
      * K be killed before it reports the job's), then wait for K. */
@@ -252,7 +272,6 @@ int aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_l
     close(j_end);
     err_fd = ZJ_REPORT_FD; /* relay reports there (it was the pipe, closed above) */
     aiogaol_zygote_relay(init);
-    _exit(ZJ_NOBODY_EXIT); /* not reached */
 }
 
 /* K, once P exists (walled in, waiting on to_program): the job's fds from the zygote at 0-5 (without
