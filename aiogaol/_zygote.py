@@ -516,34 +516,6 @@ def _write_maps(pid: int, uid: int, gid: int, core: _Core) -> bytes | None:
     return None
 
 
-def _place(fds: list[int], first: int = 0) -> None:
-    """``fds`` at the numbers ``first``, ``first + 1``... (moved out of the way of every target first, so
-    that no dup2 clobbers an fd still to be placed)."""
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
-    for target, fd in enumerate(high, first):
-        os.dup2(fd, target)
-        os.close(fd)
-
-
-def _receive_fds(sock: int, count: int) -> list[int] | None:
-    """``count`` fds from a socket (at whatever numbers are free), or None at EOF (the jail was dropped)."""
-    s = socket.socket(fileno=sock)
-    try:
-        while True:
-            try:
-                data, fds, _, _ = socket.recv_fds(s, 1, count)
-                break
-            except InterruptedError:
-                continue
-    finally:
-        s.detach()
-    if not data or len(fds) != count:
-        for fd in fds:
-            os.close(fd)
-        return None
-    return fds
-
-
 def _job(ctl: socket.socket, core: _Core, c_argv: Any, argc: int, seccomp: bytes, sock: int, err: int,
          sync_r: int, sync_w: int) -> tuple[str, list[str], dict[str, str]]:
     """J', then K' and P: the three forks of one jail.  Returns only in P, with every wall up, what it
@@ -560,17 +532,10 @@ def _job(ctl: socket.socket, core: _Core, c_argv: Any, argc: int, seccomp: bytes
     k_end, to_program, p_end, host_pid = k_out[0], k_out[1], k_out[2], k_out[3]
     program = os.fork()
     if not program:
-        # P: its walls now, its fds (from init, once init has dropped everything) when a job comes.
-        for fd in (to_program, k_end, _SOCK):
-            os.close(fd)
-        core.lib.aiogaol_zygote_program_walls(p_end)
-        os.write(_ERR, record(RECORD_BUILT, 0, 0, 0))
-        os.close(_ERR)
-        fds = _receive_fds(p_end, 5)
-        if fds is None:
+        # P: its walls now, its fds (from init, once init has dropped everything) when a job comes, at
+        # 0-4 (aiogaol_zygote_program_wait, which closes every other fd).
+        if not core.lib.aiogaol_zygote_program_wait(p_end):
             os._exit(0)  # dropped before a job came: nothing of a job ever ran here
-        os.close(p_end)
-        _place(fds)
         payload = b""
         while chunk := os.pread(P_PAYLOAD_FD, 1 << 20, len(payload)):
             payload += chunk

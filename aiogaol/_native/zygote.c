@@ -20,10 +20,10 @@
  *                fork ─▶ K: PID 1, still in that call: aiogaol_zygote_init_build builds the jail (mounts.c's build_jail: the
  *                              same mounts, pivot_root); aiogaol_zygote_init_enter takes the program's
  *                              identity, turns non-dumpable, blocks every signal behind a signalfd
- *                           os.fork ─▶ P: PID 2.  aiogaol_zygote_program_walls: what run_program does
+ *                           os.fork ─▶ P: PID 2.  aiogaol_zygote_program_wait: what run_program does
  *                                        before exec (fds, no_new_privs, capabilities, identity,
- *                                        Landlock, seccomp with TSYNC) but the rlimits; then P waits
- *                                        for its job's fds from K
+ *                                        Landlock, seccomp with TSYNC) but the rlimits; then BUILT, and
+ *                                        P waits for its job's fds from K
  *                           K: aiogaol_zygote_init_wait: waits for a job's fds from the zygote, sends
  *                              the server a pidfd of itself and J the report socket (init_job);
  *                              aiogaol_zygote_init_run: drops everything it held (drop_init), only
@@ -51,6 +51,8 @@
 #define AIOGAOL_ZYGOTE_STARTED 16 /* P is in its jail, every wall up: the job's code runs next */
 #define AIOGAOL_ZYGOTE_USAGE 17   /* from J: value is K's wait status; detail holds three uint64: user ns,
                                      system ns and max RSS in KiB of the whole jail */
+#define AIOGAOL_ZYGOTE_BUILT 19   /* from P, on the zygote's pipe: the jail made ahead, its program walled in,
+                                     is ready for a job */
 #define AIOGAOL_ZYGOTE_DONE 18    /* from K, once the jail is empty: value is the program's wait status,
                                      detail as USAGE's, for every process of the jail K reaped */
 
@@ -443,6 +445,23 @@ void aiogaol_zygote_program_walls(int hold)
     mark(AIOGAOL_STEP_FORK_PROGRAM);
     program_session(1);
     program_walls(1, hold);
+}
+
+/* P, from its fork on until its job's fds are in: its walls (aiogaol_zygote_program_walls, which leaves
+ * only 0-2, the zygote's pipe and hold open), BUILT on the pipe (the jail is ready for a job), which P
+ * then closes, and the job's five fds from K on hold, placed at 0-4 (stdio, the report socket, the
+ * payload).  In C, so that P's Python before the job is only the job's own.  Returns 1 with the fds in
+ * place; 0 if the jail was dropped before a job came (nothing of a job ever ran here). */
+int aiogaol_zygote_program_wait(int hold)
+{
+    aiogaol_zygote_program_walls(hold);
+    send_record(ZJ_ERR, AIOGAOL_ZYGOTE_BUILT, AIOGAOL_STEP_NONE, 0, 0, "");
+    close(ZJ_ERR);
+    err_fd = -1;
+    if (!receive_fds_at(hold, 5, 0))
+        return 0;
+    close(hold);
+    return 1;
 }
 
 /* P, once its job's fds are in place (the report socket at report_fd): the rlimits, then the STARTED
