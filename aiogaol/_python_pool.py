@@ -654,14 +654,6 @@ class PythonPool:
                 job = _WarmJob(report_ours, life_ours)
                 theirs += [report_theirs.detach(), life_theirs.detach()]
                 argv = self._template(spawn)
-                uid, gid = os.getuid(), os.getgid()
-                for i, a in enumerate(argv[:-1]):
-                    if a == b"--uid":
-                        uid = int(argv[i + 1])
-                    elif a == b"--gid":
-                        gid = int(argv[i + 1])
-                    elif a == b"--":
-                        break
                 env = dict(e.split(b"=", 1) for e in envp)
                 # What the job is goes to the job's own fork in a memfd, never through the zygote's memory.
                 payload = os.memfd_create("aiogaol-job", os.MFD_CLOEXEC)
@@ -672,9 +664,17 @@ class PythonPool:
                 # The zygote gets the jail's template: the identity, the helper argv without the program and
                 # the program's filter (no job in it: the jail made ahead of time for it has its walls up).
                 # Pickled once per template (the same bytes for every job of the pool).
-                key = (id(argv), uid, gid)
+                key = (id(argv), os.getuid(), os.getgid())
                 request = self._requests.get(key)
                 if request is None or request[0] is not argv:
+                    uid, gid = key[1], key[2]
+                    for i, a in enumerate(argv[:-1]):
+                        if a == b"--uid":
+                            uid = int(argv[i + 1])
+                        elif a == b"--gid":
+                            gid = int(argv[i + 1])
+                        elif a == b"--":
+                            break
                     if len(self._requests) > 64:
                         self._requests.clear()
                     request = self._requests[key] = (

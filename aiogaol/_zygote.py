@@ -19,7 +19,6 @@ preload that did not import.  Everything about a job goes on that job's own repo
 from __future__ import annotations
 
 import atexit
-import fcntl
 import importlib
 import importlib.machinery
 import importlib.util
@@ -43,15 +42,14 @@ JOB_FDS = 6
 REPORT_FD, LIFELINE_FD, PAYLOAD_FD, SECCOMP_FD = 3, 4, 5, 6
 # P's fds once they came from init: stdio, then the report socket and the payload.
 P_REPORT_FD, P_PAYLOAD_FD = 3, 4
-# J' and K' before a job comes: the id-map handshake with the zygote, the socket the job's fds come on,
-# and the pipe they report on until then.
-_SYNC_R, _SYNC_W, _SOCK, _ERR = 7, 8, 9, 10
+# (J's and K's own fds before a job comes, the handshake with the zygote, the socket the job's fds come on
+# and the pipe they report on, are placed by the C calls: zygote.c's ZJ_SYNC_R to ZJ_ERR.)
 CONTROL_FD = 3  # the zygote's own socket to the server
 MAP_TIMEOUT = 5.0  # seconds the zygote waits for a job's unshare before giving up on it
 AHEAD_AFTER = 0.01  # seconds into a job after which the next jail is made even if the job still runs
 RECORD_SIZE = 512
 RECORD = struct.Struct("iiii")  # kind, step, errno, value: the head of jail.h's struct aiogaol_record
-RECORD_PID, RECORD_FAILURE = 1, 2
+RECORD_FAILURE = 2
 RECORD_STARTED, RECORD_USAGE, RECORD_DONE = 16, 17, 18  # zygote.c's own kinds
 RECORD_BUILT = 19  # P to the zygote: the jail made ahead of time, its program walled in, is ready for a job
 NOBODY_EXIT = 127

@@ -51,10 +51,10 @@
 #define AIOGAOL_ZYGOTE_STARTED 16 /* P is in its jail, every wall up: the job's code runs next */
 #define AIOGAOL_ZYGOTE_USAGE 17   /* from J: value is K's wait status; detail holds three uint64: user ns,
                                      system ns and max RSS in KiB of the whole jail */
-#define AIOGAOL_ZYGOTE_BUILT 19   /* from P, on the zygote's pipe: the jail made ahead, its program walled in,
-                                     is ready for a job */
 #define AIOGAOL_ZYGOTE_DONE 18    /* from K, once the jail is empty: value is the program's wait status,
                                      detail as USAGE's, for every process of the jail K reaped */
+#define AIOGAOL_ZYGOTE_BUILT 19   /* from P, on the zygote's pipe: the jail made ahead, its program walled in,
+                                     is ready for a job */
 
 static int zygote_sfd = -1;
 #define ZYGOTE_HIGH_FD 16 /* above every fd number _zygote.py places a job's fds or its own at */
@@ -103,17 +103,34 @@ void aiogaol_zygote_after_maps(void)
     mark(AIOGAOL_STEP_MAKE_PRIVATE);
 }
 
-/* The fd numbers of _zygote.py: J's and K's handshake with the zygote and the socket and pipe they take
- * their job and report on (_SYNC_R.._ERR), where J puts the program's filter (SECCOMP_FD), and where the
- * job's fds go (REPORT_FD and the rest). */
+/* J's and K's fds before a job comes: the id-map handshake with the zygote, the socket the job's fds come
+ * on and the pipe they report on.  Then the numbers _zygote.py names too (the helper argv the server
+ * builds names the report socket and the filter's pipe): where J puts the program's filter
+ * (SECCOMP_FD), how many fds a job sends, and where K places them (REPORT_FD, PAYLOAD_FD). */
 #define ZJ_SYNC_R 7
 #define ZJ_SYNC_W 8
 #define ZJ_SOCK 9
 #define ZJ_ERR 10
 #define ZJ_SECCOMP_FD 6
 #define ZJ_REPORT_FD 3
+#define ZJ_PAYLOAD_FD 5
 #define ZJ_JOB_FDS 6
 #define ZJ_NOBODY_EXIT 127
+
+/* A socket pair above every number a job's fd takes (0-6) and the handshake's (7-10), so that placing
+ * those never clobbers it; a failure fails the step. */
+static void high_pair(int step, int ends[2])
+{
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+        fail(step, errno, "socketpair");
+    ends[0] = fcntl(pair[0], F_DUPFD_CLOEXEC, ZJ_ERR + 1);
+    ends[1] = fcntl(pair[1], F_DUPFD_CLOEXEC, ZJ_ERR + 1);
+    if (ends[0] < 0 || ends[1] < 0)
+        fail(step, errno, "F_DUPFD_CLOEXEC");
+    close(pair[0]);
+    close(pair[1]);
+}
 
 /* fds at first, first + 1, ... (each moved above every target first, so that no dup2 clobbers one still
  * to be placed); the originals closed.  -1 if an fd could not be moved. */
@@ -183,7 +200,7 @@ static int receive_fds_at(int sock, int n, int first)
 void aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
                           int sync_r, int sync_w, int *k_out)
 {
-    int handshake[4], pair[2], j_end, k_end;
+    int handshake[4], jk[2], j_end, k_end;
     int32_t pid32;
     pid_t init;
     char go;
@@ -221,15 +238,9 @@ void aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_
     close(ZJ_SYNC_R);
     close(ZJ_SYNC_W);
     aiogaol_zygote_after_maps();
-    /* Above every number a job's fds take (0-6), so that placing those never clobbers it. */
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
-        fail(AIOGAOL_STEP_CLONE_INIT, errno, "socketpair");
-    j_end = fcntl(pair[0], F_DUPFD_CLOEXEC, ZJ_ERR + 1);
-    k_end = fcntl(pair[1], F_DUPFD_CLOEXEC, ZJ_ERR + 1);
-    if (j_end < 0 || k_end < 0)
-        fail(AIOGAOL_STEP_CLONE_INIT, errno, "F_DUPFD_CLOEXEC");
-    close(pair[0]);
-    close(pair[1]);
+    high_pair(AIOGAOL_STEP_CLONE_INIT, jk);
+    j_end = jk[0];
+    k_end = jk[1];
     init = fork();
     if (init < 0)
         fail(AIOGAOL_STEP_CLONE_INIT, errno, "fork init");
@@ -244,16 +255,11 @@ void aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_
             _exit(ZJ_NOBODY_EXIT); /* J is gone */
         aiogaol_zygote_init_build();
         aiogaol_zygote_init_enter();
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, to_p) < 0)
-            fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "socketpair");
+        high_pair(AIOGAOL_STEP_FORK_PROGRAM, to_p);
         k_out[0] = k_end;
-        k_out[1] = fcntl(to_p[0], F_DUPFD_CLOEXEC, ZJ_ERR + 1);
-        k_out[2] = fcntl(to_p[1], F_DUPFD_CLOEXEC, ZJ_ERR + 1);
+        k_out[1] = to_p[0];
+        k_out[2] = to_p[1];
         k_out[3] = host;
-        if (k_out[1] < 0 || k_out[2] < 0)
-            fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "F_DUPFD_CLOEXEC");
-        close(to_p[0]);
-        close(to_p[1]);
         return;
     }
     /* J: only the report socket of the job, from K once a job came (for the report of K's end, should
@@ -301,7 +307,7 @@ void __attribute__((noreturn)) aiogaol_zygote_init_wait(int program, int to_prog
         fail(AIOGAOL_STEP_HAND_OVER, errno, "send J the report socket");
     close(pidfd);
     close(k_end);
-    aiogaol_zygote_init_run(program, to_program, 5);
+    aiogaol_zygote_init_run(program, to_program, ZJ_PAYLOAD_FD);
 }
 
 /* J: wait for K (PID 1 of the jail), then report its status and the rusage of the whole jail, which K
