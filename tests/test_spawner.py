@@ -419,6 +419,26 @@ async def test_an_init_made_ahead_of_time_has_the_masks_of_the_profile_it_serves
 
 
 @pytest.mark.asyncio
+async def test_an_init_made_ahead_of_time_has_the_loopback_of_the_profile_it_serves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiting init brings its lo up ahead when the last jail had a loopback.  A profile without one
+    must never be handed such an init (its jail would reach an interface it was told it has none of):
+    it is served from scratch, the next init made ahead has lo down; and back again.  The kernel lists
+    an address in /proc/net/fib_trie only for an interface that is up."""
+    monkeypatch.setattr(_jail, "STEP_TIMINGS", True)
+    with_lo, without = TRUE_PROFILE, aiogaol.Profile(TRUE_PROFILE.operations, loopback=False)
+    aiogaol.shutdown_spawner()
+    seen = []
+    for profile in (with_lo, with_lo, without, without, with_lo, with_lo):
+        out, handed = await _cat(profile, "/proc/net/fib_trie")
+        seen.append((b"127.0.0.1" in out, handed))
+        await _waiting()
+    assert seen == [(True, False), (True, True), (False, False), (False, True), (True, False),
+                    (True, True)], seen
+    assert zombie_children() == []
+
+
+@pytest.mark.asyncio
 async def test_an_init_made_ahead_of_time_never_shows_a_host_file_replaced_since(
         tmp_path: "os.PathLike[str]", monkeypatch: pytest.MonkeyPatch) -> None:
     """A waiting init's copy of the host's mount tree is taken before the file is replaced by rename

@@ -215,6 +215,7 @@ pid_t host_pid(void);
 void __attribute__((noreturn)) init_child(void);
 void __attribute__((noreturn)) run_init(void);
 void loopback_up(void);
+extern int loopback_done;
 void drop_init(pid_t program);
 void kill_jail(pid_t program);
 void add_usage(uint64_t *figures, const struct rusage *ru);

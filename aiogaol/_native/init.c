@@ -99,6 +99,8 @@ static int program_main(void *arg)
     run_program();
 }
 
+int loopback_done; /* a waiting init brought lo up before its request (spawner.c) */
+
 /* lo up in the jail's own network namespace (ipv4 127.0.0.1 and, where IPv6 is on, ::1 come with it):
  * a loopback reachable from this jail only, as programs that serve themselves on 127.0.0.1 expect. */
 void loopback_up(void)
@@ -255,7 +257,7 @@ void run_init(void)
         if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
             fail(AIOGAOL_STEP_FORK_PROGRAM, errno, "PR_SET_CHILD_SUBREAPER");
     } else {
-        if (plan.loopback && plan.unshare_net)
+        if (plan.loopback && plan.unshare_net && !loopback_done)
             loopback_up();
         build_jail();
         mark(AIOGAOL_STEP_HOSTNAME);
