@@ -1,8 +1,11 @@
 """The seccomp wall: which kernel entry points a jailed program may reach, compiled to BPF once.
 
-Policy (``SeccompPolicy``, plain data derived from a profile) is kept apart from compilation
-(``compile_filter``, libseccomp through cffi's ABI mode: Debian ships ``libseccomp.so.2`` without headers,
-so nothing is compiled against it).  The BPF bytes are cached per policy; each spawn only writes them into
+Policy (``SeccompPolicy``, plain data derived from a profile) is kept apart from compilation: one
+description of the rules (``_rules``) is written into our own emitter (``compile_filter``, ``_bpf``: a
+third of libseccomp's length, so a third of the kernel's cost to load it on every spawn) or into
+libseccomp (``compile_filter_libseccomp``, through cffi's ABI mode: Debian ships ``libseccomp.so.2``
+without headers, so nothing is compiled against it), the reference the emitter is tested against.
+libseccomp also names every call (``resolve``).  The BPF bytes are cached per policy; each spawn only writes them into
 a pipe that the helper reads, and the program loads them last, right before exec, with TSYNC.
 
 The filter is an allow list, so it fails closed: a system call it was not written for, whether newer than
@@ -33,9 +36,10 @@ and protocol) are compared through a 0xffffffff mask: libseccomp compares 64 bit
 upper half would otherwise slip past an equality rule (CVE-2019-10063 in Flatpak's TIOCSTI rule).
 Socket families are compared on all 64 bits instead, and a family with anything in the upper half is
 refused (libc never sends one), which saves the rules of a 32-bit complement.
-libseccomp allows one comparison per argument per rule, and a rule without arguments overrides every
-rule with arguments for the same call, so "anything but these values" is written as one rule per aligned
-block of the other values (``complement_blocks``): about 32 masked comparisons for a 32-bit argument.
+A call's rules are disjoint, so they read the same in order, first match deciding (the emitter), as with
+no order (libseccomp).  "Anything but these values" is one rule (``rule_not_in``); libseccomp, which
+allows one comparison per argument per rule and lets a rule without arguments override every rule with
+arguments for the same call, gets one rule per aligned block of the other values (``complement_blocks``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import _bpf
 from ._errors import SandboxSetupError
 
 if TYPE_CHECKING:
@@ -118,6 +123,7 @@ _PERSONALITY_ALLOWED_BITS = 0x0008 | 0x0020000
 _PERSONALITY_QUERY = 0xFFFFFFFF
 PERSONALITY_ALLOWED = (0, 0x0008, 0x0020000, 0x0020008, _PERSONALITY_QUERY)
 _LOW32 = 0xFFFFFFFF
+_FULL64 = 0xFFFFFFFFFFFFFFFF
 
 # The allow list, by group.  Only names of 64-bit native ABIs: the filter holds the native architecture
 # alone.  A name that does not exist on the running architecture (``open`` on aarch64) is simply absent.
@@ -381,6 +387,25 @@ class _Filter:
         arr = self.ffi.new("struct scmp_arg_cmp[]", list(cmps) or [(0, 0, 0, 0)])
         self._check(self.lib.seccomp_rule_add_array(self.ctx, action, nr, len(cmps), arr), name)
 
+    def rule_not_in(self, action: int, name: str, test: tuple[int, int, frozenset[int]],
+                    *cmps: tuple[int, int, int, int]) -> None:
+        """action when ``arg & mask`` is none of values (and cmps hold): one rule per aligned block of
+        the other values (``complement_blocks``).  A full 64-bit mask takes values below _AF_LIMIT only:
+        the blocks below it with the upper bits clear, and one comparison for everything from it up."""
+        arg, mask, values = test
+        if mask == _FULL64:
+            if any(not 0 <= v < _AF_LIMIT for v in values):
+                raise ValueError(f"{name}: a full-width exclusion is written for values below {_AF_LIMIT}")
+            upper = _FULL64 & ~(_AF_LIMIT - 1)
+            for block, start in complement_blocks(values, _AF_LIMIT.bit_length() - 1):
+                self.rule(action, name, *cmps, _masked(arg, upper | block, start))
+            self.rule(action, name, *cmps, _ge(arg, _AF_LIMIT))
+            return
+        if mask & (mask + 1):
+            raise ValueError(f"{name}: mask 0x{mask:x} is not a run of low bits")
+        for block, start in complement_blocks(values, mask.bit_length()):
+            self.rule(action, name, *cmps, _masked(arg, block, start))
+
     def export(self) -> bytes:
         fd = os.memfd_create("aiogaol-seccomp", os.MFD_CLOEXEC)
         try:
@@ -398,6 +423,45 @@ class _Filter:
 
     def close(self) -> None:
         self.lib.seccomp_release(self.ctx)
+
+
+class _Rules:
+    """The same rules as ``_Filter`` takes, kept for ``_bpf.emit_filter`` (the program filter's own
+    compiler): per number, in order, the first that matches deciding (the rules of a call are disjoint,
+    so that libseccomp, which has no order, reads them the same; the emitter test checks it)."""
+
+    def __init__(self, default: int = act_errno(errno.ENOSYS)) -> None:
+        self.default = default
+        self.arch = native_arch()
+        self.table: dict[int, list[tuple[int, tuple[Any, ...]]]] = {}
+
+    def _add(self, action: int, name: str, conds: tuple[Any, ...]) -> None:
+        _how, nr = resolve(name)
+        if nr is None:
+            return  # as in _Filter.rule: the default refuses it
+        rules = self.table.setdefault(nr, [])
+        if rules and not rules[-1][1]:
+            raise ValueError(f"{name}: a rule after one that matches every argument")
+        if not conds and rules:
+            # libseccomp lets a rule without arguments override the others; no rule here relies on it.
+            raise ValueError(f"{name}: a rule for every argument after rules by argument")
+        rules.append((action, conds))
+
+    def rule(self, action: int, name: str, *cmps: tuple[int, int, int, int]) -> None:
+        self._add(action, name, tuple(cmps))
+
+    def rule_not_in(self, action: int, name: str, test: tuple[int, int, frozenset[int]],
+                    *cmps: tuple[int, int, int, int]) -> None:
+        arg, mask, values = test
+        self._add(action, name, (*cmps, (arg, _bpf.CMP_NOT_IN, mask, frozenset(values))))
+
+    def export(self) -> bytes:
+        table: dict[int, Any] = {nr: rules[0][0] if len(rules) == 1 and not rules[0][1] else rules
+                                 for nr, rules in self.table.items()}
+        return _bpf.emit_filter(self.arch, table, self.default, ACT_KILL_PROCESS)
+
+    def close(self) -> None:
+        pass
 
 
 def _low32(arg: int, value: int) -> tuple[int, int, int, int]:
@@ -442,8 +506,22 @@ def complement_blocks(values: frozenset[int] | set[int], bits: int = 32) -> list
 
 @functools.lru_cache(maxsize=64)
 def compile_filter(policy: SeccompPolicy) -> bytes:
-    """The BPF program (``struct sock_filter`` array) for a policy; raises SeccompUnavailable."""
-    f = _Filter()
+    """The BPF program (``struct sock_filter`` array) for a policy, from our own emitter (``_bpf``: a
+    search tree over the numbers, a third of libseccomp's length); raises SeccompUnavailable."""
+    try:
+        return _rules(policy, _Rules())
+    except _bpf.FilterTooLarge as e:
+        raise SandboxSetupError("compile seccomp filter", errno.E2BIG, str(e)) from None
+
+
+@functools.lru_cache(maxsize=64)
+def compile_filter_libseccomp(policy: SeccompPolicy) -> bytes:
+    """The same rules compiled by libseccomp: the reference the emitter's output is checked against."""
+    return _rules(policy, _Filter())
+
+
+def _rules(policy: SeccompPolicy, f: Any) -> bytes:
+    """The one description of the program filter, written into either compiler's ``f``."""
     try:
         eperm = act_errno(errno.EPERM)
         for group in ALLOWED.values():
@@ -457,16 +535,15 @@ def compile_filter(policy: SeccompPolicy) -> bytes:
         # Terminal injection into whoever shares our terminal.
         for request in (TIOCSTI, TIOCLINUX):
             f.rule(eperm, "ioctl", _low32(1, request))
-        for mask, start in complement_blocks({TIOCSTI, TIOCLINUX}):
-            f.rule(ACT_ALLOW, "ioctl", _masked(1, mask, start))
+        f.rule_not_in(ACT_ALLOW, "ioctl", (1, _LOW32, frozenset({TIOCSTI, TIOCLINUX})))
         _personality(f)
         _sockets(f, policy, eperm)
-        return f.export()
+        return bytes(f.export())
     finally:
         f.close()
 
 
-def _clone(f: _Filter, action: int) -> None:
+def _clone(f: Any, action: int) -> None:
     """clone and unshare without namespace flags; with one, EPERM (one rule per flag, since a rule can
     test an argument once).  The masks leave the upper half alone: clone reads 32 bits of its flags,
     unshare reads them all, and every namespace flag is in the lower half."""
@@ -480,7 +557,7 @@ def _clone(f: _Filter, action: int) -> None:
     f.rule(ACT_ALLOW, "unshare", _masked(0, ns | CLONE_NEWTIME, 0))
 
 
-def _personality(f: _Filter) -> None:
+def _personality(f: Any) -> None:
     """Only PER_LINUX, PER_LINUX32, UNAME26 and the query, as in Docker's profile: READ_IMPLIES_EXEC,
     MMAP_PAGE_ZERO and the address-space flags weaken exploit mitigations for the program and everything
     it runs.  Every other value falls to the filter's default (ENOSYS), as in Docker's profile, which
@@ -491,18 +568,14 @@ def _personality(f: _Filter) -> None:
         f.rule(ACT_ALLOW, "personality", _low32(0, value))
 
 
-def _families(f: _Filter, action: int, name: str, allowed: set[int]) -> None:
-    """EPERM for every family value not in allowed (all below _AF_LIMIT): the other values below the
-    limit by aligned blocks, and everything from the limit up in one comparison.  The allowed families
-    are compared on all 64 bits, so a value with garbage in its upper half is refused too (libc never
-    sends one)."""
-    upper = ~(_AF_LIMIT - 1) & 0xFFFFFFFFFFFFFFFF
-    for mask, start in complement_blocks(allowed, _AF_LIMIT.bit_length() - 1):
-        f.rule(action, name, _masked(0, upper | mask, start))
-    f.rule(action, name, _ge(0, _AF_LIMIT))
+def _families(f: Any, action: int, name: str, allowed: set[int]) -> None:
+    """action for every family value not in allowed (all below _AF_LIMIT).  The allowed families are
+    compared on all 64 bits, so a value with garbage in its upper half is refused too (libc never sends
+    one)."""
+    f.rule_not_in(action, name, (0, _FULL64, frozenset(allowed)))
 
 
-def _sockets(f: _Filter, policy: SeccompPolicy, action: int) -> None:
+def _sockets(f: Any, policy: SeccompPolicy, action: int) -> None:
     allowed = set(policy.families)
     if not policy.unix_socket:
         allowed.discard(AF_UNIX)
@@ -516,8 +589,7 @@ def _sockets(f: _Filter, policy: SeccompPolicy, action: int) -> None:
             for proto in (IPPROTO_SCTP, IPPROTO_MPTCP):
                 f.rule(action, "socket", _eq(0, family), _masked(1, _SOCK_TYPE_MASK, SOCK_STREAM),
                        _low32(2, proto))
-            for mask, start in complement_blocks({SOCK_STREAM}, 4):
-                f.rule(action, "socket", _eq(0, family), _masked(1, mask, start))
+            f.rule_not_in(action, "socket", (1, _SOCK_TYPE_MASK, frozenset({SOCK_STREAM})), _eq(0, family))
         elif family == AF_NETLINK and policy.netlink_route_only:
             f.rule(ACT_ALLOW, "socket", _eq(0, family), _eq(2, NETLINK_ROUTE))
             f.rule(action, "socket", _eq(0, family), _ge(2, NETLINK_ROUTE + 1))

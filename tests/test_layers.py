@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     # beyond resolving the profile's own paths and asking _kernel what it can enforce).
     ("policy", frozenset({"_profile", "_limits", "_ready"})),
     # What to build for a policy: the mount plan, Landlock rules, seccomp filters, the fallback's plan.
-    ("plan", frozenset({"_plan", "_landlock", "_seccomp", "_init_filter", "_fallback"})),
+    ("plan", frozenset({"_plan", "_landlock", "_seccomp", "_bpf", "_init_filter", "_fallback"})),
     # How a jail is started, fed and measured: spawn arguments, the spawner, launch, cgroups, stdio,
     # CPU time from /proc, pacing of the event loop, and check() which probes all of it.
     ("mechanism", frozenset({"_spawnargs", "_spawner", "_jail", "_cgroup", "_stdio", "_cputime", "_pacing",
