@@ -103,19 +103,22 @@ async def test_a_spawner_per_niceness_each_at_its_own() -> None:
 async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Profile, python: str) -> None:
     proc = await aiogaol.create_sandboxed_subprocess(py_profile, python, "-c", "import time; time.sleep(30)",
                                                      stdin=aiogaol.PIPE, stdout=aiogaol.PIPE, stderr=aiogaol.PIPE)
+    spawner = _spawner.spawner_pid()
+    assert spawner is not None
+
+    def held() -> list[str]:
+        fds = os.listdir(f"/proc/{spawner}/fd")
+        return sorted(os.readlink(f"/proc/{spawner}/fd/{fd}").split("[")[0] for fd in fds)
+
+    # /dev/null as stdio, its end of the server's socket, the host's mount table (watched for changes)
+    # and the socket of the init it made ahead of time; and of the running jail, its init's pidfd and its
+    # mount namespace (let go when init exits, so that init's exit does not wait for the teardown): no
+    # pipe or lifeline of a jail.  (It may be making that init when we look, with a sync pipe of its own:
+    # look again then.)
+    idle = ["/dev/null"] * 3 + ["/proc/%d/mountinfo" % spawner, "socket:", "socket:"]
+    running = sorted(idle + ["anon_inode:", "mnt:"])
     try:
-        spawner = _spawner.spawner_pid()
-        assert spawner is not None
-        # /dev/null as stdio, its end of the server's socket, the host's mount table (watched for
-        # changes) and the socket of the init it made ahead of time: no pipe, pidfd or lifeline of a jail.
-        # (It may be making that init when we look, with a sync pipe of its own: look again then.)
-        idle = ["/dev/null"] * 3 + ["/proc/%d/mountinfo" % spawner, "socket:", "socket:"]
-
-        def held() -> list[str]:
-            fds = os.listdir(f"/proc/{spawner}/fd")
-            return sorted(os.readlink(f"/proc/{spawner}/fd/{fd}").split("[")[0] for fd in fds)
-
-        _wait_until(lambda: held() == idle, f"the spawner to hold only {idle}, not {held()}")
+        _wait_until(lambda: held() == running, f"the spawner to hold only {running}, not {held()}")
         for waiting in _spawner.waiting_pids():
             # The waiting init holds the spawner's /dev/null as stdio and its socket to the spawner, nothing
             # else of anyone's (once it has closed what it inherited, its first step).
@@ -129,6 +132,8 @@ async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Pro
     finally:
         proc.kill()
         await proc.wait()
+    # Its init gone, the jail's namespace goes too.
+    _wait_until(lambda: held() == idle, f"the spawner to hold only {idle} once the jail ended, not {held()}")
 
 
 @pytest.mark.asyncio
@@ -339,6 +344,40 @@ async def _waiting() -> set[int]:
         await asyncio.sleep(0.005)
     return found
 
+
+
+def _spawner_fds(kind: str) -> int:
+    spawner = _spawner.spawner_pid()
+    assert spawner is not None
+    return sum(os.readlink(f"/proc/{spawner}/fd/{fd}").startswith(kind) for fd in os.listdir(f"/proc/{spawner}/fd"))
+
+
+@pytest.mark.asyncio
+async def test_the_spawner_holds_at_most_64_jails_namespaces_and_lets_each_go() -> None:
+    """Past 64 running jails the spawner holds no more namespaces (those jails' inits tear theirs down
+    themselves, as before); every one it holds goes when its init exits."""
+    procs = []
+    try:
+        for _ in range(70):
+            procs.append(await aiogaol.create_sandboxed_subprocess(TRUE_PROFILE, "sleep", "60"))
+        assert _spawner_fds("mnt:") == 64
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            await proc.wait()
+        _wait_until(lambda: _spawner_fds("mnt:") == 0, "the spawner to let every jail's namespace go")
+        # And it holds them again for the jails that come next.
+        proc = await aiogaol.create_sandboxed_subprocess(TRUE_PROFILE, "sleep", "60")
+        procs.append(proc)
+        _wait_until(lambda: _spawner_fds("mnt:") == 1, "the spawner to hold the new jail's namespace")
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert [p.returncode for p in procs] == [-9] * 71
+    _wait_until(lambda: _spawner_fds("mnt:") == 0, "the spawner to let the last namespace go")
+    assert zombie_children() == []
 
 @pytest.mark.asyncio
 async def test_an_init_made_ahead_of_time_serves_the_next_jail() -> None:
