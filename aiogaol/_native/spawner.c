@@ -266,7 +266,9 @@ static void hold_mounts(pid_t pid)
 }
 
 /* poll(2) on p, with every held jail's pidfd beside it: the namespaces of the inits that exited are let
- * go on the way, and what is returned is poll's answer for p alone (0 once timeout_ms has passed). */
+ * go on the way, and what is returned is poll's answer for p alone (0 once timeout_ms has passed).  Only
+ * where the spawner waits with its next init made ahead already: let go before that init is made, a
+ * namespace's teardown would delay it, and with it the next request. */
 static int poll_held(struct pollfd *p, int n, int timeout_ms)
 {
     struct pollfd all[4 + HELD_MAX];
@@ -585,7 +587,7 @@ int aiogaol_serve(int sock)
                 p[1].revents = 0;
                 n = 2;
             }
-            r = poll_held(p, n, ahead_eager ? 0 : n == 2 ? WAITING_AFTER_MS : WAITING_IDLE_MS);
+            r = poll(p, (nfds_t)n, ahead_eager ? 0 : n == 2 ? WAITING_AFTER_MS : WAITING_IDLE_MS);
             if (r == 0 || (r > 0 && !(p[0].revents & (POLLIN | POLLHUP)))) {
                 forget_last_init();
                 make_waiting(sock);
