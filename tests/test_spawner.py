@@ -107,8 +107,13 @@ async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Pro
     assert spawner is not None
 
     def held() -> list[str]:
-        fds = os.listdir(f"/proc/{spawner}/fd")
-        return sorted(os.readlink(f"/proc/{spawner}/fd/{fd}").split("[")[0] for fd in fds)
+        out = []
+        for fd in os.listdir(f"/proc/{spawner}/fd"):
+            try:
+                out.append(os.readlink(f"/proc/{spawner}/fd/{fd}").split("[")[0])
+            except FileNotFoundError:
+                out.append("(closed while we looked)")  # never equal to what is waited for: look again
+        return sorted(out)
 
     # /dev/null as stdio, its end of the server's socket, the host's mount table (watched for changes)
     # and the socket of the init it made ahead of time; and of the running jail, its init's pidfd and its
@@ -347,9 +352,16 @@ async def _waiting() -> set[int]:
 
 
 def _spawner_fds(kind: str) -> int:
+    """How many of the spawner's fds are of kind (an fd it closes while we look is not counted)."""
     spawner = _spawner.spawner_pid()
     assert spawner is not None
-    return sum(os.readlink(f"/proc/{spawner}/fd/{fd}").startswith(kind) for fd in os.listdir(f"/proc/{spawner}/fd"))
+    found = 0
+    for fd in os.listdir(f"/proc/{spawner}/fd"):
+        try:
+            found += os.readlink(f"/proc/{spawner}/fd/{fd}").startswith(kind)
+        except FileNotFoundError:
+            pass
+    return found
 
 
 @pytest.mark.asyncio

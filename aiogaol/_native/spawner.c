@@ -311,7 +311,8 @@ static int poll_held(struct pollfd *p, int n, int timeout_ms)
 
 static void watch_init(pid_t pid)
 {
-    hold_mounts(pid);
+    if (!plan.no_namespaces) /* the fallback's init is in the host's mount namespace: nothing to hold */
+        hold_mounts(pid);
     forget_last_init();
     last_init = (int)syscall(SYS_pidfd_open, pid, 0); /* -1 where pidfds are missing: the idle delay */
     if (last_init >= 0)
