@@ -212,7 +212,6 @@ def test_the_emitter_on_random_rules_against_their_definition() -> None:
     import random
 
     rnd = random.Random(20261202)
-    arch = _seccomp.ARCH_X86_64
     default, bad = 0x00050026, _seccomp.ACT_KILL_PROCESS
 
     def constant() -> int:
@@ -231,16 +230,25 @@ def test_the_emitter_on_random_rules_against_their_definition() -> None:
         return (arg, op, constant(), 0)
 
     for _round in range(60):
+        # Both architectures the filter is written for, whichever this machine is: x32's numbers are
+        # another table on x86-64 only (killed, but -1), plain numbers past the table on aarch64.
+        arch = (_seccomp.ARCH_X86_64, _seccomp.ARCH_AARCH64)[_round % 2]
         table: dict[int, Any] = {}
         for nr in rnd.sample(range(300), 5):
-            rules = [(rnd.choice([0x7FFF0000, 0x00050001, 0x00050002]), tuple(cond() for _ in range(rnd.randrange(1, 4))))
-                     for _ in range(rnd.randrange(1, 6))]
+            rules = [(rnd.choice([0x7FFF0000, 0x00050001, 0x00050002]),
+                      tuple(cond() for _ in range(rnd.randrange(1, 4)))) for _ in range(rnd.randrange(1, 6))]
             if rnd.random() < 0.3:
                 rules.append((0x7FFF0000, ()))
             table[nr] = rules
         for nr in rnd.sample(range(300), 40):
             table.setdefault(nr, rnd.choice([0x7FFF0000, 0x00050001]))
         prog = bpfsim.decode(_bpf.emit_filter(arch, table, default, bad))
+        other = _seccomp.ARCH_AARCH64 if arch == _seccomp.ARCH_X86_64 else _seccomp.ARCH_X86_64
+        assert bpfsim.run(prog, bpfsim.seccomp_data(0, other)) == bad
+        x32 = bad if arch == _seccomp.ARCH_X86_64 else default
+        assert [bpfsim.run(prog, bpfsim.seccomp_data(nr, arch)) for nr in (0x40000000, 0x40000001, 0xFFFFFFFE)] \
+            == [x32] * 3
+        assert bpfsim.run(prog, bpfsim.seccomp_data(0xFFFFFFFF, arch)) == default
         for nr in range(0, 310):
             what = table.get(nr, default)
             if isinstance(what, int):
