@@ -101,8 +101,12 @@ async def test_a_spawner_per_niceness_each_at_its_own() -> None:
 
 @pytest.mark.asyncio
 async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Profile, python: str) -> None:
+    # A jail of the same profile first, so that the one we look at is handed to an init made ahead of time.
+    assert await (await aiogaol.create_sandboxed_subprocess(py_profile, python, "-c", "pass")).wait() == 0
+    (ahead,) = await _waiting()
     proc = await aiogaol.create_sandboxed_subprocess(py_profile, python, "-c", "import time; time.sleep(30)",
                                                      stdin=aiogaol.PIPE, stdout=aiogaol.PIPE, stderr=aiogaol.PIPE)
+    assert proc.pid == ahead
     spawner = _spawner.spawner_pid()
     assert spawner is not None
 
@@ -116,10 +120,11 @@ async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Pro
         return sorted(out)
 
     # /dev/null as stdio, its end of the server's socket, the host's mount table (watched for changes)
-    # and the socket of the init it made ahead of time; and of the running jail, its init's pidfd and its
-    # mount namespace (let go when init exits, so that init's exit does not wait for the teardown): no
-    # pipe or lifeline of a jail.  (It may be making that init when we look, with a sync pipe of its own:
-    # look again then.)
+    # and the socket of the next init it made ahead of time; and of the running jail, its init's pidfd
+    # and its mount namespace (let go when init exits, so that init's exit does not wait for the
+    # teardown): no pipe or lifeline of a jail.  (For the first 10 ms it also keeps the socket the jail
+    # was handed its request on, where its init says that the program has ended, and it may be making
+    # the next init when we look, with a sync pipe of its own: look again then.)
     idle = ["/dev/null"] * 3 + ["/proc/%d/mountinfo" % spawner, "socket:", "socket:"]
     running = sorted(idle + ["anon_inode:", "mnt:"])
     try:

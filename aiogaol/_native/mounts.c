@@ -482,16 +482,15 @@ void build_mounts(void)
     for (i = prebuilt; i < plan.n_ops; i++)
         run_op(&plan.ops[i]);
 
-    /* Nothing of the host's root stays reachable: detach it, then pivot into the jail and detach
-     * the staging tmpfs under it too. */
-    if (umount2("/oldroot", MNT_DETACH) < 0)
-        fail(AIOGAOL_STEP_DETACH_OLDROOT, errno, "/oldroot");
+    /* Nothing of the host's root stays reachable: pivot into the jail, which stacks the staging tmpfs
+     * on the jail's root, then detach it, and with it everything under it, the host's tree at /oldroot
+     * too (one detach, not two: each is a grace period the kernel waits out). */
     if (chdir("/newroot") < 0)
         fail(AIOGAOL_STEP_PIVOT_ROOT, errno, "/newroot");
     if (syscall(SYS_pivot_root, ".", ".") < 0)
         fail(AIOGAOL_STEP_PIVOT_ROOT, errno, "/newroot");
     if (umount2(".", MNT_DETACH) < 0)
-        fail(AIOGAOL_STEP_DETACH_OLDROOT, errno, "staging");
+        fail(AIOGAOL_STEP_DETACH_OLDROOT, errno, "staging and /oldroot");
     if (chdir("/") < 0)
         fail(AIOGAOL_STEP_PIVOT_ROOT, errno, "/");
     /* The jail's own root holds only the mount points: nothing may be created in it. */
