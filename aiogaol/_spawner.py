@@ -63,10 +63,9 @@ from ._limits import DEFAULT_LIMITS
 
 # The spawner's shortcut, switchable for measuring what it is worth (benchmarks/jail_cost.py modes):
 # "waiting" (the default) makes the next jail's init ahead of time, with the part every jail shares
-# (/proc, /dev, the masks) built, once the last jail's program has ended; "exited" once that jail's init
-# has exited; "eager" at once after each request; "none" makes nothing ahead.  Read when a spawner
-# starts.
-AHEAD_MODES = ("waiting", "none", "eager", "exited")
+# (/proc, /dev) built, once the last jail has ended; "eager" makes it at once after each request; "none"
+# makes nothing ahead.  Read when a spawner starts.
+AHEAD_MODES = ("waiting", "none", "eager")
 AHEAD_ENV = "AIOGAOL_SPAWNER_AHEAD"
 
 

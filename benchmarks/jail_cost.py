@@ -9,7 +9,7 @@ These two measurements hold up better there:
         the server process, the spawner (/proc/PID/stat) and the jails' own processes (RUSAGE_CHILDREN:
         each init, with the program, is the server's child).
 
-    python benchmarks/jail_cost.py modes [--modes waiting,none,eager,exited] [--rounds 8] [--n 60]
+    python benchmarks/jail_cost.py modes [--modes waiting,none,eager] [--rounds 8] [--n 60]
         The spawner's shortcuts (AIOGAOL_SPAWNER_AHEAD) alternating round by round in one process, a new
         spawner per round: the median of each round's median latency, per mode.
 

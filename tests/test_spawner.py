@@ -122,9 +122,8 @@ async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Pro
     # /dev/null as stdio, its end of the server's socket, the host's mount table (watched for changes)
     # and the socket of the next init it made ahead of time; and of the running jail, its init's pidfd
     # and its mount namespace (let go when init exits, so that init's exit does not wait for the
-    # teardown): no pipe or lifeline of a jail.  (For the first 10 ms it also keeps the socket the jail
-    # was handed its request on, where its init says that the program has ended, and it may be making
-    # the next init when we look, with a sync pipe of its own: look again then.)
+    # teardown): no pipe or lifeline of a jail.  (It may be making that init when we look, with a sync
+    # pipe of its own: look again then.)
     idle = ["/dev/null"] * 3 + ["/proc/%d/mountinfo" % spawner, "socket:", "socket:"]
     running = sorted(idle + ["anon_inode:", "mnt:"])
     try:

@@ -213,7 +213,6 @@ int raise_nice(int nice);
 void apply_nice(void);
 pid_t host_pid(void);
 void __attribute__((noreturn)) init_child(void);
-extern int ended_fd; /* a handed-over init's socket to the spawner: a byte there once its program ended */
 void __attribute__((noreturn)) run_init(void);
 void loopback_up(void);
 extern int loopback_done;

@@ -243,8 +243,6 @@ void reap_jail(pid_t child, uint64_t *figures)
     }
 }
 
-int ended_fd = -1;
-
 void run_init(void)
 {
     sigset_t all;
@@ -311,8 +309,6 @@ void run_init(void)
     }
 
     status = supervise(child, sfd, NULL);
-    if (ended_fd >= 0) /* the spawner makes the next init made ahead of time from here */
-        (void)send(ended_fd, "e", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
     mark_lifeline(AIOGAOL_STEP_REAP_PROGRAM);
     reap_jail(child, NULL);
     mark_lifeline(AIOGAOL_STEP_REPORT_EXIT);

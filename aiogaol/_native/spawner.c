@@ -207,23 +207,17 @@ static unsigned long long waiting_root_size;     /* the size of the jail root it
 static int waiting_loopback;                     /* it brought its lo up (the last plan's --loopback) */
 static int waiting_off;                         /* creating one failed (or "none"): the usual path only */
 static int waiting_stale;                       /* the host's mounts changed since: serves no request */
-static int ahead_exited; /* "exited": made once the last init has exited, not once its program ended */
 static int ahead_eager;                         /* "eager": made at once, not once the last jail has ended */
 static int mounts_fd = -1;
 #define WAITING_IDLE_MS 2    /* quiet time before making one, when no jail is known to be starting */
-#define WAITING_AFTER_MS 10  /* longest wait for the last jail's program to end first */
+#define WAITING_AFTER_MS 10  /* longest wait for the last jail's init to exit first */
 static int last_init = -1;   /* pidfd of the init last started, until it exits */
-/* The hand-over socket of the init last handed a request, kept: it sends a byte there once its program
- * has ended (or closes it by exiting), the moment to make the next one. */
-static int last_chan = -1;
 
 static void forget_last_init(void)
 {
     if (last_init >= 0)
         close(last_init);
-    if (last_chan >= 0)
-        close(last_chan);
-    last_init = last_chan = -1;
+    last_init = -1;
 }
 
 /* The mount namespaces of the jails the spawner started, held until each jail's init exits.  The last
@@ -416,7 +410,7 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
     if (!recv_request(chan, &buf, &cap, &len, &truncated))
         _exit(0); /* dropped, or the spawner is gone: never used */
     got = now_ns();
-    ended_fd = chan;
+    close(chan);
     err_fd = req_n > 0 ? req_from[0] : -1;
     if (truncated)
         fail(AIOGAOL_STEP_ARGS, E2BIG, "request");
@@ -426,7 +420,7 @@ static void __attribute__((noreturn)) waiting_child(int chan, int server, uid_t 
         fail(AIOGAOL_STEP_HAND_OVER, EINVAL, "a plan that does not start as the init made ahead of time");
     resolve_identity(uid, gid); /* the spawner checked that the request wants the ids mapped here */
     place_fds();
-    init_fds(ended_fd); /* kept: the spawner hears on it when the program has ended */
+    init_fds(-1);
     apply_nice();
     mark_at(AIOGAOL_STEP_MAKE_PRIVATE, got);
     run_init();
@@ -492,8 +486,6 @@ out:
  * take the request (it died: reported, for the server to reap), and the request takes the usual path.
  * The request goes first so that a failed hand-over leaves no PID record behind; should the spawner die
  * between the two, the init is one the server was told of (REPORT_WAITING) and reaps at retirement. */
-static int handed_chan = -1;
-
 static int hand_over(int sock, const char *buf, size_t len)
 {
     pid_t pid = waiting_pid;
@@ -503,7 +495,7 @@ static int hand_over(int sock, const char *buf, size_t len)
     waiting_chan = -1;
     waiting_stale = 0;
     n = send_fds(chan, buf, len, req_from, req_n);
-    handed_chan = chan; /* kept (watch_init): the init says on it when its program has ended */
+    close(chan); /* the request is queued; EOF after it */
     if (n < 0) {
         report(sock, REPORT_DISCARDED, pid);
         return 0;
@@ -539,16 +531,10 @@ static void handle_request(int sock, const char *buf, size_t len, uint64_t recei
         waiting_loopback = plan.loopback;
         if (waiting_pid) {
             pid_t pid = waiting_pid;
-            int ok = hand_over(sock, buf, len);
-            if (ok)
+            if (hand_over(sock, buf, len)) {
                 watch_init(pid);
-            if (ok && last_init >= 0)
-                last_chan = handed_chan;
-            else
-                close(handed_chan);
-            handed_chan = -1;
-            if (ok)
                 return;
+            }
         }
     }
     watch_init(start_jail());
@@ -587,19 +573,17 @@ int aiogaol_serve(int sock)
         jmp_buf escape;
         uint64_t received;
         if (!waiting_pid && !waiting_off && waiting_uid >= 0) {
-            /* Made once the last jail's program has ended (its init says so on the hand-over socket;
-             * for an init of the usual path, once it has exited), or once it has run for a while, and
-             * only while no request is pending: a clone into fresh namespaces made at once would run
-             * beside the jail just started, on the same CPUs and the same kernel locks (mounts, network
-             * namespaces), and slow it by about as much as it saves the next one; made only at init's
-             * exit, it is still being made when the next back-to-back request comes. */
+            /* Made once the last jail's init has exited (or has run for a while), and only while no
+             * request is pending: a clone into fresh namespaces made at once would run beside the jail
+             * just started, on the same CPUs and the same kernel locks (mounts, network namespaces),
+             * and slow it by about as much as it saves the next one. */
             struct pollfd p[2];
             int n = 1, r;
             p[0].fd = sock;
             p[0].events = POLLIN;
             p[0].revents = 0;
             if (last_init >= 0) {
-                p[1].fd = last_chan >= 0 && !ahead_exited ? last_chan : last_init;
+                p[1].fd = last_init;
                 p[1].events = POLLIN;
                 p[1].revents = 0;
                 n = 2;
@@ -646,9 +630,6 @@ int aiogaol_serve(int sock)
         }
         /* Done or failed, the spawner keeps nothing of the request: init holds its own copies. */
         fail_escape = NULL;
-        if (handed_chan >= 0)
-            close(handed_chan);
-        handed_chan = -1;
         for (i = 0; i < 2; i++) {
             if (sync_fds[i] >= 0)
                 close(sync_fds[i]);
@@ -669,19 +650,17 @@ int aiogaol_serve(int sock)
  * _spawner.py).  Every jail, a cgroup's or an oversized request's too, is one request to it. */
 int aiogaol_helper_main(int argc, char **argv, char **envp)
 {
-    static const char usage[] = "usage: aiogaol-jail --serve FD [NICE [waiting|none|eager|exited]] (started by aiogaol)\n";
+    static const char usage[] = "usage: aiogaol-jail --serve FD [NICE [waiting|none|eager]] (started by aiogaol)\n";
     (void)envp;
     if (argc >= 3 && argc <= 5 && strcmp(argv[1], "--serve") == 0) {
         /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
          * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
         if (argc >= 4 && raise_nice((int)parse_num(argv[3], 10)) < 0)
             return 1;
-        /* Its shortcut (_spawner.AHEAD_MODES): "waiting", the default; "none"; "eager"; "exited". */
+        /* Its shortcut (_spawner.AHEAD_MODES): "waiting", the default; "none"; "eager". */
         if (argc == 5 && strcmp(argv[4], "waiting") != 0) {
             if (strcmp(argv[4], "eager") == 0)
                 ahead_eager = 1;
-            else if (strcmp(argv[4], "exited") == 0)
-                ahead_exited = 1;
             else if (strcmp(argv[4], "none") == 0)
                 waiting_off = 1;
             else
