@@ -223,3 +223,32 @@ async def test_an_init_made_ahead_of_time_never_binds_a_path_swapped_since(tmp_p
     with pytest.raises(aiogaol.SandboxSetupError, match="bind source changed"):
         await _run(reader, "cat", f"{t['input']}/f")
     assert pid not in _spawner.waiting_pids()  # it took the request (nothing on the host's mounts moved)
+
+
+_MOUNTING = ("ro", "rw", "tmpfs", "proc", "dev", "mask", "ro-self", "shm", "devpts")
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("ahead", ["none", "waiting"])
+async def test_the_jail_mounts_its_plan_and_nothing_of_the_host(ahead: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The jail's mount table is its root, the plan's mounts and /dev's device nodes: the staging tmpfs
+    and the host's tree it was built from (/oldroot) are detached, whether init was cloned for the request
+    or made ahead of time."""
+    monkeypatch.setenv(_spawner.AHEAD_ENV, ahead)
+    aiogaol.shutdown_spawner()
+    try:
+        allowed = {"/"} | {s.target for s in _plan.compile_profile(SYSTEM).steps if s.kind in _MOUNTING}
+        allowed |= {f"/dev/{d}" for d in _DEVICES}
+        for i in range(3):  # the first from a fresh spawner, the next ones from what it made ahead
+            for _ in range(1000 if i and ahead == "waiting" else 0):
+                if _spawner.waiting_pids():
+                    break
+                await asyncio.sleep(0.01)
+            rc, out = await _run(SYSTEM, "cat", "/proc/self/mountinfo")
+            assert rc == 0, out
+            points = {line.split()[4] for line in out.splitlines()}
+            assert "/" in points and "/proc" in points and "/usr" in points, points
+            assert points <= allowed, sorted(points - allowed)
+    finally:
+        aiogaol.shutdown_spawner()
