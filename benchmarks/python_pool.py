@@ -18,7 +18,8 @@ targets of issue 15 (PASS/MISS); a miss never makes the exit status non-zero.
 
     python benchmarks/python_pool.py            # full run, about a minute and a half on 2 cores
     python benchmarks/python_pool.py --quick    # short run
-    python benchmarks/python_pool.py --json out.json
+    python benchmarks/python_pool.py --json out.json --plot out.png   # needs matplotlib for the plot
+    python benchmarks/python_pool.py --from-json out.json --plot out.png   # a saved run, drawn again
 """
 
 from __future__ import annotations
@@ -242,17 +243,96 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(r: dict[str, Any], path: str) -> None:
+    """One figure of a run: the two latencies (log scale: plain python is tens of times slower), the
+    throughput at concurrency 8, and each target as the fraction of its limit used (left of 1 passes)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: matplotlib is not installed, so no plot was written to {path} (pip install matplotlib)",
+              file=sys.stderr)
+        return
+    colors = {"plain": "#8c8c8c", "true-jail": "#7570b3", "pool": "#1b9e77"}
+    labels = {"plain": "plain python3 -c", "true-jail": "/bin/true jail", "pool": "PythonPool"}
+    m = r["machine"]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig.suptitle(f"PythonPool at {r['commit']}: {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}, "
+                 f"load {m['load_at_start'][0]:.1f} at start")
+
+    def latency(ax: Any, figures: dict[str, dict[str, float]], title: str) -> None:
+        names = [n for n in ("plain", "true-jail", "pool") if n in figures]
+        xs = list(range(len(names)))
+        ax.bar(xs, [figures[n]["median_ms"] for n in names], color=[colors[n] for n in names], label="median")
+        ax.scatter(xs, [figures[n]["p90_ms"] for n in names], marker="_", s=600, color="black", label="p90",
+                   zorder=3)
+        ax.set_xticks(xs, [labels[n] for n in names])
+        ax.set_yscale("log")
+        ax.set_ylabel("run to result (ms, log scale)")
+        ax.set_title(title)
+        ax.legend(loc="upper right")
+
+    latency(axes[0][0], r["print"], "print(1), nothing preloaded")
+    if "numpy" in r:
+        latency(axes[0][1], r["numpy"], "import numpy; print(1) (numpy preloaded)")
+    else:
+        axes[0][1].set_axis_off()
+        axes[0][1].text(0.5, 0.5, "numpy not installed", ha="center")
+
+    ax = axes[1][0]
+    tp = r["throughput_c8"]
+    names = [n for n in ("plain", "pool") if n in tp]
+    ax.bar(range(len(names)), [tp[n] for n in names], color=[colors[n] for n in names])
+    ax.set_xticks(range(len(names)), [labels[n] for n in names])
+    ax.set_ylabel("jobs / s")
+    ax.set_title("print(1) jobs per second at concurrency 8")
+
+    ax = axes[1][1]
+    p = r["print"]
+    used: list[tuple[str, float]] = [
+        ("print(1) / plain (<= 0.15)", p["pool"]["median_ms"] / p["plain"]["median_ms"] / 0.15),
+        ("print(1) / /bin/true jail (<= 2)", p["pool"]["median_ms"] / p["true-jail"]["median_ms"] / 2)]
+    if "numpy" in r:
+        used.append(("numpy / plain (<= 0.05)", r["numpy"]["pool"]["median_ms"] / r["numpy"]["plain"]["median_ms"] / 0.05))
+    used.append(("plain jobs/s x 5 / pool's (>= 5 x)", 5 * tp["plain"] / tp["pool"]))
+    used.append(("loop stall / 5 ms", r["stall_ms"] / 5))
+    ys = list(range(len(used)))[::-1]
+    ax.barh(ys, [u for _, u in used], color=["#1b9e77" if u <= 1 else "#d95f02" for _, u in used])
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(ys, [name for name, _ in used])
+    ax.set_xlabel("fraction of the target's limit (left of 1: met)")
+    ax.set_title("issue 15's targets")
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"plot written to {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples, shorter windows")
     ap.add_argument("--json", metavar="OUT", help="write every figure as JSON")
+    ap.add_argument("--plot", metavar="PNG", help="draw the run's figures (needs matplotlib)")
+    ap.add_argument("--from-json", metavar="IN", help="measure nothing: print (and --plot) a run saved with --json")
     ap.add_argument("--soak", type=int, default=None, help="pool jobs in the soak (default 2000; --quick 300)")
     args = ap.parse_args(argv)
-    r = asyncio.run(bench(args))
+    if args.from_json:
+        try:
+            with open(args.from_json) as f:
+                r = json.load(f)
+            render(r)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            ap.error(f"--from-json {args.from_json}: not a run saved by --json ({exc})")
+    else:
+        r = asyncio.run(bench(args))
     print(render(r))
-    if args.json:
+    if args.json and not args.from_json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=1)
+    if args.plot:
+        plot(r, args.plot)
     return 0
 
 
