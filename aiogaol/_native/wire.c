@@ -204,7 +204,7 @@ static void parse_init_filter(const char *hex)
 void parse_args(int argc, char **argv, char **envp)
 {
     int i = 1;
-    memset(&plan, 0, sizeof plan);
+    memset(&plan, 0, PLAN_HEAD);
     plan.err_fd = -1;
     plan.umask = -1;
     plan.nice = -1;
@@ -234,6 +234,7 @@ void parse_args(int argc, char **argv, char **envp)
         plan.ops[plan.n_ops].b = (B);                                                              \
         plan.ops[plan.n_ops].size = (S);                                                           \
         plan.ops[plan.n_ops].mode = (M);                                                           \
+        plan.ops[plan.n_ops].dev = plan.ops[plan.n_ops].ino = 0;                                   \
         plan.n_ops++;                                                                              \
     } while (0)
 
