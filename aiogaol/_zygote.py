@@ -168,14 +168,13 @@ class _Waiting:
     processes that runs mostly on one CPU) instead of one after another while the others wait."""
 
     def __init__(self, pid: int, sock: socket.socket, err: int, sync_r: int, sync_w: int,
-                 template: tuple[Any, ...], mounts: bytes) -> None:
+                 template: tuple[Any, ...]) -> None:
         self.pid = pid
         self.sock = sock
         self.err = err
         self.sync_r = sync_r  # J' says "u" on it once it has unshared; -1 once its maps are written
         self.sync_w = sync_w
         self.template = template
-        self.mounts = mounts
         self.deadline = time.monotonic() + MAP_TIMEOUT
         self.built = False
         self.failure: bytes | None = None
@@ -273,9 +272,13 @@ class _Waiting:
         self.job = None
 
 
-def _mount_table() -> bytes:
-    with open("/proc/self/mountinfo", "rb") as f:
-        return f.read()
+def _mounts_changed(mountinfo: int) -> bool:
+    """Whether the host's mount table changed since this was last asked (or the loop's select saw it):
+    POLLPRI on /proc/self/mountinfo, taken by the asking.  One call, where reading the table and
+    comparing it cost tens of microseconds at every job (more on a host with many mounts)."""
+    poller = select.poll()
+    poller.register(mountinfo, select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 def _binds_current(template: tuple[Any, ...]) -> bool:
@@ -354,8 +357,8 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
             except InterruptedError:
                 continue
             if changed:
-                os.pread(mountinfo, 1 << 20, 0)
-                if spare is not None and _mount_table() != spare.mounts:
+                # Taken by the select: the spare's copy of the host's mounts is stale, whatever changed.
+                if spare is not None:
                     spare.close()
                     spare = None
                 continue
@@ -367,7 +370,7 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                     os.close(running)
                     running = -1
                     assert last is not None
-                    made = _make(ctl, core, last)
+                    made = _make(ctl, core, last, mountinfo)
                     if isinstance(made, tuple):
                         in_p = True
                         return made  # in P (whose copy of this loop's jails is not its own)
@@ -390,11 +393,11 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                 last_frame, last_template = rest, pickle.loads(rest)
             template = last_template
             if spare is not None and (spare.template != template or not _binds_current(template)
-                                      or _mount_table() != spare.mounts):
+                                      or _mounts_changed(mountinfo)):
                 spare.close()
                 spare = None
             if spare is None:
-                made = _make(ctl, core, template)
+                made = _make(ctl, core, template, mountinfo)
                 if isinstance(made, tuple):
                     in_p = True
                     return made  # in P (whose copy of this loop's jails is not its own)
@@ -414,7 +417,7 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                 running = -1
             settle()
             if running < 0 and not pending and spare is None and not select.select([ctl], [], [], 0)[0]:
-                made = _make(ctl, core, template)
+                made = _make(ctl, core, template, mountinfo)
                 if isinstance(made, tuple):
                     in_p = True
                     return made  # in P (whose copy of this loop's jails is not its own)
@@ -438,7 +441,7 @@ def _drop_all(pending: list[_Waiting], spare: _Waiting | None, running: int, mou
                 pass
 
 
-def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...]
+def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], mountinfo: int
           ) -> _Waiting | OSError | tuple[str, list[str], dict[str, str]]:
     """Fork J' with a template: a _Waiting in the zygote (the OSError if the fork failed), what to run in P.
     The loop writes J's id maps once it has unshared, and lets it go (``_Waiting.advance``)."""
@@ -448,7 +451,7 @@ def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...]
     err_r, err_w = os.pipe()
     to_j_r, to_j_w = os.pipe()
     from_j_r, from_j_w = os.pipe()
-    mounts = _mount_table()
+    _mounts_changed(mountinfo)  # what changed before this fork is in its copy: taken, not held against it
     try:
         pid = os.fork()
     except OSError as exc:
@@ -468,7 +471,7 @@ def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...]
     theirs.close()
     for fd in (err_w, to_j_r, from_j_w):
         os.close(fd)
-    return _Waiting(pid, ours, err_r, from_j_r, to_j_w, template, mounts)
+    return _Waiting(pid, ours, err_r, from_j_r, to_j_w, template)
 
 
 _C_ARGV: dict[tuple[bytes, ...], tuple[list[Any], Any]] = {}
