@@ -270,7 +270,7 @@ class _Zygote:
 
 class _WarmJob:
     """One job's jail, seen from the server: its report socket (records from the zygote and from the
-    job's three processes), its lifeline, and a pidfd of its init once the job's first fork sent it."""
+    job's two processes), its lifeline, and a pidfd of its init once the init sent it."""
 
     isolation = "namespaces"
     cgroup = None
@@ -312,7 +312,7 @@ class _WarmJob:
             if not data:
                 self.eof = True
                 if self.started and self.returncode is None:
-                    self._finish(None, None)  # the job's first fork was killed from outside
+                    self._finish(None, None)  # the job's init was killed from outside, and no USAGE came
                 return
             if len(data) < _ffi.RECORD.size:
                 continue  # not a record: nothing of the jail writes one

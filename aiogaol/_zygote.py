@@ -4,7 +4,7 @@ Started by the pool (``_python_pool``) as ``python -I -c BOOT`` with a clean env
 stdio on /dev/null and one socket (fd 3) to the server.  BOOT loads this file and the C core by path,
 without importing the ``aiogaol`` package, so the warm image holds the preloads and the standard
 library's own modules, not the server's libraries.  This module imports nothing outside the standard
-library, and runs no code of a job: each job runs in a fork of a fork of a fork of it, in a fresh jail
+library, and runs no code of a job: each job runs in a fork of a clone of it, in a fresh jail
 (see aiogaol/_native/zygote.c for the process tree and docs/python-pool.md for the semantics).
 
 The server speaks to it in frames on the socket: an 8-byte length, then a pickled request, the job's
@@ -37,15 +37,15 @@ from typing import Any
 FRAME = struct.Struct("!Q")
 # The job's fds as the zygote receives them, and the numbers they take in the jail's init (K): stdio at
 # 0-2, then the report socket, the lifeline and the payload (the helper argv the server builds names the
-# first two).  The program filter is the template's, not the job's: J' puts it on a pipe at SECCOMP_FD.
+# first two).  The program filter is the template's, not the job's: K puts it on a pipe at SECCOMP_FD.
 JOB_FDS = 6
 REPORT_FD, LIFELINE_FD, PAYLOAD_FD, SECCOMP_FD = 3, 4, 5, 6
 # P's fds once they came from init: stdio, then the report socket and the payload.
 P_REPORT_FD, P_PAYLOAD_FD = 3, 4
-# (J's and K's own fds before a job comes, the handshake with the zygote, the socket the job's fds come on
+# (K's own fds before a job comes, the handshake with the zygote, the socket the job's fds come on
 # and the pipe they report on, are placed by the C calls: zygote.c's ZJ_SYNC_R to ZJ_ERR.)
 CONTROL_FD = 3  # the zygote's own socket to the server
-MAP_TIMEOUT = 5.0  # seconds the zygote waits for a job's unshare before giving up on it
+MAP_TIMEOUT = 5.0  # seconds the zygote waits for a jail's init to ask for its id maps before giving up
 AHEAD_AFTER = 0.01  # seconds into a job after which the next jail is made even if the job still runs
 RECORD_SIZE = 512
 RECORD = struct.Struct("iiii")  # kind, step, errno, value: the head of jail.h's struct aiogaol_record
@@ -142,8 +142,8 @@ def main(core_path: str, nice: int, preload: list[str]) -> None:
     # At the jails' niceness, as the spawner runs (docs/spawn.md): its forks yield to the server.
     if nice > os.getpriority(os.PRIO_PROCESS, 0):
         os.setpriority(os.PRIO_PROCESS, 0, nice)
-    # Children (each job's first fork) are reaped by the kernel: the zygote never waits for a job.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Our children are the jails' inits (K), each reaped by the loop once its pidfd says it has exited
+    # (never waited for): SIGCHLD stays at its default, so that each one's status and usage are ours.
     # Every object of the warm image out of the collector's reach: a job's collections then never walk
     # (and so never copy) the pages the zygote shares with it.
     import gc
@@ -157,10 +157,10 @@ def main(core_path: str, nice: int, preload: list[str]) -> None:
 
 
 class _Waiting:
-    """A jail being made, or made, for a job: J' unshares (the zygote writes its id maps), K' builds
-    the jail, forks P and waits for a job's fds on the socket J' reads; P puts its walls up and waits for
-    its own from K'.  All three report on ``err`` (a pipe of ours) until a job's report socket takes
-    over.  Made from a request's ``template`` (the helper argv of the pool's jails, which names no job),
+    """A jail being made, or made, for a job: K, cloned into its namespaces, asks for its id maps (the
+    zygote writes them), builds the jail, forks P and waits for a job's fds on ``sock``; P puts its walls
+    up and waits for its own from K.  Both report on ``err`` (a pipe of ours) until a job's report socket
+    takes over.  Made from a request's ``template`` (the helper argv of the pool's jails, which names no job),
     it serves a job whose template is the same, byte for byte.
 
     Nothing here blocks: the zygote's loop advances every jail in the making as its pipes turn readable,
@@ -172,7 +172,7 @@ class _Waiting:
         self.pid = pid
         self.sock = sock
         self.err = err
-        self.sync_r = sync_r  # J' says "u" on it once it has unshared; -1 once its maps are written
+        self.sync_r = sync_r  # K says "u" on it once cloned; -1 once its maps are written
         self.sync_w = sync_w
         self.template = template
         self.deadline = time.monotonic() + MAP_TIMEOUT
@@ -186,27 +186,27 @@ class _Waiting:
         return self.sync_r if self.sync_r >= 0 else self.err
 
     def advance(self, core: _Core) -> None:
-        """Take what is ready, without waiting: the maps once J' has unshared, then BUILT or FAILURE."""
+        """Take what is ready, without waiting: the maps once K asks, then BUILT or FAILURE."""
         if self.sync_r >= 0:
             if not select.select([self.sync_r], [], [], 0)[0]:
                 return
             said = os.read(self.sync_r, 1)
             if said != b"u":
                 self._close_sync()
-                self.poll()  # J' failed: its record, if it wrote one, is there
+                self.poll()  # K failed: its record, if it wrote one, is there
                 self.failure = self.failure or record(
-                    RECORD_FAILURE, core.steps.get("unshare namespaces", 0), 5, 0, b"the job's first fork ended "
-                    b"before it unshared")
+                    RECORD_FAILURE, core.steps.get("unshare namespaces", 0), 5, 0, b"the jail's init ended "
+                    b"before it asked for its id maps")
                 return
             uid, gid = self.template[0], self.template[1]
             try:
                 self.failure = _write_maps(self.pid, uid, gid, core)
                 if self.failure is None:
-                    os.write(self.sync_w, b"g")
+                    os.write(self.sync_w, b"g" + struct.pack("i", self.pid))  # and K's host PID
                     self.deadline = time.monotonic() + MAP_TIMEOUT  # and as long again to build
             except OSError as exc:
                 self.failure = record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 5, 0,
-                                      b"let the job's first fork go")
+                                      b"let the jail's init go")
             self._close_sync()
             if self.failure is not None:
                 os.kill(self.pid, signal.SIGKILL)
@@ -214,7 +214,7 @@ class _Waiting:
         self.poll()
 
     def poll(self) -> None:
-        """Take what J', K' and P said on ``err`` (BUILT, or a FAILURE record), without waiting."""
+        """Take what K and P said on ``err`` (BUILT, or a FAILURE record), without waiting."""
         while not (self.built or self.dead or self.failure):
             if not select.select([self.err], [], [], 0)[0]:
                 return
@@ -239,17 +239,20 @@ class _Waiting:
         return record(RECORD_FAILURE, core.steps.get("unshare namespaces" if self.sync_r >= 0 else "clone init", 0),
                       110, 0, b"the jail made for this job stalled before it was built")
 
-    def hand_over(self, core: _Core) -> None:
-        """Give the job's fds to the built jail (K' takes them), or report on the job's socket why not."""
+    def hand_over(self, core: _Core) -> int:
+        """Give the job's fds to the built jail (K takes them), or report on the job's socket why not.
+        The report socket, a copy of it that the loop keeps for K's end (USAGE); -1 if none is kept."""
         assert self.job is not None
         if not self.built:
             os.write(self.job[3], self.why(core))
-            return
+            return -1
         try:
             socket.send_fds(self.sock, [b"j"], self.job)
+            return os.dup(self.job[3])
         except OSError as exc:
             os.write(self.job[3], record(RECORD_FAILURE, core.steps.get("clone init", 0), exc.errno or 5, 0,
                                          b"hand the job to its jail"))
+            return -1
 
     def _close_sync(self) -> None:
         if self.sync_r >= 0:
@@ -258,9 +261,10 @@ class _Waiting:
             self.sync_r = self.sync_w = -1
 
     def close(self) -> None:
-        """Drop it (J' sees EOF, kills K', and with it the jail, and exits), and the job's fds with it."""
+        """Drop it (K sees EOF and exits, and the jail with it), and the job's fds with it.  K is reaped
+        by the loop (``_Inits``)."""
         if self.sync_r >= 0:
-            os.kill(self.pid, signal.SIGKILL)  # still unsharing: it would wait for its maps
+            os.kill(self.pid, signal.SIGKILL)  # still asking for its maps: it would wait for them
             self._close_sync()
         self.sock.close()
         os.close(self.err)
@@ -270,6 +274,78 @@ class _Waiting:
             except OSError:
                 pass
         self.job = None
+
+
+class _Inits:
+    """The jails' inits (K), our children: each reaped once its pidfd turns readable, never waited for.
+    One that was given a job reports its end on that job's report socket (USAGE, with its wait status and
+    the usage of the whole jail, which K reaped): what the server counts when K was killed before it
+    could report the job's own end (DONE).  The rest (dropped before a job came, or failed) are only
+    reaped."""
+
+    def __init__(self) -> None:
+        self.pidfds: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, a copy of the job's report socket, or -1)
+
+    def add(self, pid: int) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = -1
+        if pidfd < 0:
+            # No fd to watch it with: reaped now, killed first (it is our own unreaped child, so the PID
+            # is still its own); its jail never serves a job.
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (OSError, ChildProcessError):
+                pass
+            return
+        self.pidfds[pidfd] = (pid, -1)
+
+    def report_to(self, pid: int, report: int) -> None:
+        for pidfd, (known, old) in self.pidfds.items():
+            if known == pid:
+                if old >= 0:
+                    os.close(old)
+                self.pidfds[pidfd] = (pid, report)
+                return
+        if report >= 0:
+            os.close(report)
+
+    def fds(self) -> list[int]:
+        return list(self.pidfds)
+
+    def watch(self, pid: int) -> int:
+        """A copy of the pidfd of init pid (-1 if it is not ours to watch): by fd, never by PID."""
+        for pidfd, (known, _) in self.pidfds.items():
+            if known == pid:
+                return os.dup(pidfd)
+        return -1
+
+    def reap(self, ready: Any) -> None:
+        for pidfd in [fd for fd in ready if fd in self.pidfds]:
+            pid, report = self.pidfds.pop(pidfd)
+            os.close(pidfd)
+            try:
+                _, status, ru = os.wait4(pid, 0)  # it has exited (its pidfd said so): no wait
+            except ChildProcessError:
+                status, ru = 0, None
+            if report >= 0:
+                if ru is not None:
+                    figures = struct.pack("QQQ", int(ru.ru_utime * 1e9), int(ru.ru_stime * 1e9), ru.ru_maxrss)
+                    try:
+                        os.write(report, record(RECORD_USAGE, 0, 0, status, figures))
+                    except OSError:
+                        pass  # the server has its result already (DONE), or is gone
+                os.close(report)
+
+    def close(self) -> None:
+        """At the loop's end: what is still running goes on (and is reaped by whoever inherits it)."""
+        for pidfd, (_, report) in self.pidfds.items():
+            os.close(pidfd)
+            if report >= 0:
+                os.close(report)
+        self.pidfds.clear()
 
 
 def _mounts_changed(mountinfo: int) -> bool:
@@ -306,12 +382,13 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
     one is made ahead: after the last job has ended or run AHEAD_AFTER."""
     spare: _Waiting | None = None  # made ahead, no job given to it yet
     pending: list[_Waiting] = []  # given a job, not built yet
-    running = -1  # a pidfd of the last job's first fork, until the next jail is made
+    running = -1  # a pidfd of the last job's init, until the next jail is made
     ahead_at = 0.0
     last: tuple[Any, ...] | None = None  # the last job's template
     last_frame = b""  # the last request's pickled template
     last_template: tuple[Any, ...] = ()  # and it, unpickled
     mountinfo = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    inits = _Inits()  # every jail's init we cloned, until it is reaped
     in_p = False
 
     def settle() -> None:
@@ -323,14 +400,14 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
             if not (w.built or w.ended() or now >= w.deadline):
                 continue
             pending.remove(w)
-            w.hand_over(core)
+            inits.report_to(w.pid, w.hand_over(core))
             if w.built:
                 if running >= 0:
                     os.close(running)
                 try:
-                    running = os.pidfd_open(w.pid)
+                    running = inits.watch(w.pid)
                 except OSError:
-                    running = -1  # gone already (or no fd left): the next one is made at once
+                    running = -1  # no fd left: the next one is made at once
                 ahead_at = time.monotonic() + AHEAD_AFTER
             w.close()
 
@@ -343,7 +420,7 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                     spare = None
             settle()
             ahead = spare is None and not pending and last is not None and running >= 0
-            watched: list[Any] = [ctl] + [w.watched() for w in pending]
+            watched: list[Any] = [ctl] + [w.watched() for w in pending] + inits.fds()
             if spare is not None and not spare.built:
                 watched.append(spare.watched())
             if ahead:
@@ -362,15 +439,16 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                     spare.close()
                     spare = None
                 continue
+            inits.reap(ready)
             if ctl not in ready:
                 if ahead and (running in ready or time.monotonic() >= ahead_at):
-                    # The last job has ended (its first fork exited) or has run AHEAD_AFTER: the next
+                    # The last job has ended (its init exited) or has run AHEAD_AFTER: the next
                     # jail is made now, not beside the job's start, whose forks and walls it would slow
                     # by more than it saves the next job.
                     os.close(running)
                     running = -1
                     assert last is not None
-                    made = _make(ctl, core, last, mountinfo)
+                    made = _make(ctl, core, last, mountinfo, inits)
                     if isinstance(made, tuple):
                         in_p = True
                         return made  # in P (whose copy of this loop's jails is not its own)
@@ -397,7 +475,7 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                 spare.close()
                 spare = None
             if spare is None:
-                made = _make(ctl, core, template, mountinfo)
+                made = _make(ctl, core, template, mountinfo, inits)
                 if isinstance(made, tuple):
                     in_p = True
                     return made  # in P (whose copy of this loop's jails is not its own)
@@ -417,7 +495,7 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                 running = -1
             settle()
             if running < 0 and not pending and spare is None and not select.select([ctl], [], [], 0)[0]:
-                made = _make(ctl, core, template, mountinfo)
+                made = _make(ctl, core, template, mountinfo, inits)
                 if isinstance(made, tuple):
                     in_p = True
                     return made  # in P (whose copy of this loop's jails is not its own)
@@ -427,6 +505,7 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
         # and must never signal the PIDs they name, which in its own PID namespace are other processes).
         if not in_p:
             _drop_all(pending, spare, running, mountinfo)
+            inits.close()
 
 
 def _drop_all(pending: list[_Waiting], spare: _Waiting | None, running: int, mountinfo: int) -> None:
@@ -441,45 +520,48 @@ def _drop_all(pending: list[_Waiting], spare: _Waiting | None, running: int, mou
                 pass
 
 
-def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], mountinfo: int
+def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], mountinfo: int, inits: _Inits
           ) -> _Waiting | OSError | tuple[str, list[str], dict[str, str]]:
-    """Fork J' with a template: a _Waiting in the zygote (the OSError if the fork failed), what to run in P.
-    The loop writes J's id maps once it has unshared, and lets it go (``_Waiting.advance``)."""
+    """Clone a jail's init (K) with a template: a _Waiting in the zygote (the OSError if the clone failed),
+    what to run in P.  The loop writes K's id maps once it asks, and lets it go (``_Waiting.advance``)."""
     uid, gid, argv, seccomp = template
     c_argv = _c_argv(core, argv)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     err_r, err_w = os.pipe()
-    to_j_r, to_j_w = os.pipe()
-    from_j_r, from_j_w = os.pipe()
-    _mounts_changed(mountinfo)  # what changed before this fork is in its copy: taken, not held against it
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        for fd in (err_r, err_w, to_j_r, to_j_w, from_j_r, from_j_w):
-            os.close(fd)
-        ours.close()
-        theirs.close()
-        return exc
+    to_k_r, to_k_w = os.pipe()
+    from_k_r, from_k_w = os.pipe()
+    _mounts_changed(mountinfo)  # what changed before this clone is in its copy: taken, not held against it
+    k_out = core.ffi.new("int[3]")
+    pid = core.lib.aiogaol_zygote_clone(len(argv), c_argv, seccomp, len(seccomp), theirs.fileno(), err_w, to_k_r,
+                                        from_k_w, k_out)
     if pid == 0:
         try:
+            # K: every fd but its handshake's is closed already (in the call); these objects must never
+            # close their numbers again.
             ours.detach()
-            for fd in (to_j_w, from_j_r, err_r):
-                os.close(fd)
-            return _job(ctl, core, c_argv, len(argv), seccomp, theirs.detach(), err_w, to_j_r, from_j_w)
-        except BaseException:  # noqa: BLE001 - a fork of the zygote never returns into its loop
+            theirs.detach()
+            ctl.detach()
+            return _k(core, k_out, bool(seccomp))
+        except BaseException:  # noqa: BLE001 - a clone of the zygote never returns into its loop
             os._exit(NOBODY_EXIT)
     theirs.close()
-    for fd in (err_w, to_j_r, from_j_w):
+    for fd in (err_w, to_k_r, from_k_w):
         os.close(fd)
-    return _Waiting(pid, ours, err_r, from_j_r, to_j_w, template)
+    if pid < 0:
+        for fd in (err_r, to_k_w, from_k_r):
+            os.close(fd)
+        ours.close()
+        return OSError(-pid, os.strerror(-pid))
+    inits.add(pid)
+    return _Waiting(pid, ours, err_r, from_k_r, to_k_w, template)
 
 
 _C_ARGV: dict[tuple[bytes, ...], tuple[list[Any], Any]] = {}
 
 
 def _c_argv(core: _Core, argv: list[bytes]) -> Any:
-    """The helper argv as C strings, made once per template in the zygote (each J' reads its copy of
-    the zygote's memory) rather than in every J'."""
+    """The helper argv as C strings, made once per template in the zygote (each K reads its copy of
+    the zygote's memory) rather than in every K."""
     key = tuple(argv)
     kept = _C_ARGV.get(key)
     if kept is None:
@@ -491,7 +573,7 @@ def _c_argv(core: _Core, argv: list[bytes]) -> Any:
 
 
 def _write_maps(pid: int, uid: int, gid: int, core: _Core) -> bytes | None:
-    """J's id maps, from the parent user namespace (jail.c's write_maps, for a process of our own): our
+    """K's id maps, from the parent user namespace (jail.c's write_maps, for a process of our own): our
     ids mapped to themselves, or, for a root zygote whose jobs run as another identity, ours as 0 and
     theirs to themselves; setgroups denied unless that identity must shed our groups.  None, or the
     FAILURE record that says which write failed."""
@@ -517,20 +599,11 @@ def _write_maps(pid: int, uid: int, gid: int, core: _Core) -> bytes | None:
     return None
 
 
-def _job(ctl: socket.socket, core: _Core, c_argv: Any, argc: int, seccomp: bytes, sock: int, err: int,
-         sync_r: int, sync_w: int) -> tuple[str, list[str], dict[str, str]]:
-    """J', then K' and P: the three forks of one jail.  Returns only in P, with every wall up, what it
-    must run.  J' runs only C from here (aiogaol_zygote_first: its fds, the namespaces, the id-map
-    handshake, the fork of K', then the relay), so this copy of the warm image runs none of its Python;
-    the call returns in K'.  Until a job comes, J' and K' hold fds 6 and up only (0-2 are the zygote's
-    /dev/null)."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # J' waits for K'; P starts as a fresh python would
-    ctl.detach()  # its number is closed by J' below; the socket object must never close it again
-    k_out = core.ffi.new("int[4]")
-    core.lib.aiogaol_zygote_first(argc, c_argv, seccomp, len(seccomp), sock, err, sync_r, sync_w, k_out)
-    # K': PID 1, its jail built (in the call): P with its walls, while no job waits for them; then the
-    # job, straight from the zygote.
-    k_end, to_program, p_end, host_pid = k_out[0], k_out[1], k_out[2], k_out[3]
+def _k(core: _Core, k_out: Any, seccomp: bool) -> tuple[str, list[str], dict[str, str]]:
+    """K, back in Python from its clone with its jail built: P with its walls, while no job waits for
+    them; then the job, straight from the zygote.  Returns only in P, with every wall up, what it must
+    run.  Until a job comes, K holds fds 6 and up only (0-2 are the zygote's /dev/null)."""
+    to_program, p_end, host_pid = k_out[0], k_out[1], k_out[2]
     program = os.fork()
     if not program:
         # P: its walls now, its fds (from init, once init has dropped everything) when a job comes, at
@@ -548,9 +621,9 @@ def _job(ctl: socket.socket, core: _Core, c_argv: Any, argc: int, seccomp: bytes
     os.close(p_end)
     if seccomp:
         os.close(SECCOMP_FD)
-    # The job's fds from the zygote, the PID record (with a pidfd of K') for the server, the report socket
-    # for J', then init's loop: all C, so K' runs no more Python either.
-    core.lib.aiogaol_zygote_init_wait(program, to_program, k_end, host_pid)
+    # The job's fds from the zygote, the PID record (with a pidfd of K) for the server, then init's loop:
+    # all C, so K runs no more Python.
+    core.lib.aiogaol_zygote_init_wait(program, to_program, host_pid)
     os._exit(NOBODY_EXIT)  # not reached
 
 

@@ -119,12 +119,9 @@ int aiogaol_landlock_abi(void);
 /* PythonPool's warm interpreter (zygote.c): the steps of a jail taken in-process by its forks, called
  * through the cffi module in the order zygote.c describes. */
 int aiogaol_zygote_seal(void);
-int aiogaol_zygote_unshare(int argc, char **argv, int report_fd);
-void aiogaol_zygote_after_maps(void);
-void aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
-                          int sync_r, int sync_w, int *k_out);
-void aiogaol_zygote_init_wait(int program, int to_program, int k_end, int host);
-void aiogaol_zygote_relay(int init);
+int aiogaol_zygote_clone(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
+                         int sync_r, int sync_w, int *k_out);
+void aiogaol_zygote_init_wait(int program, int to_program, int host);
 void aiogaol_zygote_init_build(void);
 void aiogaol_zygote_init_enter(void);
 void aiogaol_zygote_init_job(int report_fd);

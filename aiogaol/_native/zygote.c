@@ -3,37 +3,34 @@
  *
  * A spawned jail is built by clones of the spawner that end in exec.  A PythonPool job must instead go
  * on running the warm Python image it was forked from, so the same steps are taken in-process, by
- * forks of the warm interpreter (the "zygote", aiogaol/_zygote.py).  The zygote's fork of J and K's fork
- * of P are os.fork (CPython's after-fork hooks then run: the random module is reseeded, the thread
- * states are reset).  J runs only C after it (aiogaol_zygote_first), so that this copy of the image
- * touches, and copies, as few of its pages as it can; its fork of K is a plain fork() that returns to
- * Python in K, which is sound because J is single-threaded and holds no interpreter lock in the call:
- * K's interpreter is J's, as consistent as after os.fork, and K builds its jail in the same call, so
- * that the only Python it runs is its os.fork of P.
+ * clones of the warm interpreter (the "zygote", aiogaol/_zygote.py).  The zygote clones K straight into
+ * the jail's namespaces (aiogaol_zygote_clone, a plain clone that returns to Python in K, which is sound
+ * because the zygote is single-threaded and holds no interpreter lock in the call: K's interpreter is
+ * the zygote's, as consistent as after os.fork).  K runs C from the clone on and builds its jail in the
+ * same call, so that the only Python it runs is its os.fork of P, whose after-fork hooks then run (the
+ * random module is reseeded, the thread states are reset): P goes on running Python.  Two copies of the
+ * warm image per job, not three: each copy costs its page tables, the pages it writes and its exit.
  *
  *   zygote (host namespaces; runs only aiogaol's code), for each jail, ahead of the job that will use it
  *   (everything down to P's walls; from "K: waits" on, once a job came):
- *     os.fork ─▶ J: aiogaol_zygote_first: its fds, the program's filter on a pipe, then
- *                   aiogaol_zygote_unshare (parse the helper argv, unshare user, mount, pid, ipc, uts,
- *                   cgroup); the zygote writes J's id maps from the parent user namespace (as the
- *                   spawner writes init's); aiogaol_zygote_after_maps (niceness, network namespace)
- *                fork ─▶ K: PID 1, still in that call: aiogaol_zygote_init_build builds the jail (mounts.c's build_jail: the
- *                              same mounts, pivot_root); aiogaol_zygote_init_enter takes the program's
- *                              identity, turns non-dumpable, blocks every signal behind a signalfd
- *                           os.fork ─▶ P: PID 2.  aiogaol_zygote_program_wait: what run_program does
- *                                        before exec (fds, no_new_privs, capabilities, identity,
- *                                        Landlock, seccomp with TSYNC) but the rlimits; then BUILT, and
- *                                        P waits for its job's fds from K
- *                           K: aiogaol_zygote_init_wait: waits for a job's fds from the zygote, sends
- *                              the server a pidfd of itself and J the report socket (init_job);
- *                              aiogaol_zygote_init_run: drops everything it held (drop_init), only
- *                              then hands P its fds, and runs init's loop (forwards signals, reaps,
- *                              kills the namespace when the program ends); then the program's status
- *                              and the jail's usage (DONE) on the job's report socket
- *                           P: aiogaol_zygote_program_enter: the rlimits, a STARTED record, and back
- *                              to Python, which runs the job's code
- *                J: aiogaol_zygote_relay: waits for K and reports its end (USAGE: what counts if K was
- *                   killed before DONE), then exits
+ *     clone ─▶ K: PID 1.  aiogaol_zygote_clone: its fds, the program's filter on a pipe, the plan (the
+ *                 helper argv, parsed and checked); the zygote writes K's id maps from the parent user
+ *                 namespace (as the spawner writes init's) and tells K its host PID; niceness, network
+ *                 namespace; aiogaol_zygote_init_build builds the jail (mounts.c's build_jail: the same
+ *                 mounts, pivot_root); aiogaol_zygote_init_enter takes the program's identity, turns
+ *                 non-dumpable, blocks every signal behind a signalfd
+ *              os.fork ─▶ P: PID 2.  aiogaol_zygote_program_wait: what run_program does before exec (fds,
+ *                           no_new_privs, capabilities, identity, Landlock, seccomp with TSYNC) but the
+ *                           rlimits; then BUILT, and P waits for its job's fds from K
+ *              K: aiogaol_zygote_init_wait: waits for a job's fds from the zygote, sends the server a
+ *                 pidfd of itself (init_job); aiogaol_zygote_init_run: drops everything it held
+ *                 (drop_init), only then hands P its fds, and runs init's loop (forwards signals, reaps,
+ *                 kills the namespace when the program ends); then the program's status and the jail's
+ *                 usage (DONE) on the job's report socket
+ *              P: aiogaol_zygote_program_enter: the rlimits, a STARTED record, and back to Python, which
+ *                 runs the job's code
+ *     the zygote reaps K and reports its end on the job's report socket (USAGE: what counts if K was
+ *     killed before DONE)
  *
  * This file only calls the steps of the other roles (core.h): parse_args, resolve_identity, build_jail,
  * loopback_up, apply_nice, limit_capabilities, take_identity, drop_init, supervise, reap_jail,
@@ -49,7 +46,7 @@
 
 /* Records of the warm path only, on the job's report socket (beside wire.c's FAILURE records). */
 #define AIOGAOL_ZYGOTE_STARTED 16 /* P is in its jail, every wall up: the job's code runs next */
-#define AIOGAOL_ZYGOTE_USAGE 17   /* from J: value is K's wait status; detail holds three uint64: user ns,
+#define AIOGAOL_ZYGOTE_USAGE 17   /* from the zygote: value is K's wait status; detail holds three uint64: user ns,
                                      system ns and max RSS in KiB of the whole jail */
 #define AIOGAOL_ZYGOTE_DONE 18    /* from K, once the jail is empty: value is the program's wait status,
                                      detail as USAGE's, for every process of the jail K reaped */
@@ -66,10 +63,10 @@ int aiogaol_zygote_seal(void)
     return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 ? -errno : 0;
 }
 
-/* J: the plan from the helper's arguments (as the spawner gets them from _jail), then the namespaces.
- * The network namespace comes after the id maps (aiogaol_zygote_after_maps), as in init_child.  Returns
- * 1 when the program runs as another identity than ours (the zygote then maps it too). */
-int aiogaol_zygote_unshare(int argc, char **argv, int report_fd)
+/* K, just cloned: the plan from the helper's arguments (as the spawner gets them from _jail), for the
+ * zygote's ids (uid, gid: taken before the clone, since ours read as the overflow ids until the zygote
+ * has written our maps). */
+static void zygote_plan(int argc, char **argv, int report_fd, uid_t uid, gid_t gid)
 {
     fail_escape = NULL;
     err_fd = report_fd;
@@ -81,20 +78,16 @@ int aiogaol_zygote_unshare(int argc, char **argv, int report_fd)
         fail(AIOGAOL_STEP_ARGS, EINVAL, "a PythonPool places no jail in a cgroup");
     if (init_len == 0)
         fail(AIOGAOL_STEP_DROP_INIT, EINVAL, "no seccomp filter for init (--init-filter)");
-    resolve_identity(getuid(), getgid());
+    resolve_identity(uid, gid);
     /* Dumpable again (the zygote is not), or the zygote, which writes our id maps, could not open our
-     * /proc files: a non-dumpable process's are root's.  J holds nothing but its own job. */
+     * /proc files: a non-dumpable process's are root's.  K holds nothing but its own job. */
     if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
         fail(AIOGAOL_STEP_UNSHARE, errno, "PR_SET_DUMPABLE");
     mark(AIOGAOL_STEP_ARGS);
-    if (unshare(JAIL_NAMESPACES) < 0)
-        fail(AIOGAOL_STEP_UNSHARE, errno, "user+pid+mount+ipc+uts+cgroup namespaces");
-    mark(AIOGAOL_STEP_UNSHARE);
-    return switch_identity;
 }
 
-/* J, once the zygote has written its id maps. */
-void aiogaol_zygote_after_maps(void)
+/* K, once the zygote has written its id maps. */
+static void zygote_after_maps(void)
 {
     mark(AIOGAOL_STEP_UID_MAP);
     apply_nice();
@@ -103,9 +96,9 @@ void aiogaol_zygote_after_maps(void)
     mark(AIOGAOL_STEP_MAKE_PRIVATE);
 }
 
-/* J's and K's fds before a job comes: the id-map handshake with the zygote, the socket the job's fds come
+/* K's fds before a job comes: the id-map handshake with the zygote, the socket the job's fds come
  * on and the pipe they report on.  Then the numbers _zygote.py names too (the helper argv the server
- * builds names the report socket and the filter's pipe): where J puts the program's filter
+ * builds names the report socket and the filter's pipe): where K puts the program's filter
  * (SECCOMP_FD), how many fds a job sends, and where K places them (REPORT_FD, PAYLOAD_FD). */
 #define ZJ_SYNC_R 7
 #define ZJ_SYNC_W 8
@@ -189,21 +182,26 @@ static int receive_fds_at(int sock, int n, int first)
     return place_at(fds, n, first) == 0;
 }
 
-/* J, from the zygote's os.fork on: all of it in C, so that this copy of the warm image runs no Python
- * (its code would touch, and so copy, pages of the image) and is only ever the jail's relay.  The
- * handshake fds to 7-10, everything else but 0-2 closed, the program's filter on a pipe at 6; the
- * namespaces (aiogaol_zygote_unshare); "u" to the zygote, which writes our id maps and answers "g"; the
- * network namespace (aiogaol_zygote_after_maps); then the fork of K.  Returns only in K, with the jail
- * built and K entered: k_out holds its end of the socket to J (on which K sends J the job's report
- * socket), the two ends of the socket to P (to_program, then P's), and K's host PID.  J waits for that
- * socket, relays K's end on it (aiogaol_zygote_relay) and exits. */
-void aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
-                          int sync_r, int sync_w, int *k_out)
+/* The zygote's clone of K, straight into the jail's user, PID, mount, IPC, UTS and cgroup namespaces
+ * (K is PID 1 of its own), as the spawner clones init: returns K's PID in the zygote (or -errno), and
+ * returns in K only, with the jail built and K entered.  From the clone on, K runs C: the handshake fds
+ * to 7-10, everything else but 0-2 closed, the program's filter on a pipe at 6; the plan; "u" to the
+ * zygote, which writes our id maps and answers "g" and our host PID (which K cannot see from inside its
+ * PID namespace); the network namespace; the jail (aiogaol_zygote_init_build, _enter).  k_out then holds
+ * the two ends of the socket K hands P its fds on (to_program, then P's) and K's host PID; back in
+ * Python, K's only work is the os.fork of P (whose after-fork hooks must run: P goes on running Python).
+ * The zygote is K's parent, and reaps it: its end is the job's USAGE if K dies before DONE. */
+int aiogaol_zygote_clone(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
+                         int sync_r, int sync_w, int *k_out)
 {
-    int handshake[4], jk[2], j_end, k_end;
-    int32_t pid32;
-    pid_t init;
+    int handshake[4], to_p[2];
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    int32_t host = 0;
     char go;
+    pid_t pid = (pid_t)syscall(SYS_clone, JAIL_NAMESPACES | SIGCHLD, NULL, NULL, NULL, NULL);
+    if (pid != 0)
+        return pid < 0 ? -errno : (int)pid;
     handshake[0] = sync_r;
     handshake[1] = sync_w;
     handshake[2] = sock;
@@ -232,64 +230,31 @@ void aiogaol_zygote_first(int argc, char **argv, const char *filter, int filter_
             close(fp[0]);
         }
     }
-    (void)aiogaol_zygote_unshare(argc, argv, ZJ_ERR);
-    if (write(ZJ_SYNC_W, "u", 1) != 1 || read(ZJ_SYNC_R, &go, 1) != 1 || go != 'g')
+    zygote_plan(argc, argv, ZJ_ERR, uid, gid);
+    mark(AIOGAOL_STEP_UNSHARE);
+    if (write(ZJ_SYNC_W, "u", 1) != 1 || read(ZJ_SYNC_R, &go, 1) != 1 || go != 'g' ||
+        read(ZJ_SYNC_R, &host, sizeof host) != (ssize_t)sizeof host)
         _exit(ZJ_NOBODY_EXIT); /* the zygote refused (it reported why) or died */
     close(ZJ_SYNC_R);
     close(ZJ_SYNC_W);
-    aiogaol_zygote_after_maps();
-    high_pair(AIOGAOL_STEP_CLONE_INIT, jk);
-    j_end = jk[0];
-    k_end = jk[1];
-    init = fork();
-    if (init < 0)
-        fail(AIOGAOL_STEP_CLONE_INIT, errno, "fork init");
-    if (init == 0) {
-        /* K: PID 1.  Its host PID from J, the jail (aiogaol_zygote_init_build, _enter), the socket pair
-         * it hands P its fds on, above every number a job's fd takes; then back to Python only for the
-         * os.fork of P (whose after-fork hooks must run: P goes on running Python). */
-        int32_t host = 0;
-        int to_p[2];
-        close(j_end);
-        if (read(k_end, &host, sizeof host) != (ssize_t)sizeof host)
-            _exit(ZJ_NOBODY_EXIT); /* J is gone */
-        aiogaol_zygote_init_build();
-        aiogaol_zygote_init_enter();
-        high_pair(AIOGAOL_STEP_FORK_PROGRAM, to_p);
-        k_out[0] = k_end;
-        k_out[1] = to_p[0];
-        k_out[2] = to_p[1];
-        k_out[3] = host;
-        return;
-    }
-    /* J: only the report socket of the job, from K once a job came (for the report of K's end, should
-     * K be killed before it reports the job's), then wait for K. */
-    close(k_end);
-    close(ZJ_ERR);
-    close(ZJ_SOCK);
-    if (filter_len > 0)
-        close(ZJ_SECCOMP_FD);
-    pid32 = (int32_t)init;
-    if (write(j_end, &pid32, sizeof pid32) != (ssize_t)sizeof pid32 ||
-        !receive_fds_at(j_end, 1, ZJ_REPORT_FD)) {
-        /* Dropped before a job came: K ends of it. */
-        while (waitpid(init, NULL, 0) < 0 && errno == EINTR)
-            ;
-        _exit(0);
-    }
-    close(j_end);
-    err_fd = ZJ_REPORT_FD; /* relay reports there (it was the pipe, closed above) */
-    aiogaol_zygote_relay(init);
+    zygote_after_maps();
+    aiogaol_zygote_init_build();
+    aiogaol_zygote_init_enter();
+    high_pair(AIOGAOL_STEP_FORK_PROGRAM, to_p);
+    k_out[0] = to_p[0];
+    k_out[1] = to_p[1];
+    k_out[2] = host;
+    return 0;
 }
 
 /* K, once P exists (walled in, waiting on to_program): the job's fds from the zygote at 0-5 (without
  * them, the jail was dropped: exit), the report socket taking over from the pipe, then a PID record
- * with a pidfd of ourselves for the server (J alone reaps us, so the PID cannot be reused while the
- * server holds it) and the report socket for J, then init's loop (aiogaol_zygote_init_run). */
-void __attribute__((noreturn)) aiogaol_zygote_init_wait(int program, int to_program, int k_end, int host)
+ * with a pidfd of ourselves for the server (the zygote alone reaps us, and only once we have exited:
+ * the server's pidfd names us or nothing), then init's loop (aiogaol_zygote_init_run). */
+void __attribute__((noreturn)) aiogaol_zygote_init_wait(int program, int to_program, int host)
 {
     struct aiogaol_record rec;
-    int pidfd, report = ZJ_REPORT_FD;
+    int pidfd;
     if (!receive_fds_at(ZJ_SOCK, ZJ_JOB_FDS, 0))
         _exit(0); /* dropped before a job came: nothing runs in the jail yet */
     close(ZJ_SOCK);
@@ -303,41 +268,8 @@ void __attribute__((noreturn)) aiogaol_zygote_init_wait(int program, int to_prog
     rec.value = host;
     if (send_fds(ZJ_REPORT_FD, &rec, sizeof rec, &pidfd, 1) < 0)
         fail(AIOGAOL_STEP_HAND_OVER, errno, "send init's pidfd");
-    if (send_fds(k_end, "r", 1, &report, 1) < 0)
-        fail(AIOGAOL_STEP_HAND_OVER, errno, "send J the report socket");
     close(pidfd);
-    close(k_end);
     aiogaol_zygote_init_run(program, to_program, ZJ_PAYLOAD_FD);
-}
-
-/* J: wait for K (PID 1 of the jail), then report its status and the rusage of the whole jail, which K
- * has reaped.  J keeps only the report socket: the job's stdio and the lifeline are K's and P's. */
-void __attribute__((noreturn)) aiogaol_zygote_relay(int init)
-{
-    struct aiogaol_record rec;
-    struct rusage ru;
-    uint64_t figures[3] = {0, 0, 0};
-    int st = 0, keep[1];
-    pid_t p;
-    keep[0] = err_fd;
-    close(0);
-    close(1);
-    close(2);
-    close_all_except(keep, 1);
-    for (;;) {
-        p = wait4((pid_t)init, &st, 0, &ru);
-        if (p == (pid_t)init)
-            break;
-        if (p < 0 && errno != EINTR)
-            _exit(126);
-    }
-    add_usage(figures, &ru);
-    memset(&rec, 0, sizeof rec);
-    rec.kind = AIOGAOL_ZYGOTE_USAGE;
-    rec.value = st;
-    memcpy(rec.detail, figures, sizeof figures);
-    send(err_fd, &rec, sizeof rec, MSG_NOSIGNAL);
-    _exit(0);
 }
 
 /* K, PID 1 of the new PID namespace, before any job is known: the jail, as run_init builds it. */
@@ -415,8 +347,8 @@ void __attribute__((noreturn)) aiogaol_zygote_init_run(int program, int to_progr
     for (k = 0; k < plan.n_keep; k++)
         close(plan.keep[k]);
     /* Init keeps the report socket (the program has its own copy): the program's status and the jail's
-     * usage go there as soon as the jail is empty, ahead of J's report of init's own end, which is then
-     * only the fallback for an init killed from outside. */
+     * usage go there as soon as the jail is empty, ahead of the zygote's report of init's own end, which
+     * is then only the fallback for an init killed from outside. */
 
     status = supervise(child, zygote_sfd, figures);
     mark(AIOGAOL_STEP_REAP_PROGRAM);
