@@ -53,7 +53,13 @@ def cluster() -> Iterator[Cluster]:
             os.environ.pop("RAY_TMPDIR", None)
         else:
             os.environ["RAY_TMPDIR"] = saved
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Ray's processes may still write there for a moment after the shutdown: removed until gone.
+        deadline = time.monotonic() + 10
+        while True:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not os.path.exists(tmp) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
