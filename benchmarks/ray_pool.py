@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -86,7 +87,9 @@ async def main(jobs: int, per_node: int, out: str | None) -> None:
           f"ray {ray.__version__}")
     figures["asyncio"] = await bench_asyncio(jobs, per_node)
     figures["local"] = await bench_local(jobs, per_node)
-    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="aiogaol-ray-"))
+    made = None  # a RAY_TMPDIR of our own, removed at the end
+    if "RAY_TMPDIR" not in os.environ:
+        made = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="aiogaol-ray-")
     node = dict(num_cpus=1, object_store_memory=80 << 20)
     cluster = Cluster(initialize_head=True, head_node_args=dict(include_dashboard=False, **node))
     ray.init(address=cluster.address, log_to_driver=False)
@@ -105,6 +108,11 @@ async def main(jobs: int, per_node: int, out: str | None) -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        for _ in range(50):  # Ray's processes may write there a moment after the shutdown
+            if made is None or not os.path.exists(made):
+                break
+            shutil.rmtree(made, ignore_errors=True)
+            time.sleep(0.2)
     base = figures["asyncio"]
     print(f"{'':12} {'jobs/s':>8} {'x asyncio':>10}")
     for name, rate in figures.items():

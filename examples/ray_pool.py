@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import tempfile
+import time
 from collections import Counter
 
 import aiogaol
@@ -32,10 +34,12 @@ async def main(address: str | None, per_node: int, copies: int) -> None:
     import ray
 
     cluster = None
+    made = None  # a RAY_TMPDIR of our own, removed at the end
     if address is None:
         from ray.cluster_utils import Cluster
 
-        os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="aiogaol-ray-"))
+        if "RAY_TMPDIR" not in os.environ:
+            made = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="aiogaol-ray-")
         cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, include_dashboard=False,
                                                                      object_store_memory=80 << 20))
         cluster.add_node(num_cpus=1, object_store_memory=80 << 20)
@@ -60,6 +64,11 @@ async def main(address: str | None, per_node: int, copies: int) -> None:
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
+        for _ in range(50):  # Ray's processes may write there a moment after the shutdown
+            if made is None or not os.path.exists(made):
+                break
+            shutil.rmtree(made, ignore_errors=True)
+            time.sleep(0.2)
     per_node_done = ", ".join(f"{n.node_id[:8]}: {n.done}" for n in stats.nodes)
     print(f"{stats.done} jobs on {len(stats.nodes)} nodes ({per_node_done}); "
           + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
