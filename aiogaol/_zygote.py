@@ -332,7 +332,9 @@ class _Inits:
                 status, ru = 0, None
             if report >= 0:
                 if ru is not None:
-                    figures = struct.pack("QQQ", int(ru.ru_utime * 1e9), int(ru.ru_stime * 1e9), ru.ru_maxrss)
+                    # As init.c's add_usage writes them: whole microseconds in ns, the RSS in KiB.
+                    figures = struct.pack("QQQ", round(ru.ru_utime * 1e6) * 1000, round(ru.ru_stime * 1e6) * 1000,
+                                          ru.ru_maxrss)
                     try:
                         os.write(report, record(RECORD_USAGE, 0, 0, status, figures))
                     except OSError:

@@ -322,12 +322,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with open(args.from_json) as f:
                 r = json.load(f)
-            render(r)
+            text = render(r)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             ap.error(f"--from-json {args.from_json}: not a run saved by --json ({exc})")
     else:
         r = asyncio.run(bench(args))
-    print(render(r))
+        text = render(r)
+    print(text)
     if args.json and not args.from_json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=1)
