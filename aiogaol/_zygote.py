@@ -24,6 +24,9 @@ import importlib.machinery
 import importlib.util
 import os
 import pickle
+# os.wait4 imports resource for its struct_rusage when the first K is reaped: imported here, before the
+# image is frozen, so that the first job's image is every job's.
+import resource  # noqa: F401
 import select
 import signal
 import socket
@@ -450,7 +453,7 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                     os.close(running)
                     running = -1
                     assert last is not None
-                    made = _make(ctl, core, last, mountinfo, inits)
+                    made = _make(ctl, core, last, mountinfo, inits, ahead=True)
                     if isinstance(made, tuple):
                         in_p = True
                         return made  # in P (whose copy of this loop's jails is not its own)
@@ -477,7 +480,7 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                 spare.close()
                 spare = None
             if spare is None:
-                made = _make(ctl, core, template, mountinfo, inits)
+                made = _make(ctl, core, template, mountinfo, inits, ahead=False)
                 if isinstance(made, tuple):
                     in_p = True
                     return made  # in P (whose copy of this loop's jails is not its own)
@@ -497,7 +500,7 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                 running = -1
             settle()
             if running < 0 and not pending and spare is None and not select.select([ctl], [], [], 0)[0]:
-                made = _make(ctl, core, template, mountinfo, inits)
+                made = _make(ctl, core, template, mountinfo, inits, ahead=True)
                 if isinstance(made, tuple):
                     in_p = True
                     return made  # in P (whose copy of this loop's jails is not its own)
@@ -522,10 +525,11 @@ def _drop_all(pending: list[_Waiting], spare: _Waiting | None, running: int, mou
                 pass
 
 
-def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], mountinfo: int, inits: _Inits
-          ) -> _Waiting | OSError | tuple[str, list[str], dict[str, str]]:
+def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], mountinfo: int, inits: _Inits, *,
+          ahead: bool) -> _Waiting | OSError | tuple[str, list[str], dict[str, str]]:
     """Clone a jail's init (K) with a template: a _Waiting in the zygote (the OSError if the clone failed),
-    what to run in P.  The loop writes K's id maps once it asks, and lets it go (``_Waiting.advance``)."""
+    what to run in P.  The loop writes K's id maps once it asks, and lets it go (``_Waiting.advance``).
+    ``ahead``: made before any job asked for it, so P warms up (``_warm_program``) while it waits."""
     uid, gid, argv, seccomp = template
     c_argv = _c_argv(core, argv)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -543,7 +547,7 @@ def _make(ctl: socket.socket, core: _Core, template: tuple[Any, ...], mountinfo:
             ours.detach()
             theirs.detach()
             ctl.detach()
-            return _k(core, k_out, bool(seccomp))
+            return _k(core, k_out, bool(seccomp), ahead)
         except BaseException:  # noqa: BLE001 - a clone of the zygote never returns into its loop
             os._exit(NOBODY_EXIT)
     theirs.close()
@@ -601,16 +605,20 @@ def _write_maps(pid: int, uid: int, gid: int, core: _Core) -> bytes | None:
     return None
 
 
-def _k(core: _Core, k_out: Any, seccomp: bool) -> tuple[str, list[str], dict[str, str]]:
+def _k(core: _Core, k_out: Any, seccomp: bool, ahead: bool) -> tuple[str, list[str], dict[str, str]]:
     """K, back in Python from its clone with its jail built: P with its walls, while no job waits for
     them; then the job, straight from the zygote.  Returns only in P, with every wall up, what it must
     run.  Until a job comes, K holds fds 6 and up only (0-2 are the zygote's /dev/null)."""
     to_program, p_end, host_pid = k_out[0], k_out[1], k_out[2]
     program = os.fork()
     if not program:
-        # P: its walls now, its fds (from init, once init has dropped everything) when a job comes, at
-        # 0-4 (aiogaol_zygote_program_wait, which closes every other fd).
-        if not core.lib.aiogaol_zygote_program_wait(p_end):
+        # P: its walls now (aiogaol_zygote_program_ready, which closes every fd but 0-2 and p_end); in a
+        # jail made ahead, the warm-up; its fds (from init, once init has dropped everything) when a job
+        # comes, at 0-4.
+        core.lib.aiogaol_zygote_program_ready(p_end)
+        if ahead:
+            _warm_program()
+        if not core.lib.aiogaol_zygote_program_receive(p_end):
             os._exit(0)  # dropped before a job came: nothing of a job ever ran here
         payload = b""
         while chunk := os.pread(P_PAYLOAD_FD, 1 << 20, len(payload)):
@@ -627,6 +635,54 @@ def _k(core: _Core, k_out: Any, seccomp: bool) -> tuple[str, list[str], dict[str
     # all C, so K runs no more Python.
     core.lib.aiogaol_zygote_init_wait(program, to_program, host_pid)
     os._exit(NOBODY_EXIT)  # not reached
+
+
+# What P compiles while it waits in a jail made ahead (``_warm_program``): the common statements of a
+# job's source, so that the parser's and the compiler's allocations have their pages already.
+_WARM_SOURCE = """
+import sys, os
+def gen(n, step=2, *args, **kwargs):
+    for i in range(n):
+        if i % step == 0 and not args:
+            yield i * step
+        elif kwargs.get("skip"):
+            continue
+        else:
+            break
+class Point:
+    x: int = 0
+    def __init__(self, x, y=None):
+        self.x, self.y = x, [y, {"y": y}, (y,)]
+    def __repr__(self):
+        return f"Point({self.x!r}, {self.y:>4})"
+try:
+    total = sum(gen(10)) + len([p for p in map(Point, range(3)) if p.x])
+    table = {k: v for k, v in zip("ab", "cd")}
+    with open(os.devnull) as fh:
+        data = fh.read().split()
+except (OSError, ValueError) as exc:
+    raise SystemExit(1) from exc
+finally:
+    pass
+while total > 0:
+    total -= 1
+print(total, table, data, lambda q: q + 1, file=sys.stderr)
+"""
+
+
+def _warm_program() -> None:
+    """P of a jail made ahead, walls up, before a job comes: the first steps a job takes, on aiogaol's own
+    source and payload, so that the pages they write are copied from the warm image now instead of on
+    the job's time.  A page's copy-on-write fault costs 10 to 20 us on the VMs measured, and compiling a
+    one-line job wrote 50 to 170 pages (docs/benchmarks.md).  The job sees nothing of it: the code object
+    and the payload are dropped, and the environment cleared here is replaced by the job's anyway.  Best
+    effort: a failure here only leaves the pages to the job."""
+    try:
+        compile(_WARM_SOURCE, "<string>", "exec")
+        pickle.loads(pickle.dumps(("", [""], {"": ""})))
+        os.environ.clear()
+    except Exception:  # noqa: BLE001 - a warm-up, never a reason to lose the jail
+        pass
 
 
 def _run_job(code: str, args: list[str], env: dict[str, str]) -> None:

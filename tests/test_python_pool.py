@@ -148,6 +148,31 @@ async def test_nothing_of_one_job_reaches_the_next(scratch_profile: aiogaol.Prof
     assert rest == [b"False", b"False", b"False"], b.stderr
 
 
+async def test_a_jail_made_ahead_shows_its_job_what_a_fresh_one_does(py_profile: aiogaol.Profile) -> None:
+    # P of a jail made ahead warms up while it waits (compiles aiogaol's own source, clears the
+    # environment): its job must see exactly what a job in a jail made for it sees.  The first job of a
+    # pool, and the second of four that come together, get jails made for them; after a pause the next
+    # one gets the jail made ahead.
+    look = ("import sys, os, gc\n"
+            "print(sorted(sys.modules), sorted(os.environ.items()), sorted(globals()), sys.argv, sys.path[0],\n"
+            "      sorted(k for k in sys.modules['__main__'].__dict__), len(gc.get_referrers(print)))\n")
+    async with aiogaol.PythonPool(py_profile, size=4) as pool:
+        fresh = [await pool.run(look, args=["a"], env={"ONLY": "this"})]
+        async with anyio.create_task_group() as tg:
+            async def one() -> None:
+                fresh.append(await pool.run(look, args=["a"], env={"ONLY": "this"}))
+            for _ in range(4):
+                tg.start_soon(one)
+        ahead = []
+        for _ in range(3):
+            await anyio.sleep(0.3)  # the jail for the next job is made ahead meanwhile
+            ahead.append(await pool.run(look, args=["a"], env={"ONLY": "this"}))
+    for r in fresh + ahead:
+        assert r.ok, r.stderr
+    assert {r.stdout for r in ahead} == {r.stdout for r in fresh} == {fresh[0].stdout}
+    assert b"('ONLY', 'this')" in fresh[0].stdout
+
+
 async def test_a_job_sees_nothing_of_other_jobs_or_the_warm_interpreter(py_profile: aiogaol.Profile) -> None:
     peek = ("import os, sys, signal\n"
             "pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"

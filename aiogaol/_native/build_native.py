@@ -24,7 +24,8 @@ ffibuilder.cdef(
     void aiogaol_zygote_init_job(int report_fd);
     void aiogaol_zygote_init_run(int program, int to_program, int payload);
     void aiogaol_zygote_program_walls(int hold);
-    int aiogaol_zygote_program_wait(int hold);
+    void aiogaol_zygote_program_ready(int hold);
+    int aiogaol_zygote_program_receive(int hold);
     void aiogaol_zygote_program_enter(int report_fd);
     int aiogaol_agent_wire_size(int which);
     """

@@ -127,7 +127,8 @@ void aiogaol_zygote_init_enter(void);
 void aiogaol_zygote_init_job(int report_fd);
 void aiogaol_zygote_init_run(int program, int to_program, int payload);
 void aiogaol_zygote_program_walls(int hold);
-int aiogaol_zygote_program_wait(int hold);
+void aiogaol_zygote_program_ready(int hold);
+int aiogaol_zygote_program_receive(int hold);
 void aiogaol_zygote_program_enter(int report_fd);
 
 #endif

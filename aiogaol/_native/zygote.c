@@ -19,9 +19,11 @@
  *                 namespace; aiogaol_zygote_init_build builds the jail (mounts.c's build_jail: the same
  *                 mounts, pivot_root); aiogaol_zygote_init_enter takes the program's identity, turns
  *                 non-dumpable, blocks every signal behind a signalfd
- *              os.fork ─▶ P: PID 2.  aiogaol_zygote_program_wait: what run_program does before exec (fds,
+ *              os.fork ─▶ P: PID 2.  aiogaol_zygote_program_ready: what run_program does before exec (fds,
  *                           no_new_privs, capabilities, identity, Landlock, seccomp with TSYNC) but the
- *                           rlimits; then BUILT, and P waits for its job's fds from K
+ *                           rlimits; then BUILT; in a jail made ahead, the warm-up (Python: the pages
+ *                           a job's first steps write, copied now); aiogaol_zygote_program_receive:
+ *                           P waits for its job's fds from K
  *              K: aiogaol_zygote_init_wait: waits for a job's fds from the zygote, sends the server a
  *                 pidfd of itself (init_job); aiogaol_zygote_init_run: drops everything it held
  *                 (drop_init), only then hands P its fds, and runs init's loop (forwards signals, reaps,
@@ -385,17 +387,23 @@ void aiogaol_zygote_program_walls(int hold)
     program_walls(1, hold);
 }
 
-/* P, from its fork on until its job's fds are in: its walls (aiogaol_zygote_program_walls, which leaves
- * only 0-2, the zygote's pipe and hold open), BUILT on the pipe (the jail is ready for a job), which P
- * then closes, and the job's five fds from K on hold, placed at 0-4 (stdio, the report socket, the
- * payload).  In C, so that P's Python before the job is only the job's own.  Returns 1 with the fds in
- * place; 0 if the jail was dropped before a job came (nothing of a job ever ran here). */
-int aiogaol_zygote_program_wait(int hold)
+/* P, from its fork on until it is ready for a job: its walls (aiogaol_zygote_program_walls, which leaves
+ * only 0-2, the zygote's pipe and hold open), then BUILT on the pipe (the jail is ready for a job), which
+ * P then closes.  In C, so that P's Python before the job is only the job's own and the warm-up's
+ * (_zygote.py's _warm_program, in a jail made ahead). */
+void aiogaol_zygote_program_ready(int hold)
 {
     aiogaol_zygote_program_walls(hold);
     send_record(ZJ_ERR, AIOGAOL_ZYGOTE_BUILT, AIOGAOL_STEP_NONE, 0, 0, "");
     close(ZJ_ERR);
     err_fd = -1;
+}
+
+/* P, ready: the job's five fds from K on hold, placed at 0-4 (stdio, the report socket, the payload).
+ * Returns 1 with the fds in place; 0 if the jail was dropped before a job came (nothing of a job ever
+ * ran here). */
+int aiogaol_zygote_program_receive(int hold)
+{
     if (!receive_fds_at(hold, 5, 0))
         return 0;
     close(hold);
