@@ -46,7 +46,7 @@ REPLY = struct.Struct("=IIiiQQQ")  # kind, id, a, b, utime ns, stime ns, maxrss 
 OP_EXEC, OP_SIGNAL, OP_WRITE, OP_READ, OP_BUSY = 1, 2, 3, 4, 5
 STARTED, FAILED, EXITED, ACK, IDLE = 1, 2, 3, 4, 5
 BACKGROUND = 1
-STAGES = {1: "sandbox request", 2: "fork program", 3: "setpgid", 4: "setrlimit", 5: "place fds", 6: "chdir",
+STAGES = {1: "sandbox request", 2: "fork program", 3: "setsid", 4: "setrlimit", 5: "place fds", 6: "chdir",
            7: "exec", 8: "exec (program found, its ELF interpreter or script interpreter is not in the jail)"}
 
 

@@ -173,32 +173,6 @@ async def test_a_jail_made_ahead_shows_its_job_what_a_fresh_one_does(py_profile:
     assert b"('ONLY', 'this')" in fresh[0].stdout
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"),
-                    reason="this kernel has no autogroups (CONFIG_SCHED_AUTOGROUP)")
-async def test_jobs_are_weighed_as_one_session_at_their_niceness(py_profile: aiogaol.Profile) -> None:
-    # As spawned jails (test_gaol_scenarios): every job is in the warm interpreter's session, weighed at
-    # the jobs' niceness (19 by default), in a process group of its own, with no controlling terminal.
-    code = ("import os\n"
-            "print(open('/proc/self/autogroup').read().split(), os.getsid(0), os.getpgid(0), os.getpid())\n")
-    async with aiogaol.PythonPool(py_profile, size=3) as pool:
-        for _ in range(100):
-            r = await pool.run(code)
-            assert r.ok, r.stderr
-            if b"'19']" in r.stdout:
-                break
-            await anyio.sleep(0.05)
-        results = []
-        async with anyio.create_task_group() as tg:
-            async def one() -> None:
-                results.append((await pool.run(code)).stdout)
-            for _ in range(3):
-                tg.start_soon(one)
-    assert b"'nice', '19'] 0 2 2" in r.stdout, r.stdout
-    assert results == [r.stdout] * 3
-    with open("/proc/self/autogroup") as f:
-        assert f.read().split()[0].encode() not in r.stdout  # not the server's session
-
-
 async def test_a_job_sees_nothing_of_other_jobs_or_the_warm_interpreter(py_profile: aiogaol.Profile) -> None:
     peek = ("import os, sys, signal\n"
             "pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"

@@ -143,10 +143,8 @@ static int exec_child(void *arg)
     int i;
     const char *prog = ex.argv[0];
     (void)arg;
-    /* A process group of its own: "kill" reaches the whole call at once.  Not a session: the scheduler
-     * weighs each session as one (autogroups), so a session per call would weigh each call as much as
-     * the whole server, whatever the sandbox's niceness (see program_session). */
-    if (setpgid(0, 0) < 0)
+    /* A session (and process group) of its own: "kill" reaches the whole call at once. */
+    if (setsid() < 0)
         return child_fail(AIOGAOL_AGENT_STAGE_SETSID, errno);
     for (i = 0; i < (int)ex.n_rl; i++) {
         struct rlimit cur, rl;

@@ -212,7 +212,6 @@ extern int sync_fds[2];
 void place_fds(void);
 void init_fds(int also);
 int raise_nice(int nice);
-int weigh_session(int nice);
 void apply_nice(void);
 pid_t host_pid(void);
 void __attribute__((noreturn)) init_child(void);

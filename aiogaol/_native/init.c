@@ -412,29 +412,6 @@ int raise_nice(int nice)
     return nice > now ? setpriority(PRIO_PROCESS, 0, nice) : 0;
 }
 
-/* The kernel's autogroup of our session (CONFIG_SCHED_AUTOGROUP: one per session, which the scheduler
- * weighs as one task against every other session) to `nice`.  Without it, each session of jails weighs
- * as much as the server's whole session whatever the niceness of its processes, so that niceness 19
- * yields nothing to the server.  1 once done, or once there is nothing to do (no autogroups; a nice it
- * may not take); 0 if the kernel said to come back later: it takes an unprivileged process's change at
- * most every 100 ms, machine-wide (EAGAIN). */
-int weigh_session(int nice)
-{
-    char text[4];
-    int fd, n = 0, done;
-    if (nice < 0 || nice > 19)
-        return 1; /* only ever raised (a lower one needs privilege) */
-    if (nice >= 10)
-        text[n++] = (char)('0' + nice / 10);
-    text[n++] = (char)('0' + nice % 10);
-    fd = open("/proc/self/autogroup", O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 1;
-    done = write(fd, text, (size_t)n) == n || errno != EAGAIN;
-    close(fd);
-    return done;
-}
-
 /* The jail's niceness, set by init before it builds anything: the jail's set-up and its program then
  * both yield the CPU to the server (see Limits.nice).  A jail cannot lower it again, having no
  * CAP_SYS_NICE in the host's user namespace. */

@@ -56,7 +56,7 @@
     X(FORK_PROGRAM, "fork program")                        \
     /* the program (program.c) */                          \
     X(CHDIR, "chdir")                                      \
-    X(SETSID, "setpgid")                                   \
+    X(SETSID, "setsid")                                    \
     X(RLIMIT, "setrlimit")                                 \
     X(SIGNALS, "reset signals")                            \
     X(NO_NEW_PRIVS, "set no_new_privs")                    \

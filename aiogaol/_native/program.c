@@ -234,22 +234,17 @@ void program_rlimits(void)
     }
 }
 
-/* The program's session, before its walls: umask, working directory, a process group of its own (kill(0)
- * and a signal to its group reach only its own processes), and the rlimits unless ``warm``.  It stays in
- * the session of the spawner (or of the warm interpreter), which the spawner's (the warm interpreter's)
- * setsid made without a controlling terminal, and which no process of a jail leads, so none can acquire
- * one: TIOCSTI has no terminal of the caller's to push keys into (and seccomp refuses it besides).  Not a
- * session of its own: the scheduler weighs each session as one (autogroups), and a session per program
- * would weigh each jail as much as the whole server whatever its niceness.  For run_program and for a
- * warm interpreter's job (zygote.c). */
+/* The program's session, before its walls: umask, working directory, a new session (no controlling
+ * terminal, so TIOCSTI cannot push keys into the caller's tty), and the rlimits unless ``warm``.  For
+ * run_program and for a warm interpreter's job (zygote.c). */
 void program_session(int warm)
 {
     if (plan.umask >= 0)
         umask((mode_t)(plan.umask & 0777));
     if (chdir(plan.cwd) < 0)
         fail(AIOGAOL_STEP_CHDIR, errno, plan.cwd);
-    if (setpgid(0, 0) < 0)
-        fail(AIOGAOL_STEP_SETSID, errno, "setpgid");
+    if (setsid() < 0)
+        fail(AIOGAOL_STEP_SETSID, errno, "setsid");
     if (!warm)
         program_rlimits();
 }

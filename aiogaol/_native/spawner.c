@@ -549,10 +549,6 @@ static void raise_soft_limit(int resource)
     }
 }
 
-/* The niceness the spawner's session (its autogroup) is to be weighed at, -1 once it is (or needs not be):
- * asked again at each request while the kernel says to come back later (weigh_session). */
-static int session_nice = -1;
-
 int aiogaol_serve(int sock)
 {
     char *buf = NULL;
@@ -622,8 +618,6 @@ int aiogaol_serve(int sock)
             p.revents = 0;
             (void)poll_held(&p, 1, -1); /* the held namespaces are let go while no request comes */
         }
-        if (session_nice >= 0 && weigh_session(session_nice))
-            session_nice = -1;
         if (!recv_request(sock, &buf, &cap, &len, &truncated))
             break; /* EOF: the server closed its end, or is gone */
         received = now_ns();
@@ -659,19 +653,10 @@ int aiogaol_helper_main(int argc, char **argv, char **envp)
     static const char usage[] = "usage: aiogaol-jail --serve FD [NICE [waiting|none|eager]] (started by aiogaol)\n";
     (void)envp;
     if (argc >= 3 && argc <= 5 && strcmp(argv[1], "--serve") == 0) {
-        /* A session of its own, with no controlling terminal: every jail's processes stay in it (each
-         * program in a process group of its own: program_session), so that none can ever have the
-         * server's terminal, and the scheduler weighs them all as one session at the spawner's niceness
-         * (weigh_session) instead of each program as a session of niceness 0 beside the server. */
-        if (setsid() < 0)
-            return 1;
         /* The spawner's niceness, the niceness of every jail it serves (see _spawner.py): raised once,
          * here, so that its clones and id maps, like the jails' set-up, yield the CPU to the server. */
-        if (argc >= 4) {
-            session_nice = (int)parse_num(argv[3], 10);
-            if (raise_nice(session_nice) < 0)
-                return 1;
-        }
+        if (argc >= 4 && raise_nice((int)parse_num(argv[3], 10)) < 0)
+            return 1;
         /* Its shortcut (_spawner.AHEAD_MODES): "waiting", the default; "none"; "eager". */
         if (argc == 5 && strcmp(argv[4], "waiting") != 0) {
             if (strcmp(argv[4], "eager") == 0)
