@@ -142,9 +142,13 @@ def main(core_path: str, nice: int, preload: list[str]) -> None:
     if core.lib.aiogaol_zygote_seal() != 0:
         _send(ctl, ("FAILED", "", "prctl(PR_SET_DUMPABLE, 0) failed in the warm interpreter"))
         return
-    # At the jails' niceness, as the spawner runs (docs/spawn.md): its forks yield to the server.
+    # At the jails' niceness, as the spawner runs (docs/spawn.md): its forks yield to the server.  Its
+    # session (the server started it with setsid) holds every job's processes, each job in a process
+    # group of its own: weighed as one session at that niceness (see _weigh_session).
     if nice > os.getpriority(os.PRIO_PROCESS, 0):
         os.setpriority(os.PRIO_PROCESS, 0, nice)
+    global _session_nice
+    _session_nice = nice
     # Our children are the jails' inits (K), each reaped by the loop once its pidfd says it has exited
     # (never waited for): SIGCHLD stays at its default, so that each one's status and usage are ours.
     # Every object of the warm image out of the collector's reach: a job's collections then never walk
@@ -353,6 +357,27 @@ class _Inits:
         self.pidfds.clear()
 
 
+_session_nice: int | None = None  # the niceness our session is still to be weighed at (_weigh_session)
+
+
+def _weigh_session() -> None:
+    """Our session's autogroup to the jobs' niceness, as the spawner weighs its own (init.c's
+    weigh_session): the scheduler weighs each session as one, so niceness alone would yield the server
+    nothing.  Asked at each request until it takes: the kernel takes an unprivileged change at most every
+    100 ms, machine-wide (EAGAIN)."""
+    global _session_nice
+    if _session_nice is None:
+        return
+    try:
+        with open("/proc/self/autogroup", "w", encoding="ascii") as f:
+            f.write(str(_session_nice))
+    except BlockingIOError:
+        return  # EAGAIN: later
+    except OSError:
+        pass  # no autogroups (nothing to weigh), or a niceness the kernel refuses: leave it
+    _session_nice = None
+
+
 def _mounts_changed(mountinfo: int) -> bool:
     """Whether the host's mount table changed since this was last asked (or the loop's select saw it):
     POLLPRI on /proc/self/mountinfo, taken by the asking.  One call, where reading the table and
@@ -459,6 +484,7 @@ def _serve(ctl: socket.socket, core: _Core) -> tuple[str, list[str], dict[str, s
                         return made  # in P (whose copy of this loop's jails is not its own)
                     spare = made if isinstance(made, _Waiting) else None
                 continue
+            _weigh_session()
             try:
                 head, fds, _, _ = socket.recv_fds(ctl, FRAME.size, JOB_FDS)
             except InterruptedError:

@@ -173,6 +173,33 @@ async def test_a_jail_made_ahead_shows_its_job_what_a_fresh_one_does(py_profile:
     assert b"('ONLY', 'this')" in fresh[0].stdout
 
 
+async def test_a_job_leads_its_own_session_and_the_warm_interpreters_is_weighed_at_its_niceness(
+        py_profile: aiogaol.Profile) -> None:
+    # The job's code runs in a session of its own (no controlling terminal; the kernel's autogroups then
+    # give each job its own share of the CPU beside other jobs), while what aiogaol does for it before
+    # (the jail, P's walls and warm-up) runs in the warm interpreter's session, weighed at the jobs'
+    # niceness (19 by default) where the kernel has autogroups.
+    async with aiogaol.PythonPool(py_profile, size=2) as pool:
+        r = await pool.run("import os; print(os.getsid(0) == os.getpid(), os.getpid())")
+        assert r.stdout == b"True 2\n", r.stderr
+        zygote = pool.stats().zygote_pid
+        assert zygote is not None
+        path = f"/proc/{zygote}/autogroup"
+        if not os.path.exists(path):
+            pytest.skip("this kernel has no autogroups (CONFIG_SCHED_AUTOGROUP): nothing to weigh")
+        for _ in range(100):  # the kernel takes an unprivileged change at most every 100 ms, machine-wide
+            with open(path) as f:
+                weighed = f.read().split()
+            if weighed[-1] == "19":
+                break
+            await pool.run("pass")  # the warm interpreter asks again at each request
+            await anyio.sleep(0.05)
+        with open("/proc/self/autogroup") as f:
+            ours = f.read().split()
+    assert weighed[1:] == ["nice", "19"], weighed
+    assert weighed[0] != ours[0]  # its own session, not the server's
+
+
 async def test_a_job_sees_nothing_of_other_jobs_or_the_warm_interpreter(py_profile: aiogaol.Profile) -> None:
     peek = ("import os, sys, signal\n"
             "pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"

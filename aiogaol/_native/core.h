@@ -234,6 +234,7 @@ void take_identity(int init);
 void program_rlimits(void);
 void program_session(int warm);
 void program_walls(int warm, int hold);
+void program_own_session(void);
 void __attribute__((noreturn)) exec_program(void);
 extern struct sock_filter seccomp_insns[BPF_MAXINSNS];
 size_t read_seccomp(void);

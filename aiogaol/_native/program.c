@@ -234,19 +234,30 @@ void program_rlimits(void)
     }
 }
 
-/* The program's session, before its walls: umask, working directory, a new session (no controlling
- * terminal, so TIOCSTI cannot push keys into the caller's tty), and the rlimits unless ``warm``.  For
- * run_program and for a warm interpreter's job (zygote.c). */
+/* The program's session, before its walls: umask, working directory, then, unless ``warm``, a new
+ * session (program_own_session) and the rlimits.  For run_program and for a warm interpreter's job
+ * (zygote.c), which takes its own session and rlimits when its job comes (aiogaol_zygote_program_enter):
+ * until then it runs only aiogaol's code, in the warm interpreter's session, which has no controlling
+ * terminal either. */
 void program_session(int warm)
 {
     if (plan.umask >= 0)
         umask((mode_t)(plan.umask & 0777));
     if (chdir(plan.cwd) < 0)
         fail(AIOGAOL_STEP_CHDIR, errno, plan.cwd);
+    if (!warm) {
+        program_own_session();
+        program_rlimits();
+    }
+}
+
+/* A session of the program's own: no controlling terminal (TIOCSTI cannot push keys into the caller's
+ * tty), and, since the kernel's autogroups weigh each session as one, a share of the CPU per jail rather
+ * than per process (a job that forks sixteen busy processes takes one jail's share). */
+void program_own_session(void)
+{
     if (setsid() < 0)
         fail(AIOGAOL_STEP_SETSID, errno, "setsid");
-    if (!warm)
-        program_rlimits();
 }
 
 /* The program's walls, in order: every fd closed but stdio, pass_fds, the error pipe and ``hold`` (a

@@ -410,11 +410,15 @@ int aiogaol_zygote_program_receive(int hold)
     return 1;
 }
 
-/* P, once its job's fds are in place (the report socket at report_fd): the rlimits, then the STARTED
- * record, the last thing written on the report socket; the job's code runs next. */
+/* P, once its job's fds are in place (the report socket at report_fd): a session of its own and the
+ * rlimits, then the STARTED record, the last thing written on the report socket; the job's code runs
+ * next.  Its session only now: its walls and warm-up, aiogaol's own work, ran in the warm interpreter's
+ * session, which the pool weighs at the jobs' niceness (_zygote.py's _weigh_session), while the job's
+ * own code gets a session, and so a fair share beside other jobs, of its own. */
 void aiogaol_zygote_program_enter(int report_fd)
 {
     err_fd = report_fd;
+    program_own_session();
     program_rlimits();
     send_record(err_fd, AIOGAOL_ZYGOTE_STARTED, AIOGAOL_STEP_NONE, 0, (int)getpid(), "");
     close(err_fd);
