@@ -29,9 +29,8 @@
  *                 (drop_init), only then hands P its fds, and runs init's loop (forwards signals, reaps,
  *                 kills the namespace when the program ends); then the program's status and the jail's
  *                 usage (DONE) on the job's report socket
- *              P: aiogaol_zygote_program_enter: a session of its own, the rlimits, a STARTED record, and back
- *                 to Python, which
- *                 runs the job's code
+ *              P: aiogaol_zygote_program_enter: a session of its own, the rlimits, a STARTED record, and
+ *                 back to Python, which runs the job's code
  *     the zygote reaps K and reports its end on the job's report socket (USAGE: what counts if K was
  *     killed before DONE)
  *
