@@ -138,17 +138,24 @@ def main(core_path: str, nice: int, preload: list[str]) -> None:
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             _send(ctl, ("FAILED", name, text))
             return
+    # Our session's autogroup, opened while we are still dumpable: once sealed, /proc/self's files are
+    # root's, and an unprivileged warm interpreter could no longer open it to weigh its session.
+    global _autogroup, _session_nice
+    try:
+        _autogroup = os.open("/proc/self/autogroup", os.O_WRONLY | os.O_CLOEXEC)
+        _session_nice = nice
+    except OSError:
+        pass  # no autogroups: nothing to weigh
     # Neither the server nor a job reads the warm interpreter's memory: not ptrace-able, no core.
     if core.lib.aiogaol_zygote_seal() != 0:
         _send(ctl, ("FAILED", "", "prctl(PR_SET_DUMPABLE, 0) failed in the warm interpreter"))
         return
     # At the jails' niceness, as the spawner runs (docs/spawn.md): its forks yield to the server.  Its
-    # session (the server started it with setsid) holds every job's processes, each job in a process
-    # group of its own: weighed as one session at that niceness (see _weigh_session).
+    # session (the server started it with setsid) holds the jails it makes and each job's process until
+    # its job starts: weighed as one session at that niceness (see _weigh_session).
     if nice > os.getpriority(os.PRIO_PROCESS, 0):
         os.setpriority(os.PRIO_PROCESS, 0, nice)
-    global _session_nice
-    _session_nice = nice
+    _weigh_session()
     # Our children are the jails' inits (K), each reaped by the loop once its pidfd says it has exited
     # (never waited for): SIGCHLD stays at its default, so that each one's status and usage are ours.
     # Every object of the warm image out of the collector's reach: a job's collections then never walk
@@ -358,6 +365,7 @@ class _Inits:
 
 
 _session_nice: int | None = None  # the niceness our session is still to be weighed at (_weigh_session)
+_autogroup = -1  # /proc/self/autogroup, open until the kernel has taken it
 
 
 def _weigh_session() -> None:
@@ -365,16 +373,17 @@ def _weigh_session() -> None:
     weigh_session): the scheduler weighs each session as one, so niceness alone would yield the server
     nothing.  Asked at each request until it takes: the kernel takes an unprivileged change at most every
     100 ms, machine-wide (EAGAIN)."""
-    global _session_nice
-    if _session_nice is None:
+    global _session_nice, _autogroup
+    if _session_nice is None or _autogroup < 0:
         return
     try:
-        with open("/proc/self/autogroup", "w", encoding="ascii") as f:
-            f.write(str(_session_nice))
+        os.write(_autogroup, str(_session_nice).encode())
     except BlockingIOError:
         return  # EAGAIN: later
     except OSError:
-        pass  # no autogroups (nothing to weigh), or a niceness the kernel refuses: leave it
+        pass  # a niceness the kernel refuses: leave it
+    os.close(_autogroup)
+    _autogroup = -1
     _session_nice = None
 
 
