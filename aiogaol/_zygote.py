@@ -364,17 +364,16 @@ class _Inits:
         self.pidfds.clear()
 
 
-_session_nice: int | None = None  # the niceness our session is still to be weighed at (_weigh_session)
-_autogroup = -1  # /proc/self/autogroup, open until the kernel has taken it
+_autogroup = -1  # /proc/self/autogroup, open until the kernel has taken _session_nice (_weigh_session)
+_session_nice = 0
 
 
 def _weigh_session() -> None:
-    """Our session's autogroup to the jobs' niceness, as the spawner weighs its own (init.c's
-    weigh_session): the scheduler weighs each session as one, so niceness alone would yield the server
-    nothing.  Asked at each request until it takes: the kernel takes an unprivileged change at most every
-    100 ms, machine-wide (EAGAIN)."""
-    global _session_nice, _autogroup
-    if _session_nice is None or _autogroup < 0:
+    """Our session's autogroup to the jobs' niceness: the scheduler weighs each session as one, so the
+    niceness of our processes alone would yield the server nothing (docs/spawn.md).  Asked at each request
+    until it takes: the kernel takes an unprivileged change at most every 100 ms, machine-wide (EAGAIN)."""
+    global _autogroup
+    if _autogroup < 0:
         return
     try:
         os.write(_autogroup, str(_session_nice).encode())
@@ -384,7 +383,6 @@ def _weigh_session() -> None:
         pass  # a niceness the kernel refuses: leave it
     os.close(_autogroup)
     _autogroup = -1
-    _session_nice = None
 
 
 def _mounts_changed(mountinfo: int) -> bool:
