@@ -190,14 +190,15 @@ async def test_a_job_leads_its_own_session_and_the_warm_interpreters_is_weighed_
         for _ in range(100):  # the kernel takes an unprivileged change at most every 100 ms, machine-wide
             with open(path) as f:
                 weighed = f.read().split()
-            if weighed[-1] == "19":
+            if weighed[-1:] == ["19"]:
                 break
             await pool.run("pass")  # the warm interpreter asks again at each request
             await anyio.sleep(0.05)
         with open("/proc/self/autogroup") as f:
-            ours = f.read().split()
+            # Empty where the server runs in the kernel's root group (init's session, as a CI runner may).
+            ours = f.read().split() or ["the root group"]
     assert weighed[1:] == ["nice", "19"], weighed
-    assert weighed[0] != ours[0]  # its own session, not the server's
+    assert weighed[0].startswith("/autogroup-") and weighed[0] != ours[0]  # its own session, not the server's
 
 
 async def test_a_job_sees_nothing_of_other_jobs_or_the_warm_interpreter(py_profile: aiogaol.Profile) -> None:
