@@ -98,6 +98,8 @@ class Limits:
     by default 19, as in nsjail, so that untrusted programs and the building of their jails yield the
     CPU to the server that started them (an event loop starved of CPU stalls every task it runs).  It is
     only ever raised: a server already nicer than this keeps its own, and no jail can lower it again.
+    A niced jail's processes also run in a 10 ms time slice, so that the server's wakeups preempt them
+    at once rather than at the next tick (docs/spawn.md).
     ``cgroup`` says where the jail's cgroup v2 goes: "auto" (detected at run time: ``AIOGAOL_CGROUP``,
     else this process's cgroup when it is a writable root), "none", or the path of a delegated cgroup
     directory (an error if it cannot be used).

@@ -152,9 +152,11 @@ def main(core_path: str, nice: int, preload: list[str]) -> None:
         return
     # At the jails' niceness, as the spawner runs (docs/spawn.md): its forks yield to the server.  Its
     # session (the server started it with setsid) holds the jails it makes and each job's process until
-    # its job starts: weighed as one session at that niceness (see _weigh_session).
-    if nice > os.getpriority(os.PRIO_PROCESS, 0):
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    # its job starts: weighed as one session at that niceness (see _weigh_session).  Its time slice is
+    # lengthened as the spawner's is (init.c's lengthen_slice), and K, P and the job inherit it.
+    if core.lib.aiogaol_raise_nice(nice) != 0:
+        _send(ctl, ("FAILED", "", f"the warm interpreter could not take niceness {nice}"))
+        return
     _weigh_session()
     # Our children are the jails' inits (K), each reaped by the loop once its pidfd says it has exited
     # (never waited for): SIGCHLD stays at its default, so that each one's status and usage are ours.

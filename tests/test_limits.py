@@ -180,6 +180,42 @@ async def test_jails_run_at_nice_19_by_default_or_as_asked(scratch_profile: aiog
             assert b"PermissionError" in r.stderr, r.stderr
 
 
+SLICE = ("import subprocess, sys\n"
+         "mine = [l.split()[-1] for l in open('/proc/self/sched') if l.startswith('se.slice')]\n"
+         "kid = subprocess.run([sys.executable, '-c', \"print([l.split()[-1] for l in open('/proc/self/sched') "
+         "if l.startswith('se.slice')])\"], capture_output=True, text=True).stdout\n"
+         "print(mine, kid.strip())")
+
+
+def slice_shown() -> str | None:
+    """Why the kernel cannot show a custom slice here, or None."""
+    if not os.path.exists("/proc/self/sched"):
+        return "no /proc/PID/sched here (CONFIG_SCHED_DEBUG)"
+    with open("/proc/self/sched") as f:
+        if not any(line.startswith("se.slice") for line in f):
+            return "this kernel has no per-task slice (EEVDF custom slices came in Linux 6.12)"
+    return None
+
+
+async def test_a_niced_jail_runs_in_a_long_slice_that_its_children_keep(scratch_profile: aiogaol.Profile,
+                                                                         python: str) -> None:
+    """A niced jail's processes take a 10 ms slice (init.c's lengthen_slice), so that the server's wakeups
+    preempt them rather than wait for the next tick; a jail at the server's own niceness keeps its slice."""
+    why = slice_shown()
+    if why:
+        pytest.skip(why)
+    with open("/proc/self/sched") as f:
+        ours = next(line.split()[-1] for line in f if line.startswith("se.slice"))
+    assert int(ours) < 10_000_000, "the test server itself must run in a default slice"
+    cases = {None: "10000000", Limits(nice=5): "10000000", Limits(nice=None): ours, Limits(nice=0): ours}
+    for limits, want in cases.items():
+        r = await run_py(scratch_profile, python, SLICE, limits=limits)
+        assert r.stdout.decode().split("\n")[0] == f"['{want}'] ['{want}']", (limits, r.stdout, r.stderr)
+    async with aiogaol.PythonPool(scratch_profile, python=python, size=1) as pool:
+        r = await pool.run(SLICE)
+    assert r.stdout.decode().strip() == "['10000000'] ['10000000']", (r.stdout, r.stderr)
+
+
 NICER_SERVER = """
 import asyncio, os, sys
 sys.path.insert(0, {root!r})

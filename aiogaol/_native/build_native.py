@@ -16,6 +16,7 @@ ffibuilder.cdef(
     int aiogaol_probe_userns(void);
     int aiogaol_landlock_abi(void);
     int aiogaol_zygote_seal(void);
+    int aiogaol_raise_nice(int nice);
     int aiogaol_zygote_clone(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
                              int sync_r, int sync_w, int *k_out);
     void aiogaol_zygote_init_wait(int program, int to_program, int host);

@@ -400,8 +400,43 @@ void init_fds(int also)
         fail(AIOGAOL_STEP_CLOSE_FDS, errno, "close_range");
 }
 
-/* Our niceness raised to nice (never lowered: raising needs no privilege); -1 with errno on failure.
- * For the spawner (--serve FD NICE) and for init (apply_nice). */
+/* The slice a niced jail's processes run in: longer than any default slice (0.7 to 3 ms by the number
+ * of CPUs), within the kernel's 0.1 to 100 ms. */
+#define JAIL_SLICE_NS 10000000ULL
+
+/* sched_attr as far as its first version (SCHED_ATTR_SIZE_VER0): no utilisation clamps. */
+struct sched_attr_v0 {
+    uint32_t size, policy;
+    uint64_t flags;
+    int32_t nice;
+    uint32_t priority;
+    uint64_t runtime, deadline, period;
+};
+
+/* A long time slice for background work, kept across fork: kernel 6.12's EEVDF takes sched_runtime as
+ * the slice of a SCHED_OTHER or SCHED_BATCH task.  Why: a running task is not preempted inside its slice
+ * (RUN_TO_PARITY) unless the task that wakes has a shorter slice than it (PREEMPT_SHORT).  With equal
+ * slices, a server woken while a jail's process runs on its CPU waits for the next tick, up to 4 ms at
+ * HZ=250, whatever the niceness; with ours longer, its wakeup cuts ours short (docs/spawn.md measures
+ * it).  Best effort: an older kernel ignores the slice, another policy (idle, real-time) is left alone,
+ * and nothing of the jail depends on it.  sched_setattr sets the niceness too: it is read just before. */
+static void lengthen_slice(void)
+{
+    struct sched_attr_v0 attr;
+    memset(&attr, 0, sizeof attr);
+    if (syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) < 0)
+        return;
+    if ((attr.policy != SCHED_OTHER && attr.policy != SCHED_BATCH) || attr.runtime >= JAIL_SLICE_NS)
+        return;
+    attr.size = sizeof attr;
+    attr.runtime = JAIL_SLICE_NS;
+    attr.flags &= 0x01; /* SCHED_FLAG_RESET_ON_FORK, the caller's to keep; no other flag */
+    (void)syscall(SYS_sched_setattr, 0, &attr, 0);
+}
+
+/* Our niceness raised to nice (never lowered: raising needs no privilege), and a niced process's slice
+ * lengthened (lengthen_slice); -1 with errno on failure.  For the spawner (--serve FD NICE), for init
+ * (apply_nice) and for a PythonPool's warm interpreter (aiogaol_raise_nice). */
 int raise_nice(int nice)
 {
     int now;
@@ -409,7 +444,16 @@ int raise_nice(int nice)
     now = getpriority(PRIO_PROCESS, 0);
     if (now == -1 && errno)
         return -1;
-    return nice > now ? setpriority(PRIO_PROCESS, 0, nice) : 0;
+    if (nice > now && setpriority(PRIO_PROCESS, 0, nice) < 0)
+        return -1;
+    if (nice > 0)
+        lengthen_slice();
+    return 0;
+}
+
+int aiogaol_raise_nice(int nice)
+{
+    return raise_nice(nice) < 0 ? -errno : 0;
 }
 
 /* The jail's niceness, set by init before it builds anything: the jail's set-up and its program then

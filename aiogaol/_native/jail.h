@@ -119,6 +119,7 @@ int aiogaol_landlock_abi(void);
 /* PythonPool's warm interpreter (zygote.c): the steps of a jail taken in-process by its forks, called
  * through the cffi module in the order zygote.c describes. */
 int aiogaol_zygote_seal(void);
+int aiogaol_raise_nice(int nice);
 int aiogaol_zygote_clone(int argc, char **argv, const char *filter, int filter_len, int sock, int err,
                          int sync_r, int sync_w, int *k_out);
 void aiogaol_zygote_init_wait(int program, int to_program, int host);
