@@ -187,25 +187,22 @@ SLICE = ("import subprocess, sys\n"
          "print(mine, kid.strip())")
 
 
-def slice_shown() -> str | None:
-    """Why the kernel cannot show a custom slice here, or None."""
+def our_slice() -> str:
+    """This process's slice in ns, as the kernel shows it; skips where it shows none."""
     if not os.path.exists("/proc/self/sched"):
-        return "no /proc/PID/sched here (CONFIG_SCHED_DEBUG)"
+        pytest.skip("no /proc/PID/sched here (CONFIG_SCHED_DEBUG)")
     with open("/proc/self/sched") as f:
-        if not any(line.startswith("se.slice") for line in f):
-            return "this kernel has no per-task slice (EEVDF custom slices came in Linux 6.12)"
-    return None
+        for line in f:
+            if line.startswith("se.slice"):
+                return line.split()[-1]
+    pytest.skip("this kernel has no per-task slice (EEVDF custom slices came in Linux 6.12)")
 
 
 async def test_a_niced_jail_runs_in_a_long_slice_that_its_children_keep(scratch_profile: aiogaol.Profile,
                                                                          python: str) -> None:
     """A niced jail's processes take a 10 ms slice (init.c's lengthen_slice), so that the server's wakeups
     preempt them rather than wait for the next tick; a jail at the server's own niceness keeps its slice."""
-    why = slice_shown()
-    if why:
-        pytest.skip(why)
-    with open("/proc/self/sched") as f:
-        ours = next(line.split()[-1] for line in f if line.startswith("se.slice"))
+    ours = our_slice()
     assert int(ours) < 10_000_000, "the test server itself must run in a default slice"
     cases = {None: "10000000", Limits(nice=5): "10000000", Limits(nice=None): ours, Limits(nice=0): ours}
     for limits, want in cases.items():
