@@ -10,10 +10,13 @@ them alike:
   pool       aiogaol.PythonPool(python_profile()).run(CODE)             a fork of a warm interpreter, in
                                                                         a full jail of its own
 
-All at the server's niceness (`Limits(nice=None)`: aiogaol's default of 19 would, on a busy machine,
-measure the other work rather than the tool).  Measured: the median latency of `print(1)` (nothing preloaded), of `import numpy; print(1)` (numpy
-preloaded in the pool), jobs/s at concurrency 8, the event loop's longest stall while 64 pool jobs run,
-and a soak (fds, threads, RSS and zombie children before and after).  Ratios are checked against the
+Latency and throughput are taken at the server's niceness (`Limits(nice=None)`: aiogaol's default of 19
+would, on a busy machine, measure the other work rather than the tool).  Measured: the median latency of
+`print(1)` (nothing preloaded), of `import numpy; print(1)` (numpy preloaded in the pool), jobs/s at
+concurrency 8, the event loop's longest stall while 64 pool jobs run, and a soak (fds, threads, RSS and
+zombie children before and after).  The stall is what a server gets, so it is taken with aiogaol's
+default limits (niceness 19), as benchmarks/spawn.py takes the jails' stall; the same bursts at the
+server's niceness are printed beside it.  Ratios are checked against the
 targets of issue 15 (PASS/MISS); a miss never makes the exit status non-zero.
 
     python benchmarks/python_pool.py            # full run, about a minute and a half on 2 cores
@@ -149,14 +152,26 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 got = await rate(fn, 8, seconds / (1 if quick else 2))
                 r["throughput_c8"][name] = max(r["throughput_c8"].get(name, 0.0), got)
 
-        async def burst() -> None:
-            await asyncio.gather(*(job() for _ in range(64)))
+        async def stall(run: Callable[[], Awaitable[None]]) -> tuple[float, float | None]:
+            async def burst() -> None:
+                await asyncio.gather(*(run() for _ in range(64)))
 
-        await burst()
-        rounds = [await ticker_max_lateness(burst) for _ in range(3 if quick else 5)]
-        r["stall_ms"] = max(late for late, _ in rounds) * 1e3
-        own = [own for _, own in rounds]
-        r["stall_own_ms"] = None if None in own else max(x for x in own if x is not None) * 1e3
+            await burst()
+            rounds = [await ticker_max_lateness(burst) for _ in range(3 if quick else 5)]
+            own = [own for _, own in rounds]
+            return (max(late for late, _ in rounds) * 1e3,
+                    None if None in own else max(x for x in own if x is not None) * 1e3)
+
+        # The shipped default first (the target), then the same bursts at the server's niceness.
+        async with aiogaol.PythonPool(aiogaol.python_profile(), size=8,
+                                      limits=aiogaol.Limits(wall_time=30)) as dpool:
+            async def default_job() -> None:
+                res = await dpool.run(PRINT)
+                if res.stdout != b"1\n":
+                    raise RuntimeError(f"pool {PRINT!r}: {res.status} {res.stderr[-300:]!r}")
+
+            r["stall_ms"], r["stall_own_ms"] = await stall(default_job)
+        r["stall_server_nice_ms"], r["stall_server_nice_own_ms"] = await stall(job)
 
         soak_n = args.soak if args.soak is not None else (300 if quick else 2000)
         before = snapshot()
@@ -204,7 +219,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     out.append(("jobs/s at concurrency 8 >= 5 x plain python3 -c", f"{ratio:.1f} x", ratio >= 5))
     own = r.get("stall_own_ms")
     beside = f" (its own work: {own:.2f} ms)" if own is not None else ""
-    out.append(("event loop stall <= 5 ms while 64 pool jobs run", f"{r['stall_ms']:.2f} ms{beside}",
+    out.append(("event loop stall <= 5 ms while 64 pool jobs run (nice 19)", f"{r['stall_ms']:.2f} ms{beside}",
                 r["stall_ms"] <= 5))
     b, e = r["soak"]["before"], r["soak"]["after"]
     out.append(("after soak: same fd count", f"{b['fds']} -> {e['fds']}", b["fds"] == e["fds"]))
@@ -235,11 +250,15 @@ def render(r: dict[str, Any]) -> str:
               f"event loop stall while 64 pool jobs run: {r['stall_ms']:.2f} ms"
               + (f" ({r['stall_own_ms']:.2f} ms of it the loop's own work; the rest waiting for a CPU)"
                  if r.get("stall_own_ms") is not None else ""),
+              *([f"  the same with the jobs at the server's niceness: {r['stall_server_nice_ms']:.2f} ms"
+                 + (f" ({r['stall_server_nice_own_ms']:.2f} ms own work)"
+                    if r.get("stall_server_nice_own_ms") is not None else "")]
+                if "stall_server_nice_ms" in r else []),
               f"soak: {r['soak']['jobs']} pool jobs at concurrency 8 in {r['soak']['seconds']:.1f} s", "",
               "targets (a miss is reported, never fatal)"]
     for name, figure, ok in targets(r):
         verdict = "PASS" if ok else ("MISS" if ok is not None else "n/a ")
-        lines.append(f"  {verdict}  {name:58} {figure}")
+        lines.append(f"  {verdict}  {name:60} {figure}")
     return "\n".join(lines)
 
 
