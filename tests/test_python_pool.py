@@ -173,6 +173,22 @@ async def test_a_jail_made_ahead_shows_its_job_what_a_fresh_one_does(py_profile:
     assert b"('ONLY', 'this')" in fresh[0].stdout
 
 
+async def test_the_compilers_node_types_come_made_in_the_warm_image(py_profile: aiogaol.Profile) -> None:
+    # compile() makes the interpreter's AST node types (over a hundred classes) at its first call.  The
+    # warm interpreter makes them before it freezes its image, so that they are among the objects that
+    # gc.freeze() took out of every generation gc.get_objects() lists; made in a job's own process
+    # instead, they would be listed there, and every job would pay for them again (about 1.3 ms of a
+    # print(1) job's CPU, docs/benchmarks.md).  Jails made for a job and made ahead alike.
+    look = "import gc, _ast\nprint(any(o is _ast.Module for o in gc.get_objects()))"
+    async with aiogaol.PythonPool(py_profile, size=2) as pool:
+        made_for = await pool.run(look)
+        await anyio.sleep(0.3)  # the next jail is made ahead meanwhile
+        ahead = await pool.run(look)
+    for r in (made_for, ahead):
+        assert r.ok, r.stderr
+        assert r.stdout == b"False\n"
+
+
 async def test_a_job_leads_its_own_session_and_the_warm_interpreters_is_weighed_at_its_niceness(
         py_profile: aiogaol.Profile) -> None:
     # The job's code runs in a session of its own (no controlling terminal; the kernel's autogroups then
