@@ -13,6 +13,14 @@ These two measurements hold up better there:
         The spawner's shortcuts (AIOGAOL_SPAWNER_AHEAD) alternating round by round in one process, a new
         spawner per round: the median of each round's median latency, per mode.
 
+    python benchmarks/jail_cost.py budget [--rounds 3] [--seconds 4]
+        /bin/true at concurrency 8, benchmarks/floor.c and aiogaol alternating: the machine's CPU per
+        spawn (/proc/stat, all processes, kernel workers included) of each, and aiogaol's split into
+        the server, the spawner, the jails' own processes and the rest (the kernel's workers that tear
+        namespaces down, RCU, interrupts).  Issue 15's target of 0.7 x the floor's jails/s leaves a jail
+        the floor's CPU / 0.7 on a machine whose CPUs are the limit: the run prints that budget beside
+        what the jail's own processes and the rest take before the server and the spawner spend a cycle.
+
 --server-nice runs the jails at the server's niceness (Limits(nice=None)) instead of 19, so that on a
 busy host a nice -15 server keeps other work off the path being measured.  Run it from the tree to
 measure (the aiogaol it imports is that tree's).
@@ -25,8 +33,11 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -67,6 +78,75 @@ async def cpu(n: int, kw: dict[str, Any]) -> dict[str, Any]:
             "load": round(os.getloadavg()[0], 1)}
 
 
+def _machine_cpu() -> float:
+    """Seconds of CPU the whole machine has spent, idle and I/O wait left out (/proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _floor_round(exe: str, seconds: float) -> dict[str, float]:
+    c0, m0 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_cpu()
+    done = subprocess.run([exe, "8", str(seconds), "/bin/true"], capture_output=True, text=True, check=True)
+    c1, m1 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_cpu()
+    n = json.loads(done.stdout)["spawns_per_s"] * seconds
+    return {"per_s": n / seconds, "machine_ms": (m1 - m0) / n * 1e3,
+            "floor_ms": (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) / n * 1e3}
+
+
+async def _aiogaol_round(profile: aiogaol.Profile, kw: dict[str, Any], seconds: float) -> dict[str, float]:
+    (spawner,) = [s.pid for s in _spawner._spawners.values()]
+    c0, s0, p0, m0 = (resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), _proc_cpu(spawner),
+                      _machine_cpu())
+    t0 = time.monotonic()
+    stop, n = t0 + seconds, 0
+
+    async def worker() -> None:
+        nonlocal n
+        while time.monotonic() < stop:
+            await _one(profile, kw)
+            n += 1
+
+    await asyncio.gather(*(worker() for _ in range(8)))
+    c1, s1, p1, m1 = (resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), _proc_cpu(spawner),
+                      _machine_cpu())
+    per = {"server_ms": s1 - s0, "spawner_ms": p1 - p0,
+           "jail_ms": c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, "machine_ms": m1 - m0}
+    out = {k: v / n * 1e3 for k, v in per.items()}
+    out["rest_ms"] = out["machine_ms"] - out["server_ms"] - out["spawner_ms"] - out["jail_ms"]
+    out["per_s"] = n / (time.monotonic() - t0)
+    return out
+
+
+async def budget(rounds: int, seconds: float, kw: dict[str, Any]) -> dict[str, Any]:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("budget needs a C compiler on PATH for benchmarks/floor.c (Debian: apt-get install gcc)")
+    profile = spawn.Aiogaol(aiogaol).profiles[False]
+    for _ in range(30):
+        await _one(profile, kw)  # warm: the spawner started, its waiting init made
+    floors: list[dict[str, float]] = []
+    ours: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "floor")
+        subprocess.run([cc, "-O2", "-o", exe, os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")],
+                       check=True)
+        for _ in range(rounds):
+            floors.append(_floor_round(exe, seconds))
+            time.sleep(0.5)  # the kernel's workers finish tearing the floor's namespaces down
+            ours.append(await _aiogaol_round(profile, kw, seconds))
+            time.sleep(0.5)
+    med = lambda rows, k: round(statistics.median(r[k] for r in rows), 3)  # noqa: E731
+    floor = {k: med(floors, k) for k in floors[0]}
+    jail = {k: med(ours, k) for k in ours[0]}
+    allowed = round(floor["machine_ms"] / 0.7, 3)
+    return {"rounds": rounds, "seconds": seconds, "load": round(os.getloadavg()[0], 1),
+            "floor": floor, "aiogaol": jail, "ratio": round(jail["per_s"] / floor["per_s"], 3),
+            "budget_ms_at_0.7x": allowed,
+            "jail_and_rest_ms": round(jail["jail_ms"] + jail["rest_ms"], 3),
+            "over_budget_before_server_and_spawner": jail["jail_ms"] + jail["rest_ms"] > allowed}
+
+
 async def modes(names: list[str], rounds: int, n: int, kw: dict[str, Any]) -> dict[str, Any]:
     profile = spawn.Aiogaol(aiogaol).profiles[False]
     medians: dict[str, list[float]] = {m: [] for m in names}
@@ -84,9 +164,10 @@ async def modes(names: list[str], rounds: int, n: int, kw: dict[str, Any]) -> di
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("cpu", "modes"))
+    p.add_argument("what", choices=("cpu", "modes", "budget"))
     p.add_argument("--n", type=int, default=None)
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=None, help="modes: 8; budget: 3")
+    p.add_argument("--seconds", type=float, default=4.0, help="budget: seconds of each round")
     p.add_argument("--modes", default=",".join(_spawner.AHEAD_MODES))
     p.add_argument("--server-nice", action="store_true", help="jails at the server's niceness, not 19")
     args = p.parse_args()
@@ -96,8 +177,12 @@ def main() -> None:
     kw: dict[str, Any] = {"limits": aiogaol.Limits(nice=None)} if args.server_nice else {}
     if args.what == "cpu":
         out = asyncio.run(cpu(args.n or 300, kw))
+    elif args.what == "budget":
+        if args.seconds <= 0 or (args.rounds is not None and args.rounds < 1):
+            p.error("budget: --seconds must be positive and --rounds at least 1")
+        out = asyncio.run(budget(args.rounds or 3, args.seconds, kw))
     else:
-        out = asyncio.run(modes(args.modes.split(","), args.rounds, args.n or 60, kw))
+        out = asyncio.run(modes(args.modes.split(","), args.rounds or 8, args.n or 60, kw))
     print(json.dumps(out))
 
 
