@@ -110,14 +110,17 @@ async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Pro
     spawner = _spawner.spawner_pid()
     assert spawner is not None
 
-    def held() -> list[str]:
+    def fds_of(pid: int) -> list[str]:
         out = []
-        for fd in os.listdir(f"/proc/{spawner}/fd"):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
-                out.append(os.readlink(f"/proc/{spawner}/fd/{fd}").split("[")[0])
+                out.append(os.readlink(f"/proc/{pid}/fd/{fd}").split("[")[0])
             except FileNotFoundError:
                 out.append("(closed while we looked)")  # never equal to what is waited for: look again
         return sorted(out)
+
+    def held() -> list[str]:
+        return fds_of(spawner)
 
     # /dev/null as stdio, its end of the server's socket, the host's mount table (watched for changes)
     # and the socket of the next init it made ahead of time; and of the running jail, its init's pidfd
@@ -134,8 +137,7 @@ async def test_the_spawner_keeps_no_fd_of_a_running_jail(py_profile: aiogaol.Pro
             expected = ["/dev/null"] * 3 + ["socket:"]
 
             def kept(pid: int = waiting) -> list[str]:
-                fds = os.listdir(f"/proc/{pid}/fd")
-                return sorted(os.readlink(f"/proc/{pid}/fd/{fd}").split("[")[0] for fd in fds)
+                return fds_of(pid)  # it may be closing what it inherited as we look
 
             _wait_until(lambda: kept() == expected, f"the waiting init to hold only {expected}, not {kept()}")
     finally:
