@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -68,13 +67,12 @@ async def cpu(n: int, kw: dict[str, Any]) -> dict[str, Any]:
     for _ in range(30):
         await _one(profile, kw)  # warm: the spawner started, its waiting init made
     (spawner,) = [s.pid for s in _spawner._spawners.values()]
-    c0, s0, p0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), _proc_cpu(spawner)
+    before = _marks(spawner)
     lat = [await _one(profile, kw) for _ in range(n)]
-    c1, s1, p1 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), _proc_cpu(spawner)
-    jail = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
+    per = _per_spawn_ms(before, _marks(spawner), n)
     return {"n": n, "median_ms": round(statistics.median(lat) * 1e3, 3),
-            "cpu_ms_per_jail": {"server": round((s1 - s0) / n * 1e3, 3), "spawner": round((p1 - p0) / n * 1e3, 3),
-                                "jail": round(jail / n * 1e3, 3)},
+            "cpu_ms_per_jail": {"server": round(per["server"], 3), "spawner": round(per["spawner"], 3),
+                                "jail": round(per["children"], 3)},
             "load": round(os.getloadavg()[0], 1)}
 
 
@@ -85,19 +83,33 @@ def _machine_cpu() -> float:
     return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def _marks(spawner: int | None = None) -> dict[str, float]:
+    """Seconds of CPU so far: this process (the server), its reaped children (each jail's init, with its
+    program; or floor.c with its children), the spawner when given, and the whole machine."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = {"server": time.process_time(), "children": children.ru_utime + children.ru_stime,
+           "machine": _machine_cpu()}
+    if spawner is not None:
+        out["spawner"] = _proc_cpu(spawner)
+    return out
+
+
+def _per_spawn_ms(before: dict[str, float], after: dict[str, float], n: float) -> dict[str, float]:
+    return {k: (after[k] - before[k]) / n * 1e3 for k in before}
+
+
 def _floor_round(exe: str, seconds: float) -> dict[str, float]:
-    c0, m0 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_cpu()
+    before = _marks()
     done = subprocess.run([exe, "8", str(seconds), "/bin/true"], capture_output=True, text=True, check=True)
-    c1, m1 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_cpu()
+    after = _marks()
     n = json.loads(done.stdout)["spawns_per_s"] * seconds
-    return {"per_s": n / seconds, "machine_ms": (m1 - m0) / n * 1e3,
-            "floor_ms": (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) / n * 1e3}
+    per = _per_spawn_ms(before, after, n)
+    return {"per_s": n / seconds, "machine_ms": per["machine"], "floor_ms": per["children"]}
 
 
 async def _aiogaol_round(profile: aiogaol.Profile, kw: dict[str, Any], seconds: float) -> dict[str, float]:
     (spawner,) = [s.pid for s in _spawner._spawners.values()]
-    c0, s0, p0, m0 = (resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), _proc_cpu(spawner),
-                      _machine_cpu())
+    before = _marks(spawner)
     t0 = time.monotonic()
     stop, n = t0 + seconds, 0
 
@@ -108,29 +120,25 @@ async def _aiogaol_round(profile: aiogaol.Profile, kw: dict[str, Any], seconds: 
             n += 1
 
     await asyncio.gather(*(worker() for _ in range(8)))
-    c1, s1, p1, m1 = (resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), _proc_cpu(spawner),
-                      _machine_cpu())
-    per = {"server_ms": s1 - s0, "spawner_ms": p1 - p0,
-           "jail_ms": c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, "machine_ms": m1 - m0}
-    out = {k: v / n * 1e3 for k, v in per.items()}
+    per = _per_spawn_ms(before, _marks(spawner), n)
+    out = {"server_ms": per["server"], "spawner_ms": per["spawner"], "jail_ms": per["children"],
+           "machine_ms": per["machine"]}
     out["rest_ms"] = out["machine_ms"] - out["server_ms"] - out["spawner_ms"] - out["jail_ms"]
     out["per_s"] = n / (time.monotonic() - t0)
     return out
 
 
 async def budget(rounds: int, seconds: float, kw: dict[str, Any]) -> dict[str, Any]:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise SystemExit("budget needs a C compiler on PATH for benchmarks/floor.c (Debian: apt-get install gcc)")
-    profile = spawn.Aiogaol(aiogaol).profiles[False]
-    for _ in range(30):
-        await _one(profile, kw)  # warm: the spawner started, its waiting init made
     floors: list[dict[str, float]] = []
     ours: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        exe = os.path.join(tmp, "floor")
-        subprocess.run([cc, "-O2", "-o", exe, os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")],
-                       check=True)
+        try:
+            exe = spawn.build_floor(tmp)
+        except spawn.FloorUnavailable as exc:
+            raise SystemExit(f"budget needs benchmarks/floor.c: {exc}") from None
+        profile = spawn.Aiogaol(aiogaol).profiles[False]
+        for _ in range(30):
+            await _one(profile, kw)  # warm: the spawner started, its waiting init made
         for _ in range(rounds):
             floors.append(_floor_round(exe, seconds))
             time.sleep(0.5)  # the kernel's workers finish tearing the floor's namespaces down

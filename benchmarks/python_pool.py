@@ -136,11 +136,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if not res.ok:
             raise RuntimeError(f"/bin/true jail: {res.status} {res.stderr[-300:]!r}")
 
-    async with aiogaol.PythonPool(aiogaol.python_profile(), size=8, limits=limits) as pool:
+    def job_of(pool: aiogaol.PythonPool) -> Callable[[], Awaitable[None]]:
+        """One `print(1)` pool job, its output checked."""
         async def job(code: str = PRINT) -> None:
             res = await pool.run(code)
             if res.stdout != b"1\n":
                 raise RuntimeError(f"pool {code!r}: {res.status} {res.stderr[-300:]!r}")
+        return job
+
+    async with aiogaol.PythonPool(aiogaol.python_profile(), size=8, limits=limits) as pool:
+        job = job_of(pool)
 
         tools = {"plain": timer(lambda: plain(python, PRINT)), "true-jail": timer(true_jail), "pool": timer(job)}
         await round_robin(tools, 3)  # warm-up: the spawner, the page cache
@@ -165,12 +170,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         # The shipped default first (the target), then the same bursts at the server's niceness.
         async with aiogaol.PythonPool(aiogaol.python_profile(), size=8,
                                       limits=aiogaol.Limits(wall_time=30)) as dpool:
-            async def default_job() -> None:
-                res = await dpool.run(PRINT)
-                if res.stdout != b"1\n":
-                    raise RuntimeError(f"pool {PRINT!r}: {res.status} {res.stderr[-300:]!r}")
-
-            r["stall_ms"], r["stall_own_ms"] = await stall(default_job)
+            r["stall_ms"], r["stall_own_ms"] = await stall(job_of(dpool))
         r["stall_server_nice_ms"], r["stall_server_nice_own_ms"] = await stall(job)
 
         soak_n = args.soak if args.soak is not None else (300 if quick else 2000)

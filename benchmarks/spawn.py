@@ -486,19 +486,32 @@ async def soak(tool: Tool, wl: Workload, cfg: Settings) -> dict[str, Any]:
             "spawns_per_s": cfg.soak_n / elapsed, "before": before, "after": after}
 
 
+class FloorUnavailable(Exception):
+    """benchmarks/floor.c could not be built here; the message says why."""
+
+
+def build_floor(tmp: str) -> str:
+    """benchmarks/floor.c built into the directory `tmp` with the C compiler on PATH: the program's path."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise FloorUnavailable("no C compiler on PATH (Debian: apt-get install gcc)")
+    exe = os.path.join(tmp, "floor")
+    built = subprocess.run([cc, "-O2", "-o", exe, os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        raise FloorUnavailable(f"floor.c did not build: {built.stderr.strip()[-300:]}")
+    return exe
+
+
 def kernel_floor(cfg: Settings) -> dict[str, Any]:
     """The floor any such jail pays on this machine (benchmarks/floor.c: clone into the seven namespaces,
     write the id maps, exec /bin/true, exit, reap; no mounts, no filter, no Python), at each concurrency:
     a target above it is out of reach of every sandbox here.  Built with the C compiler on PATH."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return {"skipped": "no C compiler on PATH (Debian: apt-get install gcc)"}
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
     with tempfile.TemporaryDirectory() as tmp:
-        exe = os.path.join(tmp, "floor")
-        built = subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True, text=True)
-        if built.returncode != 0:
-            return {"skipped": f"floor.c did not build: {built.stderr.strip()[-300:]}"}
+        try:
+            exe = build_floor(tmp)
+        except FloorUnavailable as exc:
+            return {"skipped": str(exc)}
         out: dict[str, Any] = {}
         for c in cfg.concurrencies:
             done = subprocess.run([exe, str(c), str(cfg.throughput_seconds * cfg.throughput_rounds), "/bin/true"],
