@@ -78,11 +78,6 @@ class _Core:
         for i in range(64):
             name = self.ffi.string(self.lib.aiogaol_step_name(i)).decode()
             self.steps.setdefault(name, i)
-        # cffi makes a lib's function objects at their first lookup: the ones K and P call are made
-        # here, in the warm image, so that no job's processes make them again.
-        for name in ("aiogaol_zygote_init_wait", "aiogaol_zygote_program_ready", "aiogaol_zygote_program_receive",
-                     "aiogaol_zygote_program_enter"):
-            getattr(self.lib, name)
 
 
 def _send(sock: socket.socket, obj: object) -> None:
@@ -169,7 +164,7 @@ def main(core_path: str, nice: int, preload: list[str]) -> None:
     # (and so never copy) the pages the zygote shares with it.
     import gc
 
-    _settle_image()
+    _settle_image(core)
     gc.collect()
     gc.freeze()
     _send(ctl, ("READY", _image_facts(preload)))
@@ -178,14 +173,18 @@ def main(core_path: str, nice: int, preload: list[str]) -> None:
         _run_job(*job)
 
 
-def _settle_image() -> None:
-    """What the interpreter makes once, at its first use, on the path every job's P takes: made here,
-    in the warm image, instead of again in every job.  compile() makes the AST node types (over a
-    hundred classes, each through type_new) at its first call, 1.3 ms of a print(1) job's CPU
+def _settle_image(core: _Core) -> None:
+    """What the interpreter makes once, at its first use, on the path every job's K and P take: made
+    here, in the warm image, instead of again in every job.  compile() makes the AST node types (over
+    a hundred classes, each through type_new) at its first call, 1.3 ms of a print(1) job's CPU
     (docs/benchmarks.md); ``os.environ.update`` asks whether a dict is a Mapping, whose answer the ABC
-    caches.  A job sees no difference: no module is imported, nothing of the environment changes."""
+    caches; cffi makes a lib's function objects at their first lookup.  A job sees no difference: no
+    module is imported, nothing of the environment changes."""
     compile("", "<aiogaol>", "exec")
     os.environ.update({})
+    for name in ("aiogaol_zygote_init_wait", "aiogaol_zygote_program_ready", "aiogaol_zygote_program_receive",
+                 "aiogaol_zygote_program_enter"):
+        getattr(core.lib, name)
 
 
 class _Waiting:
