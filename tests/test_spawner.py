@@ -703,8 +703,8 @@ async def test_a_stopped_spawner_is_retired_later_and_nothing_leaks(monkeypatch:
 
 def test_spawner_shut_down_and_killed_under_load_leaves_nothing_behind() -> None:
     """Three event loops in three threads spawn while the main thread shuts the spawner down, then kills
-    it and its waiting inits, again and again.  Spawns caught by a kill fail with SandboxSetupError;
-    nothing else may fail, and at the end the server has no child, no zombie and no extra fd."""
+    it and its waiting inits, again and again.  Spawns caught by a kill fail with SandboxSetupError, or
+    end with SIGKILL when the init killed had just taken them; nothing else may fail, and at the end the server has no child, no zombie and no extra fd."""
     done = _run_server("""
         import asyncio, os, threading, time, aiogaol
         from aiogaol import _spawner
@@ -714,8 +714,10 @@ def test_spawner_shut_down_and_killed_under_load_leaves_nothing_behind() -> None
             for _ in range(30):
                 try:
                     p = await aiogaol.create_sandboxed_subprocess(profile, "true")
-                    if await p.wait() != 0:
-                        other.append("nonzero")
+                    # -9: an init killed below as waiting had taken this spawn by the time the kill
+                    # came, so its program was running and died with it (seen once in 40 runs).
+                    if await p.wait() not in (0, -9):
+                        other.append(("nonzero", p.returncode))
                 except aiogaol.SandboxSetupError:
                     pass  # caught by a kill
                 except BaseException as e:
